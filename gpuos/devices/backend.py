@@ -1,0 +1,101 @@
+"""The one interface every device backend implements.
+
+Everything above this module (scheduler, runtime, API) sees only these types, never which
+backend produced them: the simulator and NVML answer the same questions the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """A GPU-instance profile as NVIDIA names it (``3g.40gb``).
+
+    ``slices`` is the number of compute slices (the ``g`` count), ``memory_slices`` the number of
+    memory slices of the eight, ``placements`` the start slots NVIDIA allows for it.
+    """
+
+    name: str
+    slices: int
+    memory_bytes: int
+    memory_slices: int
+    max_count: int
+    placements: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Static facts about one GPU."""
+
+    index: int
+    uuid: str
+    model: str
+    memory_total: int
+    sm_count: int
+    mig_profiles: tuple[MigProfile, ...] = ()
+
+    @property
+    def mig_capable(self) -> bool:
+        return bool(self.mig_profiles)
+
+    def mig_profile(self, name: str) -> MigProfile | None:
+        return next((p for p in self.mig_profiles if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    pid: int
+    memory_used: int
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """What a GPU is doing right now."""
+
+    index: int
+    healthy: bool
+    utilization_pct: float
+    memory_used: int
+    processes: tuple[ProcessUsage, ...] = ()
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class DeviceBackend(abc.ABC):
+    """A source of GPUs: the simulator or the NVIDIA driver."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def devices(self) -> list[DeviceInfo]:
+        """Static facts for every GPU, in index order."""
+
+    @abc.abstractmethod
+    def status(self) -> list[DeviceStatus]:
+        """A fresh sample of every GPU's health, utilisation and per-process memory."""
+
+    @abc.abstractmethod
+    def attach(self, index: int, pid: int, memory_bytes: int, compute_milli: int) -> None:
+        """Tell the backend a job process now runs on GPU ``index`` with that share.
+
+        NVML sees real processes by itself and ignores this; the simulator uses it to account
+        memory and utilisation as a real GPU would report them.
+        """
+
+    @abc.abstractmethod
+    def detach(self, index: int, pid: int) -> None:
+        """The process left the GPU (exited, or was stopped)."""
+
+    def set_paused(self, index: int, pid: int, paused: bool) -> None:  # noqa: B027 - optional hook
+        """A process was paused or resumed; a paused process keeps its memory but uses no SMs."""
+
+    def visible_devices_env(self, indices: tuple[int, ...]) -> dict[str, str]:
+        """Environment that makes exactly these GPUs visible to a CUDA process."""
+        uuids = {d.index: d.uuid for d in self.devices()}
+        return {"CUDA_VISIBLE_DEVICES": ",".join(uuids[i] for i in indices)}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release driver handles."""

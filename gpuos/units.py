@@ -1,0 +1,56 @@
+"""Human-readable byte quantities: ``8GiB`` in, ``8.0 GiB`` out."""
+
+from __future__ import annotations
+
+import re
+
+from gpuos.errors import InvalidArgument
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def parse_bytes(text: str, field: str = "memory") -> int:
+    """Parse ``8GiB``, ``512MiB``, ``10G`` or a plain byte count into bytes."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise InvalidArgument(field, f"{text!r} is not a size; write it like 8GiB, 512MiB or 10GB")
+    number, unit = match.groups()
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        raise InvalidArgument(field, f"unknown unit {unit!r} in {text!r}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB)")
+    return int(float(number) * factor)
+
+
+def format_bytes(n: int) -> str:
+    """Format bytes with a binary unit, compact enough for a table cell."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable")

@@ -1,0 +1,47 @@
+"""The policy interface: a few pure methods at named extension points.
+
+The framework (:mod:`gpuos.scheduler.framework`) owns the loop, checks capacity and applies
+decisions; a policy only orders, filters, scores, picks victims and sets quanta. Every method
+is a pure function of its arguments, so the same object runs in the daemon and the simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Snapshot
+
+
+class Policy:
+    """Base policy: FIFO order, first fit, no preemption, 100 ms quanta.
+
+    Subclasses override only what makes them different. ``first_fit`` tells the framework to
+    take the first feasible option instead of scoring them all (the common fast case).
+    ``strict_order`` makes the queue head block everything behind it instead of letting smaller
+    jobs backfill past it.
+    """
+
+    name: str = "base"
+    description: str = ""
+    first_fit: bool = True
+    strict_order: bool = False
+
+    def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
+        """Queue order: the job to try first comes first."""
+        return sorted(pending, key=lambda j: (j.submitted_at, j.id))
+
+    def fits(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> bool:
+        """Extra filter on an option that already has the capacity (e.g. anti-affinity)."""
+        return True
+
+    def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:
+        """How good an option is; the framework takes the highest (ties: first seen)."""
+        return 0.0
+
+    def victims(self, job: JobView, snap: Snapshot) -> Sequence[str]:
+        """Running jobs to preempt so that ``job`` can run; empty means wait."""
+        return ()
+
+    def quantum(self, job: JobView, snap: Snapshot) -> float:
+        """Seconds ``job`` may run before a job sharing its GPU gets a turn."""
+        return 0.1

@@ -1,0 +1,93 @@
+"""The immutable world a policy sees, and the decisions it can lead to.
+
+A snapshot holds only what the daemon knows at that moment: requests, priorities, tenants, ages
+and attained service. It never holds a job's true remaining duration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuos.devices.backend import MigProfile
+from gpuos.jobs import Resources
+
+MILLI = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class GpuView:
+    index: int
+    model: str
+    memory_total: int
+    memory_free: int
+    milli_free: int = MILLI
+    healthy: bool = True
+    uuid: str = ""
+    mig_profiles: tuple[MigProfile, ...] = ()
+    # Compute slices (of 7) already held by MIG instances; >0 means the GPU is in MIG mode.
+    mig_slices_used: int = 0
+    jobs: tuple[str, ...] = ()
+
+    @property
+    def idle(self) -> bool:
+        return self.milli_free == MILLI and self.memory_free == self.memory_total and not self.jobs
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    name: str
+    gpus: tuple[GpuView, ...]
+    cpu_milli_free: int = 1 << 40
+    host_memory_free: int = 1 << 60
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    id: str
+    request: Resources
+    tenant: str = ""
+    priority: int = 1
+    qos: str = "BE"
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    # GPU-seconds of service received so far (GPUs held x time running), the LAS measure.
+    attained_service: float = 0.0
+    # The user's own estimate; 0 when none was given. Policies may use it, never the truth.
+    estimated_seconds: float = 0.0
+    cpu_milli: int = 0
+    host_memory: int = 0
+    node: str = ""
+    gpus: tuple[int, ...] = ()
+    paused: bool = False
+    preemptions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now: float
+    nodes: tuple[NodeView, ...]
+    pending: tuple[JobView, ...]
+    running: tuple[JobView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Start ``job_id`` on ``gpus`` of ``node`` with ``milli`` compute and ``memory`` bytes on each."""
+
+    job_id: str
+    node: str
+    gpus: tuple[int, ...]
+    milli: int
+    memory: int
+    mig_profile: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Stop ``job_id`` and return it to the queue so a more deserving job can run."""
+
+    job_id: str
+    reason: str = "preempted"
+
+
+Decision = Place | Preempt
