@@ -55,6 +55,7 @@ class Reason:
     EXIT_NONZERO = "exit-nonzero"
     SPAWN_FAILED = "spawn-failed"
     TIME_SLICE = "time-slice"
+    SUPERVISOR_LOST = "supervisor-lost"
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ class Job:
     shim_pid: int = 0
     shim_started: float = 0.0
     child_pid: int = 0
+    cancel_requested: bool = False
+    preemptions: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The gRPC edge: conversion to and from protobuf, caller identity, and the servicers."""

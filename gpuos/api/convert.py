@@ -1,0 +1,236 @@
+"""Protobuf <-> domain types, converted once at the edge; every field checked on the way in."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gpuos.errors import InvalidArgument
+from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Priority, Resources
+from gpuos.kernels.registry import get_kernel
+from gpuos.scheduler.snapshot import MILLI
+from gpuos.v1 import common_pb2, jobs_pb2
+
+MAX_NAME = 128
+MAX_ARGS = 4096
+MAX_COMMAND_BYTES = 1 << 20
+MAX_ENV = 4096
+MAX_GPUS = 64
+# No GPU has a petabyte; a value this large is a typo or garbage, not a request.
+ABSURD_MEMORY = 1 << 50
+QOS_CLASSES = ("LS", "BE")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]*$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+[a-z]+)?$")
+
+_PRIORITY_IN = {
+    jobs_pb2.PRIORITY_UNSPECIFIED: Priority.NORMAL,
+    jobs_pb2.LOW: Priority.LOW,
+    jobs_pb2.NORMAL: Priority.NORMAL,
+    jobs_pb2.HIGH: Priority.HIGH,
+}
+_PRIORITY_OUT = {Priority.LOW: jobs_pb2.LOW, Priority.NORMAL: jobs_pb2.NORMAL, Priority.HIGH: jobs_pb2.HIGH}
+STATE_TO_PB = {s: jobs_pb2.JobState.Value(s.value) for s in JobState}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+
+
+def _text(value: str, field: str, limit: int = 4096) -> str:
+    if "\x00" in value:
+        raise InvalidArgument(field, "contains a NUL character")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def resources_from_pb(r: common_pb2.Resources) -> Resources:
+    if r.HasField("gpus") and r.HasField("gpu_fraction"):
+        raise InvalidArgument("resources", "set gpus or gpu_fraction, not both")
+    mig = _text(r.mig_profile.strip(), "resources.mig_profile", 32)
+    if mig and not _MIG.match(mig):
+        raise InvalidArgument("resources.mig_profile", f"{mig!r} is not a MIG profile name such as 1g.10gb or 3g.40gb")
+    gpus = 1
+    milli = 0
+    if r.HasField("gpus"):
+        if r.gpus == 0:
+            raise InvalidArgument("resources.gpus", "must be at least 1 (use gpu_fraction for a share of one GPU)")
+        if r.gpus > MAX_GPUS:
+            raise InvalidArgument("resources.gpus", f"{r.gpus} is more GPUs than any machine has (limit {MAX_GPUS})")
+        gpus = r.gpus
+    if r.HasField("gpu_fraction"):
+        fraction = r.gpu_fraction
+        if not math.isfinite(fraction) or not 0.0 < fraction <= 1.0:
+            raise InvalidArgument("resources.gpu_fraction", f"{fraction} is outside (0, 1]")
+        milli = round(fraction * MILLI)
+        if milli == 0:
+            raise InvalidArgument("resources.gpu_fraction", f"{fraction} is below the smallest share, 0.001")
+        if milli == MILLI:
+            milli = 0  # a fraction of 1 is a whole GPU
+    if mig and (r.HasField("gpu_fraction") or (r.HasField("gpus") and r.gpus != 1)):
+        raise InvalidArgument("resources.mig_profile", "a MIG job takes one slice; do not also set gpus or gpu_fraction")
+    memory = 0
+    if r.HasField("memory_bytes"):
+        if r.memory_bytes == 0:
+            raise InvalidArgument("resources.memory_bytes", "must be positive (leave it unset for the default)")
+        if r.memory_bytes >= ABSURD_MEMORY:
+            raise InvalidArgument("resources.memory_bytes", f"{r.memory_bytes} bytes is absurd for one GPU")
+        memory = r.memory_bytes
+    types = tuple(_text(t, "resources.gpu_types", 64) for t in r.gpu_types)
+    if any(not t for t in types):
+        raise InvalidArgument("resources.gpu_types", "contains an empty name")
+    return Resources(gpus=gpus, gpu_milli=milli, memory_bytes=memory, mig_profile=mig, gpu_types=types)
+
+
+def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
+    """Validate a submitted spec. ``tenant`` is the one the caller is allowed to act as."""
+    name = _text(spec.name.strip(), "name", MAX_NAME)
+    if name and not _NAME.match(name):
+        raise InvalidArgument("name", f"{name!r} may hold only letters, digits and . _ @ : + = -")
+    command = tuple(spec.command)
+    kernel = spec.kernel.strip()
+    kind = spec.kind
+    if kind not in (jobs_pb2.JOB_KIND_UNSPECIFIED, jobs_pb2.PROCESS, jobs_pb2.KERNEL):
+        raise InvalidArgument("kind", f"unknown job kind {kind}")
+    if kind == jobs_pb2.JOB_KIND_UNSPECIFIED:
+        kind = jobs_pb2.KERNEL if kernel and not command else jobs_pb2.PROCESS
+    params = tuple(sorted((_text(k, "params", 64), _text(v, f"params.{k}", 1024)) for k, v in spec.params.items()))
+    if kind == jobs_pb2.PROCESS:
+        if kernel or params:
+            raise InvalidArgument("kernel", "a process job takes a command, not a kernel or params")
+        if not command or not command[0].strip():
+            raise InvalidArgument("command", "is empty; give the program to run and its arguments")
+        if len(command) > MAX_ARGS:
+            raise InvalidArgument("command", f"has {len(command)} arguments; the limit is {MAX_ARGS}")
+        if sum(len(a) for a in command) > MAX_COMMAND_BYTES:
+            raise InvalidArgument("command", "is longer than 1 MiB")
+        for i, arg in enumerate(command):
+            _text(arg, f"command[{i}]", MAX_COMMAND_BYTES)
+        job_kind = JobKind.PROCESS
+    else:
+        if command:
+            raise InvalidArgument("command", "a kernel job takes a kernel and params, not a command")
+        if not kernel:
+            raise InvalidArgument("kernel", "is empty; name a built-in kernel")
+        get_kernel(kernel).validate(dict(params))
+        job_kind = JobKind.KERNEL
+    if spec.priority not in _PRIORITY_IN:
+        raise InvalidArgument("priority", f"unknown priority {spec.priority}; use LOW, NORMAL or HIGH")
+    qos = spec.qos.strip().upper() or "BE"
+    if qos not in QOS_CLASSES:
+        raise InvalidArgument("qos", f"{spec.qos!r} is not one of LS (latency-sensitive), BE (best-effort)")
+    if len(spec.env) > MAX_ENV:
+        raise InvalidArgument("env", f"has {len(spec.env)} variables; the limit is {MAX_ENV}")
+    env = []
+    for key, value in sorted(spec.env.items()):
+        if not _ENV_KEY.match(key):
+            raise InvalidArgument("env", f"{key!r} is not a valid environment variable name")
+        env.append((key, _text(value, f"env.{key}", 1 << 17)))
+    cwd = _text(spec.cwd, "cwd")
+    if cwd and not os.path.isabs(cwd):
+        raise InvalidArgument("cwd", f"{cwd!r} is not an absolute path")
+    estimate = spec.estimated_seconds
+    if not math.isfinite(estimate) or estimate < 0:
+        raise InvalidArgument("estimated_seconds", f"{estimate} is not a non-negative number of seconds")
+    return JobSpec(
+        name=name or (os.path.basename(command[0]) if command else kernel),
+        kind=job_kind,
+        resources=resources_from_pb(spec.resources),
+        command=command,
+        kernel=kernel,
+        params=params,
+        priority=_PRIORITY_IN[spec.priority],
+        tenant=tenant,
+        qos=qos,
+        env=tuple(env),
+        cwd=cwd,
+        estimated_seconds=estimate,
+    )
+
+
+def _timestamp(t: float | None) -> Timestamp | None:
+    if t is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def resources_to_pb(r: Resources) -> common_pb2.Resources:
+    out = common_pb2.Resources(mig_profile=r.mig_profile, gpu_types=list(r.gpu_types))
+    if r.gpu_milli:
+        out.gpu_fraction = r.gpu_milli / MILLI
+    else:
+        out.gpus = r.gpus
+    if r.memory_bytes:
+        out.memory_bytes = r.memory_bytes
+    return out
+
+
+def job_to_pb(job: Job) -> jobs_pb2.Job:
+    spec = job.spec
+    out = jobs_pb2.Job(
+        id=job.id,
+        name=spec.name,
+        state=STATE_TO_PB[job.state],
+        reason=job.reason,
+        message=job.message,
+        tenant=spec.tenant,
+        owner_uid=max(job.owner_uid, 0),
+        attained_service=job.attained_service,
+        spec=jobs_pb2.JobSpec(
+            name=spec.name,
+            kind=jobs_pb2.KERNEL if spec.kind == JobKind.KERNEL else jobs_pb2.PROCESS,
+            command=list(spec.command),
+            kernel=spec.kernel,
+            params=dict(spec.params),
+            resources=resources_to_pb(spec.resources),
+            priority=_PRIORITY_OUT[spec.priority],
+            tenant=spec.tenant,
+            qos=spec.qos,
+            cwd=spec.cwd,
+            estimated_seconds=spec.estimated_seconds,
+        ),
+    )
+    if job.exit_code is not None:
+        out.exit_code = job.exit_code
+    if job.placement is not None:
+        out.placement.CopyFrom(
+            jobs_pb2.Placement(
+                devices=list(job.placement.devices),
+                device_uuids=list(job.placement.device_uuids),
+                partition=job.placement.partition,
+                granted=resources_to_pb(job.placement.granted),
+            )
+        )
+    for name in ("created_at", "started_at", "finished_at"):
+        ts = _timestamp(getattr(job, name))
+        if ts is not None:
+            getattr(out, name).CopyFrom(ts)
+    return out
+
+
+def event_to_pb(event: Event) -> jobs_pb2.Event:
+    out = jobs_pb2.Event(
+        seq=event.seq,
+        job_id=event.job_id,
+        kind=event.kind,
+        state=STATE_TO_PB[event.state] if event.state else jobs_pb2.JOB_STATE_UNSPECIFIED,
+        reason=event.reason,
+        message=event.message,
+        tenant=event.tenant,
+    )
+    ts = _timestamp(event.time)
+    assert ts is not None
+    out.time.CopyFrom(ts)
+    return out
+
+
+def states_from_pb(states: list[int]) -> list[JobState]:
+    out = []
+    for s in states:
+        if s not in STATE_FROM_PB:
+            raise InvalidArgument("states", f"unknown job state {s}")
+        out.append(STATE_FROM_PB[s])
+    return out

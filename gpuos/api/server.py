@@ -1,0 +1,374 @@
+"""The gRPC servicers: JobService, DeviceService, PolicyService, plus health and reflection.
+
+Handlers check who is calling, convert the request once, call into the store and controller,
+and map gpuos errors to gRPC status codes in one place (:func:`_handled`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gpuos.api import convert
+from gpuos.api.identity import Identity, PeerGateway, user_name
+from gpuos.daemon.admission import admit
+from gpuos.errors import (
+    BackendError,
+    FailedPrecondition,
+    GpuosError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from gpuos.jobs import Job, JobState
+from gpuos.scheduler import available, get_policy
+from gpuos.v1 import devices_pb2, devices_pb2_grpc, jobs_pb2, jobs_pb2_grpc, policy_pb2, policy_pb2_grpc
+
+if TYPE_CHECKING:
+    from gpuos.daemon.daemon import Daemon
+
+log = logging.getLogger("gpuos.api")
+
+_STATUS: list[tuple[type[GpuosError], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (BackendError, grpc.StatusCode.UNAVAILABLE),
+]
+NOBODY_UID = 65534
+LOG_CHUNK = 1 << 16
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_of(exc: GpuosError) -> grpc.StatusCode:
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _handled(fn: F) -> F:
+    """Map gpuos errors raised by a handler (unary or streaming) to a gRPC status with its message."""
+
+    def fail(context: grpc.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, GpuosError):
+            context.abort(status_of(exc), str(exc))
+        log.exception("unexpected error in %s", fn.__name__)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    if fn.__name__ in ("Watch", "Logs"):
+
+        @functools.wraps(fn)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status
+                if context.is_active():
+                    fail(context, exc)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            fail(context, exc)
+
+    return unary  # type: ignore[return-value]
+
+
+class _Base:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def identity(self, context: grpc.ServicerContext) -> Identity:
+        return self.daemon.identify(context.peer())
+
+
+class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):
+    @_handled
+    def Submit(self, request: jobs_pb2.SubmitRequest, context: grpc.ServicerContext) -> jobs_pb2.SubmitResponse:
+        who = self.identity(context)
+        tenant = request.spec.tenant.strip() or who.name
+        if tenant != who.name and not who.admin:
+            raise PermissionDenied(f"tenant: {who.name} may submit only as tenant {who.name!r}, not {tenant!r}")
+        if len(request.idempotency_key) > 128:
+            raise InvalidArgument("idempotency_key", "is longer than 128 characters")
+        spec = convert.spec_from_pb(request.spec, convert._text(tenant, "tenant", 64))
+        spec = admit(spec, self.daemon.controller.devices)
+        job, _ = self.daemon.store.submit(spec, who.uid, request.idempotency_key)
+        self.daemon.controller.wake()
+        return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job))
+
+    def _visible(self, job_id: str, who: Identity) -> Job:
+        job = self.daemon.store.get(job_id)
+        if not who.may_see(job.spec.tenant):
+            # The same answer as for a job that does not exist: ids of others' jobs are not revealed.
+            raise NotFound(f"no job with id {job_id}")
+        return job
+
+    @_handled
+    def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return convert.job_to_pb(self._visible(request.id, self.identity(context)))
+
+    @_handled
+    def List(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        who = self.identity(context)
+        tenant = request.tenant.strip()
+        if tenant and not who.may_see(tenant):
+            raise PermissionDenied(f"tenant: {who.name} may not list the jobs of tenant {tenant!r}")
+        if not who.admin:
+            tenant = who.name
+        jobs = self.daemon.store.list(convert.states_from_pb(list(request.states)), tenant, None, request.limit)
+        return jobs_pb2.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in jobs])
+
+    @_handled
+    def Cancel(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        job = self._visible(request.id, self.identity(context))
+        store = self.daemon.store
+        if job.state.terminal:
+            raise FailedPrecondition(f"job {job.id} already ended ({job.state.value})")
+        try:
+            job = store.update(job.id, expect={JobState.PENDING}, state=JobState.CANCELLED, reason="cancelled-by-user",
+                               message="cancelled before it started", finished_at=time.time())
+        except FailedPrecondition:
+            # It started (or ended) meanwhile: ask the controller to stop its process.
+            try:
+                job = store.update(job.id, expect={JobState.RUNNING, JobState.PAUSED}, cancel_requested=True,
+                                   event="cancel-requested")
+            except FailedPrecondition:
+                return convert.job_to_pb(store.get(job.id))
+            self.daemon.controller.wake()
+            deadline = time.time() + self.daemon.config.kill_grace_seconds + 3.0
+            seq = store.last_event_seq
+            while time.time() < deadline and context.is_active():
+                job = store.get(job.id)
+                if job.state.terminal:
+                    break
+                store.wait_for_events(seq, 0.2)
+                seq = store.last_event_seq
+        return convert.job_to_pb(job)
+
+    @_handled
+    def Watch(self, request: jobs_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Event]:
+        who = self.identity(context)
+        store = self.daemon.store
+        job_id = ""
+        if request.job_id:
+            job_id = self._visible(request.job_id, who).id
+        seq = request.since_seq
+        while context.is_active():
+            batch = store.events(seq, job_id, 500)
+            for event in batch:
+                seq = event.seq
+                if who.may_see(event.tenant):
+                    yield convert.event_to_pb(event)
+                if job_id and event.state is not None and event.state.terminal and not request.follow:
+                    return
+            if len(batch) == 500:
+                continue
+            if not request.follow:
+                return
+            if job_id and store.get(job_id).state.terminal and not store.events(seq, job_id, 1):
+                return
+            store.wait_for_events(seq, 0.5)
+
+    @_handled
+    def Logs(self, request: jobs_pb2.LogsRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.LogChunk]:
+        job = self._visible(request.job_id, self.identity(context))
+        runtime = self.daemon.runtime
+        offsets = {"stdout": 0, "stderr": 0}
+        while context.is_active():
+            # Read the state before the files: everything written before the job ended is then sent.
+            finished = self.daemon.store.get(job.id).state.terminal
+            sent = False
+            for stream in offsets:
+                path = runtime.log_path(job.id, stream)
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(offsets[stream])
+                        while data := f.read(LOG_CHUNK):
+                            offsets[stream] += len(data)
+                            sent = True
+                            yield jobs_pb2.LogChunk(stream=stream, data=data)
+                except FileNotFoundError:
+                    pass
+            if not request.follow or (finished and not sent):
+                return
+            if not sent:
+                time.sleep(0.1)
+
+
+class DeviceServicer(_Base, devices_pb2_grpc.DeviceServiceServicer):
+    @_handled
+    def List(self, request: devices_pb2.ListDevicesRequest, context: grpc.ServicerContext) -> devices_pb2.ListDevicesResponse:
+        who = self.identity(context)
+        daemon = self.daemon
+        statuses = {s.index: s for s in daemon.backend.status()}
+        active = [j for j in daemon.store.active() if j.state.active and j.placement is not None]
+        out = devices_pb2.ListDevicesResponse(backend=daemon.backend.name)
+        for info in daemon.controller.devices:
+            status = statuses.get(info.index)
+            used_by_pid = {p.pid: p.memory_used for p in status.processes} if status else {}
+            holders = [j for j in active if info.index in j.placement.devices]  # type: ignore[union-attr]
+            device = devices_pb2.Device(
+                index=info.index,
+                uuid=info.uuid,
+                model=info.model,
+                memory_total=info.memory_total,
+                memory_used=status.memory_used if status else 0,
+                sm_count=info.sm_count,
+                utilization_pct=status.utilization_pct if status else 0.0,
+                healthy=status.healthy if status else False,
+                backend=daemon.backend.name,
+                mig_profiles=[
+                    devices_pb2.MigProfileInfo(name=p.name, slices=p.slices, memory_bytes=p.memory_bytes,
+                                               max_count=p.max_count)
+                    for p in info.mig_profiles
+                ],
+            )
+            kinds = {j.placement.partition.split(":")[0] for j in holders}  # type: ignore[union-attr]
+            device.partitioning = "idle" if not kinds else ("mig" if "mig" in kinds else sorted(kinds)[0])
+            for job in holders:
+                placement = job.placement
+                assert placement is not None
+                visible = who.may_see(job.spec.tenant)
+                device.allocations.append(
+                    devices_pb2.Allocation(
+                        job_id=job.id if visible else "",
+                        tenant=job.spec.tenant if visible else "(other tenant)",
+                        partition=placement.partition,
+                        compute_milli=placement.granted.gpu_milli or 1000,
+                        memory_limit=placement.granted.memory_bytes,
+                        memory_used=used_by_pid.get(job.child_pid, 0),
+                        paused=job.state == JobState.PAUSED,
+                    )
+                )
+            out.devices.append(device)
+        return out
+
+
+class PolicyServicer(_Base, policy_pb2_grpc.PolicyServiceServicer):
+    @_handled
+    def List(self, request: policy_pb2.ListPoliciesRequest, context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
+        self.identity(context)
+        active = self.daemon.controller.policy.name
+        return policy_pb2.ListPoliciesResponse(
+            policies=[
+                policy_pb2.PolicyInfo(name=name, description=cls.description, active=name == active)
+                for name, cls in available().items()
+            ]
+        )
+
+    @_handled
+    def Set(self, request: policy_pb2.SetPolicyRequest, context: grpc.ServicerContext) -> policy_pb2.PolicyInfo:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not change the scheduling policy; it applies to every tenant")
+        name = request.name.strip()
+        if not name:
+            raise InvalidArgument("name", "is empty; name a policy (see `gpuosctl policy list`)")
+        policy = get_policy(name)
+        self.daemon.set_policy(policy)
+        return policy_pb2.PolicyInfo(name=policy.name, description=policy.description, active=True)
+
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    devices_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+)
+
+
+def _register(server: grpc.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Serve ``service`` with ``servicer``, parsing requests ourselves.
+
+    grpcio answers a request it cannot parse with INTERNAL; a malformed request is the caller's
+    error, so the handlers take raw bytes and answer INVALID_ARGUMENT instead.
+    """
+    handlers = {}
+    for method in service.methods:
+        request_cls = GetMessageClass(method.input_type)
+        response_cls = GetMessageClass(method.output_type)
+        impl = getattr(servicer, method.name)
+
+        def parse(raw: bytes, context: grpc.ServicerContext, request_cls: Any = request_cls) -> Any:
+            try:
+                return request_cls.FromString(raw)
+            except DecodeError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
+
+        if method.server_streaming:
+            def stream(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
+                return impl(parse(raw, context), context)
+
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                stream, response_serializer=response_cls.SerializeToString
+            )
+        else:
+            def unary(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
+                return impl(parse(raw, context), context)
+
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                unary, response_serializer=response_cls.SerializeToString
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+SERVICES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
+    devices_pb2.DESCRIPTOR.services_by_name["DeviceService"],
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"],
+)
+SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
+
+
+def build_server(daemon: Daemon, max_workers: int = 128) -> tuple[grpc.Server, health.HealthServicer]:
+    """A gRPC server with gpuos's services, the standard health service and reflection."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpuos-rpc"),
+        options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)],
+    )
+    for service, servicer in zip(SERVICES, (JobServicer(daemon), DeviceServicer(daemon), PolicyServicer(daemon)),
+                                 strict=True):
+        _register(server, servicer, service)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    return server, health_servicer
+
+
+def identify(peer: str, gateway: PeerGateway | None, admins: list[str], tcp_tenant: str) -> Identity:
+    """Map a gRPC peer string to the caller's identity."""
+    uid = gateway.uid_of_peer(peer) if gateway is not None else None
+    if uid is None and peer.startswith("unix:"):
+        # Only the daemon's own user can reach the private socket directly.
+        uid = os.getuid()
+    if uid is not None:
+        name = user_name(uid)
+        admin = uid == 0 or uid == os.getuid() or name in admins or str(uid) in admins
+        return Identity(uid, name, admin)
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return Identity(NOBODY_UID, tcp_tenant, tcp_tenant in admins)
+    raise PermissionDenied(f"cannot identify the caller ({peer}); connect through the Unix socket")

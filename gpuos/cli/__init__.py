@@ -1,0 +1,1 @@
+"""``gpuosctl``: the command-line client."""

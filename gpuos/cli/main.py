@@ -1,0 +1,210 @@
+"""``gpuosctl``: submit and follow GPU jobs, inspect devices, choose the scheduling policy.
+
+Exit codes: 0 success; 1 the daemon refused or failed the request (a one-line reason is
+printed); 2 the command line was wrong; ``wait`` exits with the job's own exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gpuos.cli import output
+from gpuos.errors import GpuosError
+
+STATES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Everything after the first ``--`` is the job's command, never gpuosctl's options."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuosctl", description="Talk to gpuosd, the gpuos daemon.")
+    parser.add_argument("--socket", help="gpuosd's Unix socket (default $GPUOS_SOCKET, $XDG_RUNTIME_DIR/gpuos.sock, "
+                                         "/run/gpuos/gpuos.sock)")
+    parser.add_argument("--addr", help="gpuosd's TCP address HOST:PORT instead of the socket")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", help="submit a job: gpuosctl submit [options] -- CMD ARGS...")
+    p.add_argument("--name", default="")
+    share = p.add_mutually_exclusive_group()
+    share.add_argument("--gpus", type=int, help="whole GPUs (default 1)")
+    share.add_argument("--gpu-fraction", type=float, help="a share of one GPU in (0, 1]")
+    p.add_argument("--memory", help="GPU memory per GPU, e.g. 8GiB")
+    p.add_argument("--mig-profile", default="", help="a MIG slice, e.g. 1g.10gb")
+    p.add_argument("--gpu-type", action="append", default=[], help="allowed GPU model (repeatable)")
+    p.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
+    p.add_argument("--tenant", default="", help="submit for this tenant (admins only; default: you)")
+    p.add_argument("--qos", default="", choices=["", "LS", "BE", "ls", "be"], help="LS latency-sensitive, BE best-effort")
+    p.add_argument("--estimate", type=float, default=0.0, help="your estimate of the run time, in seconds")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the job (repeatable)")
+    p.add_argument("--no-env", action="store_true", help="do not pass your environment on to the job")
+    p.add_argument("--kernel", default="", help="a built-in kernel instead of a command (see `gpuosctl kernels`)")
+    p.add_argument("--param", action="append", default=[], help="kernel parameter KEY=VALUE (repeatable)")
+    p.add_argument("--wait", action="store_true", help="wait for the job and exit with its exit code")
+
+    p = sub.add_parser("get", help="show one job")
+    p.add_argument("job")
+    p = sub.add_parser("list", help="list jobs")
+    p.add_argument("--state", action="append", default=[], choices=STATES + tuple(s.upper() for s in STATES))
+    p.add_argument("--tenant", default="")
+    p.add_argument("--limit", type=int, default=0, help="only the newest N")
+    p = sub.add_parser("cancel", help="cancel jobs")
+    p.add_argument("jobs", nargs="+")
+    p = sub.add_parser("logs", help="print a job's output")
+    p.add_argument("job")
+    p.add_argument("-f", "--follow", action="store_true")
+    p = sub.add_parser("wait", help="wait for a job; exit with its exit code")
+    p.add_argument("job")
+    p.add_argument("--timeout", type=float, default=None)
+    p = sub.add_parser("events", help="print job events")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--job", default="")
+    p.add_argument("--since", type=int, default=0, help="only events after this sequence number")
+    sub.add_parser("devices", help="show GPUs and who holds what")
+    p = sub.add_parser("policy", help="list or set the scheduling policy")
+    psub = p.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
+    psub.add_parser("list", help="available policies")
+    ps = psub.add_parser("set", help="make NAME the active policy")
+    ps.add_argument("name")
+    sub.add_parser("kernels", help="built-in kernels and their parameters")
+    return parser
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"gpuosctl: {flag} {item!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    from gpuos.client import ApiError, Client, current_env
+
+    as_json = args.output == "json"
+    if args.cmd == "kernels":
+        from gpuos.kernels.registry import available
+
+        kernels = available()
+        if as_json:
+            print(output.dumps({n: {"description": k.description, "params": [p.name for p in k.params]}
+                                for n, k in kernels.items()}))
+        else:
+            for name, spec in kernels.items():
+                print(f"{name}: {spec.description}")
+                for prm in spec.params:
+                    bounds = f" [{prm.minimum:g}..{prm.maximum:g}]" if prm.minimum is not None and prm.maximum is not None else ""
+                    choices = f" {{{','.join(prm.choices)}}}" if prm.choices else ""
+                    print(f"  --param {prm.name}=<{prm.kind}> default {prm.default}{bounds}{choices}  {prm.help}")
+        return 0
+
+    client = Client(socket=args.socket, addr=args.addr)
+    try:
+        if args.cmd == "submit":
+            if bool(command) == bool(args.kernel):
+                raise SystemExit("gpuosctl: give either a command after -- or --kernel NAME")
+            env = {} if args.no_env or args.kernel else current_env()
+            env.update(_pairs(args.env, "--env"))
+            job = client.submit(
+                command, kernel=args.kernel, params=_pairs(args.param, "--param"), name=args.name,
+                gpus=args.gpus, gpu_fraction=args.gpu_fraction, memory=args.memory, mig_profile=args.mig_profile,
+                gpu_types=args.gpu_type, priority=args.priority, tenant=args.tenant, qos=args.qos.upper(),
+                env=env, cwd=os.getcwd() if not args.kernel else "", estimated_seconds=args.estimate,
+            )
+            print(output.dumps(output.job_dict(job)) if as_json else job.id)
+            if args.wait:
+                return _exit_code(client.wait(job.id))
+        elif args.cmd == "get":
+            job = client.get(args.job)
+            if as_json:
+                print(output.dumps(output.job_dict(job)))
+            else:
+                print(output.jobs_table([job]))
+                if job.message:
+                    print(f"message: {job.message}")
+        elif args.cmd == "list":
+            jobs = client.list(args.state, args.tenant, args.limit)
+            print(output.dumps([output.job_dict(j) for j in jobs]) if as_json else output.jobs_table(jobs))
+        elif args.cmd == "cancel":
+            for job_id in args.jobs:
+                job = client.cancel(job_id)
+                print(output.dumps(output.job_dict(job)) if as_json else f"{job.id} {output.job_dict(job)['state']}")
+        elif args.cmd == "logs":
+            for stream, data in client.logs(args.job, follow=args.follow):
+                target = sys.stdout if stream == "stdout" else sys.stderr
+                target.buffer.write(data)
+                target.flush()
+        elif args.cmd == "wait":
+            job = client.wait(args.job, timeout=args.timeout)
+            if as_json:
+                print(output.dumps(output.job_dict(job)))
+            return _exit_code(job)
+        elif args.cmd == "events":
+            for event in client.events(follow=args.follow, job_id=args.job, since=args.since):
+                print(output.dumps(output.event_dict(event)) if as_json else output.event_line(event), flush=True)
+        elif args.cmd == "devices":
+            reply = client.devices()
+            if as_json:
+                print(output.dumps({"backend": reply.backend, "devices": [output.device_dict(d) for d in reply.devices]}))
+            else:
+                print(output.devices_table(reply.devices))
+                print(f"backend: {reply.backend}")
+        elif args.cmd == "policy":
+            if args.policy_cmd == "list":
+                policies = client.policies()
+                if as_json:
+                    print(output.dumps([{"name": p.name, "description": p.description, "active": p.active}
+                                        for p in policies]))
+                else:
+                    print(output.table(["", "POLICY", "DESCRIPTION"],
+                                       [["*" if p.active else "", p.name, p.description] for p in policies]))
+            else:
+                info = client.set_policy(args.name)
+                print(f"policy is now {info.name}")
+    except ApiError as exc:
+        print(f"gpuosctl: {exc.code.name}: {exc.details}", file=sys.stderr)
+        return 1
+    except TimeoutError as exc:
+        print(f"gpuosctl: timed out: {exc}", file=sys.stderr)
+        return 1
+    except GpuosError as exc:
+        print(f"gpuosctl: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+    return 0
+
+
+def _exit_code(job) -> int:  # type: ignore[no-untyped-def]
+    if job.HasField("exit_code"):
+        return job.exit_code
+    from gpuos.client import jobs_pb2
+
+    return 0 if job.state == jobs_pb2.SUCCEEDED else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options, command = _split_command(argv)
+    parser = build_parser()
+    args = parser.parse_args(options)
+    if command and args.cmd != "submit":
+        parser.error("a command after -- is only for submit")
+    return run(args, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

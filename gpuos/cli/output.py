@@ -1,0 +1,173 @@
+"""How gpuosctl shows things: compact tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gpuos.units import format_bytes
+from gpuos.v1 import common_pb2, devices_pb2, jobs_pb2
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _time(ts: Timestamp, present: bool) -> str | None:
+    if not present:
+        return None
+    return ts.ToJsonString()
+
+
+def ago(ts: Timestamp, present: bool) -> str:
+    if not present:
+        return "-"
+    seconds = max(0.0, time.time() - ts.ToNanoseconds() / 1e9)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def resources_dict(r: common_pb2.Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if r.HasField("gpus"):
+        out["gpus"] = r.gpus
+    if r.HasField("gpu_fraction"):
+        out["gpu_fraction"] = r.gpu_fraction
+    if r.HasField("memory_bytes"):
+        out["memory_bytes"] = r.memory_bytes
+    if r.mig_profile:
+        out["mig_profile"] = r.mig_profile
+    if r.gpu_types:
+        out["gpu_types"] = list(r.gpu_types)
+    return out
+
+
+def resources_text(r: common_pb2.Resources) -> str:
+    if r.mig_profile:
+        text = f"mig {r.mig_profile}"
+    elif r.HasField("gpu_fraction"):
+        text = f"{r.gpu_fraction:g} gpu"
+    else:
+        text = f"{r.gpus if r.HasField('gpus') else 1} gpu"
+    if r.HasField("memory_bytes"):
+        text += f", {format_bytes(r.memory_bytes)}"
+    return text
+
+
+def job_dict(job: jobs_pb2.Job) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": jobs_pb2.JobState.Name(job.state),
+        "reason": job.reason,
+        "message": job.message,
+        "exit_code": job.exit_code if job.HasField("exit_code") else None,
+        "tenant": job.tenant,
+        "owner_uid": job.owner_uid,
+        "kind": jobs_pb2.JobKind.Name(spec.kind).lower(),
+        "command": list(spec.command),
+        "kernel": spec.kernel,
+        "params": dict(spec.params),
+        "priority": jobs_pb2.Priority.Name(spec.priority).lower(),
+        "qos": spec.qos,
+        "device": list(job.placement.devices),
+        "device_uuids": list(job.placement.device_uuids),
+        "partition": job.placement.partition,
+        "requested": resources_dict(spec.resources),
+        "granted": resources_dict(job.placement.granted) if job.HasField("placement") else {},
+        "attained_service_gpu_s": round(job.attained_service, 3),
+        "created_at": _time(job.created_at, job.HasField("created_at")),
+        "started_at": _time(job.started_at, job.HasField("started_at")),
+        "finished_at": _time(job.finished_at, job.HasField("finished_at")),
+    }
+
+
+def jobs_table(jobs: Sequence[jobs_pb2.Job]) -> str:
+    rows = []
+    for j in jobs:
+        state = jobs_pb2.JobState.Name(j.state)
+        if j.reason:
+            state += f" ({j.reason})"
+        devices = ",".join(str(d) for d in j.placement.devices) or "-"
+        if j.placement.partition and j.placement.partition != "exclusive":
+            devices += f" {j.placement.partition}"
+        exit_code = str(j.exit_code) if j.HasField("exit_code") else "-"
+        rows.append([j.id, j.name[:24], state, j.tenant, resources_text(j.spec.resources), devices, exit_code,
+                     ago(j.created_at, j.HasField("created_at"))])
+    return table(["ID", "NAME", "STATE", "TENANT", "ASKED", "GPU", "EXIT", "AGE"], rows)
+
+
+def event_dict(e: jobs_pb2.Event) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "time": e.time.ToJsonString(),
+        "job_id": e.job_id,
+        "kind": e.kind,
+        "state": jobs_pb2.JobState.Name(e.state),
+        "reason": e.reason,
+        "message": e.message,
+        "tenant": e.tenant,
+    }
+
+
+def event_line(e: jobs_pb2.Event) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e.time.seconds))
+    extra = " ".join(x for x in (e.reason and f"reason={e.reason}", e.message) if x)
+    return f"{stamp}  {e.job_id}  {e.kind:<16} {jobs_pb2.JobState.Name(e.state):<9} {extra}".rstrip()
+
+
+def device_dict(d: devices_pb2.Device) -> dict[str, Any]:
+    return {
+        "index": d.index,
+        "uuid": d.uuid,
+        "model": d.model,
+        "healthy": d.healthy,
+        "memory_total": d.memory_total,
+        "memory_used": d.memory_used,
+        "sm_count": d.sm_count,
+        "utilization_pct": d.utilization_pct,
+        "partitioning": d.partitioning,
+        "mig_profiles": [p.name for p in d.mig_profiles],
+        "allocations": [
+            {
+                "job_id": a.job_id,
+                "tenant": a.tenant,
+                "partition": a.partition,
+                "compute_milli": a.compute_milli,
+                "memory_limit": a.memory_limit,
+                "memory_used": a.memory_used,
+                "paused": a.paused,
+            }
+            for a in d.allocations
+        ],
+    }
+
+
+def devices_table(devices: Sequence[devices_pb2.Device]) -> str:
+    rows = []
+    for d in devices:
+        holders = ", ".join(
+            f"{a.job_id or a.tenant}:{a.partition}"
+            + (f" {a.compute_milli / 10:g}%" if a.compute_milli < 1000 else "")
+            + f" {format_bytes(a.memory_used)}/{format_bytes(a.memory_limit)}"
+            + (" paused" if a.paused else "")
+            for a in d.allocations
+        ) or "-"
+        rows.append([
+            d.index, d.model, "ok" if d.healthy else "FAILED", f"{d.utilization_pct:.0f}%",
+            f"{format_bytes(d.memory_used)} / {format_bytes(d.memory_total)}", d.partitioning, holders,
+        ])
+    return table(["GPU", "MODEL", "HEALTH", "UTIL", "MEMORY", "SHARING", "JOBS (id:partition share used/limit)"], rows)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)

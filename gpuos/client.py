@@ -1,0 +1,194 @@
+"""``gpuos.Client``: the Python API to a running gpuosd, with the operations ``gpuosctl`` offers.
+
+Methods return the protobuf messages of ``gpuos.v1`` (attributes read like plain objects) and
+raise :class:`ApiError` with the daemon's status code and message when a call fails.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+
+import grpc
+
+from gpuos.units import parse_bytes
+from gpuos.v1 import (
+    common_pb2,
+    devices_pb2,
+    devices_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+)
+
+TERMINAL = (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED)
+_PRIORITIES = {"low": jobs_pb2.LOW, "normal": jobs_pb2.NORMAL, "high": jobs_pb2.HIGH}
+
+
+class ApiError(RuntimeError):
+    """A call the daemon refused or could not answer."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+
+def default_target(socket_path: str | None = None, addr: str | None = None) -> str:
+    if addr:
+        return addr
+    from gpuos.daemon.config import default_socket
+
+    return "unix:" + (socket_path or default_socket())
+
+
+class Client:
+    """A connection to gpuosd over its Unix socket (default) or a TCP address."""
+
+    def __init__(self, socket: str | None = None, addr: str | None = None, timeout: float = 30.0) -> None:
+        self.target = default_target(socket, addr)
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.target)
+        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)
+        self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, method, request, timeout: float | None = None, retries: int = 0):  # type: ignore[no-untyped-def]
+        for attempt in range(retries + 1):
+            try:
+                return method(request, timeout=timeout or self.timeout, wait_for_ready=attempt > 0)
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < retries:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise ApiError(code, exc.details() or code.name) from None  # type: ignore[attr-defined]
+        raise AssertionError("unreachable")
+
+    def _stream(self, method, request, timeout: float | None = None) -> Iterator:  # type: ignore[no-untyped-def]
+        try:
+            yield from method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.CANCELLED:
+                return
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+                raise TimeoutError(exc.details()) from None  # type: ignore[attr-defined]
+            raise ApiError(code, exc.details() or code.name) from None  # type: ignore[attr-defined]
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        command: Sequence[str] = (),
+        *,
+        kernel: str = "",
+        params: Mapping[str, object] | None = None,
+        name: str = "",
+        gpus: int | None = None,
+        gpu_fraction: float | None = None,
+        memory: int | str | None = None,
+        mig_profile: str = "",
+        gpu_types: Sequence[str] = (),
+        priority: str = "normal",
+        tenant: str = "",
+        qos: str = "",
+        env: Mapping[str, str] | None = None,
+        cwd: str = "",
+        estimated_seconds: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> jobs_pb2.Job:
+        """Submit a process job (``command``) or a kernel job (``kernel`` and ``params``).
+
+        Returns the job once the daemon has made it durable. Retries are safe: the request
+        carries an idempotency key, so a retry after a lost reply cannot start the job twice.
+        """
+        resources = common_pb2.Resources(mig_profile=mig_profile, gpu_types=list(gpu_types))
+        if gpus is not None:
+            resources.gpus = gpus
+        if gpu_fraction is not None:
+            resources.gpu_fraction = gpu_fraction
+        if memory is not None:
+            resources.memory_bytes = parse_bytes(memory) if isinstance(memory, str) else memory
+        if priority.lower() not in _PRIORITIES:
+            raise ValueError(f"priority {priority!r} is not one of high, normal, low")
+        spec = jobs_pb2.JobSpec(
+            name=name,
+            command=list(command),
+            kernel=kernel,
+            params={k: str(v) for k, v in (params or {}).items()},
+            resources=resources,
+            priority=_PRIORITIES[priority.lower()],
+            tenant=tenant,
+            qos=qos,
+            env=dict(env or {}),
+            cwd=cwd,
+            estimated_seconds=estimated_seconds,
+        )
+        request = jobs_pb2.SubmitRequest(spec=spec, idempotency_key=idempotency_key or uuid.uuid4().hex)
+        return self._call(self._jobs.Submit, request, retries=3).job
+
+    def get(self, job_id: str) -> jobs_pb2.Job:
+        return self._call(self._jobs.Get, jobs_pb2.GetJobRequest(id=job_id))
+
+    def list(self, states: Sequence[str] = (), tenant: str = "", limit: int = 0) -> list[jobs_pb2.Job]:
+        request = jobs_pb2.ListJobsRequest(
+            states=[jobs_pb2.JobState.Value(s.upper()) for s in states], tenant=tenant, limit=limit
+        )
+        return list(self._call(self._jobs.List, request).jobs)
+
+    def cancel(self, job_id: str) -> jobs_pb2.Job:
+        return self._call(self._jobs.Cancel, jobs_pb2.CancelJobRequest(id=job_id))
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
+        """(stream, data) chunks of the job's stdout and stderr."""
+        for chunk in self._stream(self._jobs.Logs, jobs_pb2.LogsRequest(job_id=job_id, follow=follow)):
+            yield chunk.stream, chunk.data
+
+    def events(self, follow: bool = False, job_id: str = "", since: int = 0) -> Iterator[jobs_pb2.Event]:
+        request = jobs_pb2.WatchRequest(job_id=job_id, since_seq=since, follow=follow)
+        yield from self._stream(self._jobs.Watch, request)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> jobs_pb2.Job:
+        """Block until the job ends; returns it in its final state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get(job_id)
+        while job.state not in TERMINAL:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            request = jobs_pb2.WatchRequest(job_id=job.id, follow=True)
+            try:
+                for event in self._stream(self._jobs.Watch, request, remaining):
+                    if event.state in TERMINAL:
+                        break
+            except TimeoutError:
+                raise TimeoutError(f"job {job.id} is still {jobs_pb2.JobState.Name(job.state)}") from None
+            job = self.get(job.id)
+        return job
+
+    # -- devices and policies -------------------------------------------------------------------
+
+    def devices(self) -> devices_pb2.ListDevicesResponse:
+        return self._call(self._devices.List, devices_pb2.ListDevicesRequest())
+
+    def policies(self) -> list[policy_pb2.PolicyInfo]:
+        return list(self._call(self._policies.List, policy_pb2.ListPoliciesRequest()).policies)
+
+    def set_policy(self, name: str) -> policy_pb2.PolicyInfo:
+        return self._call(self._policies.Set, policy_pb2.SetPolicyRequest(name=name))
+
+
+def current_env() -> dict[str, str]:
+    """The caller's environment, as a batch scheduler passes it on by default."""
+    return dict(os.environ)

@@ -1,0 +1,59 @@
+"""``gpuosd``: start the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from gpuos.errors import GpuosError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gpuosd", description="gpuos daemon: schedules and shares this machine's GPUs")
+    parser.add_argument("--config", help="TOML file with any of the settings below")
+    parser.add_argument("--socket", help="Unix socket (default $GPUOS_SOCKET, $XDG_RUNTIME_DIR/gpuos.sock, "
+                                         "/run/gpuos/gpuos.sock)")
+    parser.add_argument("--listen", help="also serve on TCP HOST:PORT (unauthenticated; bind to loopback)")
+    parser.add_argument("--state-dir", dest="state_dir", help="where jobs, logs and the database live")
+    parser.add_argument("--backend", choices=["auto", "sim", "nvml"], help="GPU backend (default auto)")
+    parser.add_argument("--sim-gpus", dest="sim_gpus", help="simulated GPUs, e.g. 2xH100-80GB or 1xA100-40GB,1xL4")
+    parser.add_argument("--policy", help="scheduling policy (see `gpuosctl policy list`)")
+    parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from gpuos.daemon.config import DaemonConfig
+    from gpuos.daemon.daemon import Daemon
+
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = DaemonConfig.load(args.config, overrides)
+    except GpuosError as exc:
+        print(f"gpuosd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        daemon = Daemon(config)
+        daemon.start()
+    except (GpuosError, OSError) as exc:
+        print(f"gpuosd: {exc}", file=sys.stderr)
+        return 1
+    print(f"gpuosd: {daemon.backend_reason}; serving on {config.socket}", file=sys.stderr, flush=True)
+
+    def shutdown(signum: int, _frame: object) -> None:
+        logging.getLogger("gpuos.daemon").info("received %s; stopping (running jobs keep running)",
+                                               signal.Signals(signum).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    daemon.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MigProfileInfo(_message.Message):
+    __slots__ = ("name", "slices", "memory_bytes", "max_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    slices: int
+    memory_bytes: int
+    max_count: int
+    def __init__(self, name: _Optional[str] = ..., slices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_count: _Optional[int] = ...) -> None: ...
+
+class Allocation(_message.Message):
+    __slots__ = ("job_id", "tenant", "partition", "compute_milli", "memory_limit", "memory_used", "paused")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MILLI_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    tenant: str
+    partition: str
+    compute_milli: int
+    memory_limit: int
+    memory_used: int
+    paused: bool
+    def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., partition: _Optional[str] = ..., compute_milli: _Optional[int] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
+    SM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PCT_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    MIG_PROFILES_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONING_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    uuid: str
+    model: str
+    memory_total: int
+    memory_used: int
+    sm_count: int
+    utilization_pct: float
+    healthy: bool
+    mig_profiles: _containers.RepeatedCompositeFieldContainer[MigProfileInfo]
+    partitioning: str
+    allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
+    backend: str
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices", "backend")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    backend: str
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., backend: _Optional[str] = ...) -> None: ...

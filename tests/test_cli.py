@@ -1,0 +1,104 @@
+"""gpuosctl as a user runs it: a subprocess against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import DaemonProcess
+
+PY = sys.executable
+
+
+def test_submit_prints_the_job_id_and_get_shows_it(gpuosd: DaemonProcess) -> None:
+    result = gpuosd.ctl("submit", "--name", "hello", "--", PY, "-c", "print('hi')")
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    assert gpuosd.ctl("wait", job).returncode == 0
+    table = gpuosd.ctl("get", job).stdout
+    assert job in table and "SUCCEEDED" in table and "hello" in table
+
+
+def test_get_json_has_the_documented_fields(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--gpu-fraction", "0.5", "--memory", "8GiB", "--", PY, "-c", "pass").stdout.strip()
+    gpuosd.ctl("wait", job)
+    data = json.loads(gpuosd.ctl("-o", "json", "get", job).stdout)
+    for field in ("id", "name", "state", "reason", "exit_code", "tenant", "device", "partition", "requested",
+                  "granted", "created_at", "started_at", "finished_at"):
+        assert field in data, field
+    assert data["requested"] == {"gpu_fraction": 0.5, "memory_bytes": 8 * 1024**3}
+    assert data["partition"] == "shared" and data["exit_code"] == 0
+
+
+def test_wait_exits_with_the_jobs_exit_code(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--", PY, "-c", "raise SystemExit(42)").stdout.strip()
+    assert gpuosd.ctl("wait", job).returncode == 42
+
+
+def test_submit_wait_runs_in_the_callers_directory_with_its_environment(gpuosd: DaemonProcess) -> None:
+    result = subprocess.run(
+        [PY, "-m", "gpuos.cli.main", "--socket", gpuosd.socket, "submit", "--wait", "--env", "EXTRA=1", "--",
+         PY, "-c", "import os; print(os.getcwd(), os.environ['MARK'], os.environ['EXTRA'])"],
+        capture_output=True, text=True, cwd=str(gpuosd.base), env={**__import__("os").environ, "MARK": "yes"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.split()[0]
+    assert gpuosd.ctl("logs", job).stdout.strip() == f"{gpuosd.base} yes 1"
+
+
+def test_logs_follow_prints_output_as_it_comes(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--", PY, "-u", "-c", "print('a'); import sys; print('b', file=sys.stderr)").stdout.strip()
+    result = gpuosd.ctl("logs", "-f", job)
+    assert result.stdout == "a\n" and result.stderr == "b\n"
+
+
+def test_list_filters_by_state_and_prints_a_table(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--", PY, "-c", "pass").stdout.strip()
+    gpuosd.ctl("wait", job)
+    out = gpuosd.ctl("list", "--state", "succeeded").stdout
+    assert out.splitlines()[0].split()[:3] == ["ID", "NAME", "STATE"]
+    assert job in out
+    assert job not in gpuosd.ctl("list", "--state", "failed").stdout
+
+
+def test_cancel_reports_the_final_state(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--", "sleep", "60").stdout.strip()
+    result = gpuosd.ctl("cancel", job)
+    assert result.returncode == 0 and "CANCELLED" in result.stdout
+
+
+def test_events_lists_the_lifecycle(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--", PY, "-c", "pass").stdout.strip()
+    gpuosd.ctl("wait", job)
+    lines = [line for line in gpuosd.ctl("events", "--job", job).stdout.splitlines() if job in line]
+    assert [line.split()[2] for line in lines] == ["submitted", "started", "succeeded"]
+
+
+def test_devices_shows_each_gpu(gpuosd: DaemonProcess) -> None:
+    out = gpuosd.ctl("devices").stdout
+    assert out.count("H100-80GB") == 2 and "backend: sim" in out
+
+
+def test_policy_list_marks_the_active_policy(gpuosd: DaemonProcess) -> None:
+    out = gpuosd.ctl("policy", "list").stdout
+    assert any(line.startswith("*") and "fifo" in line for line in out.splitlines())
+    assert gpuosd.ctl("policy", "set", "fifo").stdout.strip() == "policy is now fifo"
+
+
+def test_a_refused_request_exits_non_zero_with_one_line(gpuosd: DaemonProcess) -> None:
+    result = gpuosd.ctl("submit", "--gpu-fraction", "2", "--", "true")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "gpu_fraction" in result.stderr
+
+
+def test_an_unknown_job_exits_non_zero(gpuosd: DaemonProcess) -> None:
+    result = gpuosd.ctl("get", "abcdef")
+    assert result.returncode == 1 and "NOT_FOUND" in result.stderr
+
+
+def test_no_daemon_is_a_clear_error(short_dir) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run([PY, "-m", "gpuos.cli.main", "--socket", str(short_dir / "none.sock"), "list"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr

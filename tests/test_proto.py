@@ -1,0 +1,18 @@
+"""The committed generated code is what tools/gen_proto.py makes from proto/ now."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    fresh = {p.name: p.read_text() for p in (tmp_path / "gpuos" / "v1").iterdir() if p.is_file()}
+    committed = {p.name: p.read_text() for p in (ROOT / "gpuos" / "v1").iterdir() if p.is_file()}
+    stale = sorted(name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name))
+    assert not stale, f"regenerate with `python tools/gen_proto.py`: {stale} differ from proto/"

@@ -1,0 +1,90 @@
+"""The job store: durable, ordered, and consistent under concurrent writers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpuos.jobs import JobKind, JobSpec, JobState, Resources
+from gpuos.store import Store
+
+
+def spec(name: str = "j") -> JobSpec:
+    return JobSpec(name=name, kind=JobKind.PROCESS, resources=Resources(), command=("true",), tenant="t")
+
+
+def test_a_submitted_job_is_readable_from_a_fresh_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    job, created = store.submit(spec("a"), owner_uid=1)
+    store.close()
+    again = Store(tmp_path)
+    assert created and again.get(job.id).spec == spec("a")
+    assert [j.id for j in again.active()] == [job.id]
+    again.close()
+
+
+def test_concurrent_submits_all_land_with_distinct_ordered_sequence_numbers(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(25):
+            job, _ = store.submit(spec(), owner_uid=1)
+            with lock:
+                ids.append(job.id)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    jobs = store.list()
+    assert len(jobs) == 200 and sorted(j.id for j in jobs) == sorted(ids)
+    assert [j.seq for j in jobs] == sorted({j.seq for j in jobs})
+    store.close()
+
+
+def test_an_expected_state_guards_a_transition(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    job, _ = store.submit(spec(), owner_uid=1)
+    store.update(job.id, expect={JobState.PENDING}, state=JobState.CANCELLED)
+    with pytest.raises(FailedPrecondition):
+        store.update(job.id, expect={JobState.PENDING}, state=JobState.RUNNING)
+    assert store.get(job.id).state == JobState.CANCELLED
+    assert store.active() == []
+    store.close()
+
+
+def test_one_failing_write_does_not_undo_its_batch_neighbours(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    job, _ = store.submit(spec(), owner_uid=1)
+    with pytest.raises(NotFound):
+        store.update("ffffffffff", state=JobState.RUNNING)
+    assert store.get(job.id).state == JobState.PENDING
+    store.close()
+
+
+def test_transitions_are_recorded_as_events(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    job, _ = store.submit(spec(), owner_uid=1)
+    store.update(job.id, state=JobState.RUNNING, event="started")
+    store.update(job.id, state=JobState.SUCCEEDED)
+    assert [e.kind for e in store.events(job_id=job.id)] == ["submitted", "started", "succeeded"]
+    store.close()
+
+
+def test_an_ambiguous_prefix_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for _ in range(40):
+        store.submit(spec(), owner_uid=1)
+    with pytest.raises(InvalidArgument):
+        store.get("")
+    firsts = [j.id[0] for j in store.list()]
+    shared = next(c for c in firsts if firsts.count(c) > 1)
+    with pytest.raises(InvalidArgument, match="more than one"):
+        store.get(shared)
+    store.close()

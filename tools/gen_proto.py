@@ -1,0 +1,49 @@
+"""Regenerate gpuos/v1/*_pb2*.py from proto/gpuos/v1/*.proto.
+
+Usage: python tools/gen_proto.py [--out DIR]
+
+The generated code is committed so users need no protoc; tests/test_proto.py fails when it is
+stale. Requires grpcio-tools (the ``dev`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+
+
+def generate(out: Path) -> list[Path]:
+    from grpc_tools import protoc
+
+    sources = sorted(PROTO_DIR.glob("gpuos/v1/*.proto"))
+    include = Path(protoc.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *[str(s.relative_to(PROTO_DIR)) for s in sources],
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    package = out / "gpuos" / "v1"
+    (package / "__init__.py").write_text('"""Generated gRPC/protobuf code; regenerate with tools/gen_proto.py."""\n')
+    return sorted(package.iterdir())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: the repository)")
+    args = parser.parse_args()
+    for path in generate(args.out):
+        print(path.relative_to(args.out), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
