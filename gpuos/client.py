@@ -6,6 +6,7 @@ raise :class:`ApiError` with the daemon's status code and message when a call fa
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 import uuid
@@ -102,6 +103,7 @@ class Client:
         memory: int | str | None = None,
         mig_profile: str = "",
         gpu_types: Sequence[str] = (),
+        sharing: str = "",
         priority: str = "normal",
         tenant: str = "",
         qos: str = "",
@@ -115,7 +117,7 @@ class Client:
         Returns the job once the daemon has made it durable. Retries are safe: the request
         carries an idempotency key, so a retry after a lost reply cannot start the job twice.
         """
-        resources = common_pb2.Resources(mig_profile=mig_profile, gpu_types=list(gpu_types))
+        resources = common_pb2.Resources(mig_profile=mig_profile, gpu_types=list(gpu_types), sharing=sharing)
         if gpus is not None:
             resources.gpus = gpus
         if gpu_fraction is not None:
@@ -182,7 +184,19 @@ class Client:
     def devices(self) -> devices_pb2.ListDevicesResponse:
         return self._call(self._devices.List, devices_pb2.ListDevicesRequest())
 
-    def policies(self) -> list[policy_pb2.PolicyInfo]:
+    FAULTS = {
+        "gpu-fail": devices_pb2.InjectFaultRequest.GPU_FAILURE,
+        "gpu-restore": devices_pb2.InjectFaultRequest.GPU_RECOVERY,
+        "mps-crash": devices_pb2.InjectFaultRequest.MPS_DAEMON_CRASH,
+    }
+
+    def inject_fault(self, index: int, kind: str) -> devices_pb2.Device:
+        """Admins: make a fault happen on GPU ``index`` (``gpu-fail``, ``gpu-restore``, ``mps-crash``)."""
+        if kind not in self.FAULTS:
+            raise ValueError(f"fault {kind!r} is not one of {', '.join(self.FAULTS)}")
+        return self._call(self._devices.InjectFault, devices_pb2.InjectFaultRequest(index=index, kind=self.FAULTS[kind]))
+
+    def policies(self) -> builtins.list[policy_pb2.PolicyInfo]:
         return list(self._call(self._policies.List, policy_pb2.ListPoliciesRequest()).policies)
 
     def set_policy(self, name: str) -> policy_pb2.PolicyInfo:

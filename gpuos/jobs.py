@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+TIMESLICE = "timeslice"
+
 
 class JobState(str, enum.Enum):
     PENDING = "PENDING"
@@ -72,10 +74,17 @@ class Resources:
     memory_bytes: int = 0
     mig_profile: str = ""
     gpu_types: tuple[str, ...] = ()
+    # How a shared GPU is shared: "" (a whole GPU, or MPS for a fraction) or "timeslice" (take
+    # turns with the GPU's other time-sharers; gpu_milli is then the job's weight in turns).
+    sharing: str = ""
 
     @property
     def fractional(self) -> bool:
         return self.gpu_milli > 0
+
+    @property
+    def timeslice(self) -> bool:
+        return self.sharing == TIMESLICE
 
     @property
     def compute_milli(self) -> int:
@@ -107,8 +116,17 @@ class Placement:
 
     devices: tuple[int, ...]
     device_uuids: tuple[str, ...] = ()
+    # "exclusive", "mps", "timeslice" or "mig:<profile>".
     partition: str = ""
     granted: Resources = field(default_factory=Resources)
+    mig_slot: int = -1
+    mig_uuid: str = ""
+
+    @property
+    def sharing(self) -> str:
+        """The GPU sharing mode this placement takes part in ("" for exclusive)."""
+        kind = self.partition.split(":")[0]
+        return "" if kind == "exclusive" else kind
 
 
 @dataclass
@@ -131,6 +149,9 @@ class Job:
     child_pid: int = 0
     cancel_requested: bool = False
     preemptions: int = 0
+    # Start of the current stretch of running (None while paused or not running): attained
+    # service counts only time actually on the GPU.
+    run_since: float | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ SQLite stays the source of truth and the cache is rebuilt from it on start.
 
 from __future__ import annotations
 
+import builtins
 import json
 import queue
 import secrets
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     child_pid INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     preemptions INTEGER NOT NULL DEFAULT 0,
+    run_since REAL,
     idempotency_key TEXT UNIQUE
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -66,7 +68,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _JOB_COLUMNS = (
     "id, seq, spec, owner_uid, tenant, state, reason, message, exit_code, placement, created_at, "
-    "started_at, finished_at, attained_service, shim_pid, shim_started, child_pid, cancel_requested, preemptions"
+    "started_at, finished_at, attained_service, shim_pid, shim_started, child_pid, cancel_requested, preemptions, "
+    "run_since"
 )
 
 
@@ -110,12 +113,14 @@ def placement_from_json(text: str | None) -> Placement | None:
         device_uuids=tuple(data["device_uuids"]),
         partition=data["partition"],
         granted=Resources(**{**granted, "gpu_types": tuple(granted.get("gpu_types", ()))}),
+        mig_slot=data.get("mig_slot", -1),
+        mig_uuid=data.get("mig_uuid", ""),
     )
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, seq, spec, uid, _tenant, state, reason, message, exit_code, placement, created, started, finished,
-     attained, shim_pid, shim_started, child_pid, cancel_requested, preemptions) = row
+     attained, shim_pid, shim_started, child_pid, cancel_requested, preemptions, run_since) = row
     return Job(
         id=id_,
         spec=spec_from_json(spec),
@@ -135,6 +140,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         child_pid=child_pid,
         cancel_requested=bool(cancel_requested),
         preemptions=preemptions,
+        run_since=run_since,
     )
 
 
@@ -230,29 +236,29 @@ class Store:
                     value = write.fn(conn)
                     conn.execute("RELEASE w")
                     results.append((write, value, None))
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                except BaseException as caught:  # noqa: BLE001 - handed to the waiting caller
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
-                    results.append((write, None, exc))
+                    results.append((write, None, caught))
             try:
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sqlite3.Error as commit_error:
                 conn.execute("ROLLBACK")
                 for write, _, _ in results:
-                    write.future.set_exception(exc)
+                    write.future.set_exception(commit_error)
                 continue
             last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-            for _write, value, exc in results:
-                if exc is None:
+            for _write, value, error in results:
+                if error is None:
                     self._remember(value)
             with self._events:
                 self._last_event = last
                 self._events.notify_all()
-            for write, value, exc in results:
-                if exc is None:
+            for write, value, error in results:
+                if error is None:
                     write.future.set_result(value)
                 else:
-                    write.future.set_exception(exc)
+                    write.future.set_exception(error)
             if stop:
                 break
         conn.close()
@@ -342,10 +348,10 @@ class Store:
             conn.execute(
                 "UPDATE jobs SET state=?, reason=?, message=?, exit_code=?, placement=?, started_at=?, "
                 "finished_at=?, attained_service=?, shim_pid=?, shim_started=?, child_pid=?, "
-                "cancel_requested=?, preemptions=? WHERE id=?",
+                "cancel_requested=?, preemptions=?, run_since=? WHERE id=?",
                 (new.state.value, new.reason, new.message, new.exit_code, placement_to_json(new.placement),
                  new.started_at, new.finished_at, new.attained_service, new.shim_pid, new.shim_started,
-                 new.child_pid, int(new.cancel_requested), new.preemptions, job_id),
+                 new.child_pid, int(new.cancel_requested), new.preemptions, new.run_since, job_id),
             )
             if new.state != job.state or event:
                 self._event(conn, new, event or new.state.value.lower(), event_message)
@@ -385,8 +391,9 @@ class Store:
         tenant: str = "",
         owner_uid: int | None = None,
         limit: int = 0,
-    ) -> list[Job]:
-        where, args = [], []
+    ) -> builtins.list[Job]:
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         states = list(states)
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
@@ -408,7 +415,7 @@ class Store:
             rows = self._reader().execute(sql + " ORDER BY seq", args).fetchall()
         return [_row_to_job(r) for r in rows]
 
-    def active(self) -> list[Job]:
+    def active(self) -> builtins.list[Job]:
         """Every job not yet finished, in submission order (from memory: cheap)."""
         with self._active_lock:
             jobs = list(self._active.values())
@@ -420,9 +427,9 @@ class Store:
         with self._active_lock:
             return self._active.get(job_id)
 
-    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000) -> list[Event]:
+    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000) -> builtins.list[Event]:
         sql = "SELECT seq, time, job_id, kind, state, reason, message, tenant FROM events WHERE seq > ?"
-        args: list[Any] = [after_seq]
+        args: builtins.list[Any] = [after_seq]
         if job_id:
             sql += " AND job_id = ?"
             args.append(job_id)

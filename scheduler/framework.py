@@ -10,10 +10,23 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from gpuos.jobs import Resources
+from gpuos.partitions.mig import Instance, find_slot
 from gpuos.scheduler.policy import Policy
-from gpuos.scheduler.snapshot import MILLI, Decision, GpuView, JobView, NodeView, Place, Preempt, Snapshot
+from gpuos.scheduler.snapshot import (
+    MAX_TIMESLICE_JOBS,
+    MILLI,
+    Decision,
+    GpuView,
+    JobView,
+    NodeView,
+    Place,
+    Preempt,
+    Snapshot,
+)
 
 MIG_COMPUTE_SLICES = 7
+# A time-shared job that names no memory gets this share of the GPU's memory.
+TIMESLICE_DEFAULT_MEMORY_SHARE = 4
 
 
 def demand(request: Resources, gpu: GpuView) -> tuple[int, int]:
@@ -23,10 +36,22 @@ def demand(request: Resources, gpu: GpuView) -> tuple[int, int]:
         if profile is None:
             return MILLI + 1, gpu.memory_total + 1
         return (MILLI * profile.slices) // MIG_COMPUTE_SLICES, profile.memory_bytes
+    if request.timeslice:
+        # Turns share time, not space: the job's weight does not use up the GPU's compute share.
+        return 0, request.memory_bytes or gpu.memory_total // TIMESLICE_DEFAULT_MEMORY_SHARE
     if request.gpu_milli:
         memory = request.memory_bytes or (gpu.memory_total * request.gpu_milli) // MILLI
         return request.gpu_milli, memory
     return MILLI, request.memory_bytes or gpu.memory_total
+
+
+def sharing_of(request: Resources) -> str:
+    """How a job with ``request`` shares the GPU it lands on."""
+    if request.mig_profile:
+        return "mig"
+    if request.timeslice:
+        return "timeslice"
+    return "mps" if request.gpu_milli else ""
 
 
 def gpu_fits(request: Resources, gpu: GpuView) -> bool:
@@ -36,19 +61,19 @@ def gpu_fits(request: Resources, gpu: GpuView) -> bool:
     if request.gpu_types and gpu.model not in request.gpu_types:
         return False
     milli, memory = demand(request, gpu)
-    if request.mig_profile:
-        profile = next((p for p in gpu.mig_profiles if p.name == request.mig_profile), None)
-        if profile is None:
-            return False
-        # A GPU in MIG mode hosts only MIG instances, and MIG needs the GPU free of other work.
-        if gpu.mig_slices_used == 0 and not gpu.idle:
-            return False
-        return gpu.mig_slices_used + profile.slices <= MIG_COMPUTE_SLICES and memory <= gpu.memory_free
-    if gpu.mig_slices_used:
+    if memory > gpu.memory_free:
         return False
-    if not request.gpu_milli:
-        return gpu.idle and memory <= gpu.memory_free
-    return milli <= gpu.milli_free and memory <= gpu.memory_free
+    sharing = sharing_of(request)
+    # A GPU is shared one way at a time: MIG slices, MPS clients, or time-sharers.
+    if not gpu.idle and gpu.sharing != sharing:
+        return False
+    if sharing == "mig":
+        return find_slot(gpu.mig_profiles, gpu.mig_instances, request.mig_profile) is not None
+    if sharing == "timeslice":
+        return len(gpu.jobs) < MAX_TIMESLICE_JOBS
+    if sharing == "mps":
+        return milli <= gpu.milli_free
+    return gpu.idle
 
 
 def options(job: JobView, node: NodeView) -> Iterator[tuple[GpuView, ...]]:
@@ -60,8 +85,15 @@ def options(job: JobView, node: NodeView) -> Iterator[tuple[GpuView, ...]]:
         yield ()
         return
     fitting = [g for g in node.gpus if gpu_fits(request, g)]
-    if request.gpu_milli or request.mig_profile:
+    if request.gpu_milli or request.mig_profile or request.timeslice:
+        # GPUs that differ only in index are interchangeable: offer the lowest-indexed one.
+        seen: set[tuple[object, ...]] = set()
         for gpu in fitting:
+            state = (gpu.model, gpu.memory_total, gpu.memory_free, gpu.milli_free, gpu.sharing,
+                     gpu.mig_profiles, gpu.mig_instances, gpu.jobs)
+            if state in seen:
+                continue
+            seen.add(state)
             yield (gpu,)
     elif len(fitting) >= request.gpus:
         # Whole free GPUs are interchangeable for the job; offer the lowest-indexed set.
@@ -72,17 +104,27 @@ def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[Node
     """The node after ``job`` is placed on ``gpus``, and the decision that records it."""
     taken: dict[int, GpuView] = {}
     milli = memory = 0
+    slot = -1
+    request = job.request
+    sharing = sharing_of(request)
     for gpu in gpus:
-        milli, memory = demand(job.request, gpu)
+        milli, memory = demand(request, gpu)
         profile_slices = 0
-        if job.request.mig_profile:
-            profile_slices = next(p.slices for p in gpu.mig_profiles if p.name == job.request.mig_profile)
+        instances = gpu.mig_instances
+        if request.mig_profile:
+            profile_slices = next(p.slices for p in gpu.mig_profiles if p.name == request.mig_profile)
+            found = find_slot(gpu.mig_profiles, instances, request.mig_profile)
+            assert found is not None, "options() offered a GPU without room for the slice"
+            slot = found
+            instances = (*instances, Instance(request.mig_profile, slot))
         taken[gpu.index] = replace(
             gpu,
             milli_free=gpu.milli_free - milli,
             memory_free=gpu.memory_free - memory,
             mig_slices_used=gpu.mig_slices_used + profile_slices,
             jobs=gpu.jobs + (job.id,),
+            sharing=sharing,
+            mig_instances=instances,
         )
     new_node = replace(
         node,
@@ -90,7 +132,9 @@ def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[Node
         cpu_milli_free=node.cpu_milli_free - job.cpu_milli,
         host_memory_free=node.host_memory_free - job.host_memory,
     )
-    place = Place(job.id, node.name, tuple(g.index for g in gpus), milli, memory, job.request.mig_profile)
+    if request.timeslice:
+        milli = request.gpu_milli or MILLI  # the job's weight in turns
+    place = Place(job.id, node.name, tuple(g.index for g in gpus), milli, memory, request.mig_profile, slot, sharing)
     return new_node, place
 
 
@@ -100,9 +144,13 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     nodes = list(snap.nodes)
     preempted: set[str] = set()
     running = {j.id for j in snap.running}
+    # The index (when it describes these nodes) only skips nodes that cannot fit; a round only
+    # takes capacity, so bounds from the snapshot stay upper bounds for the whole round.
+    index = snap.index if snap.index is not None and snap.index.nodes is snap.nodes else None
     for job in policy.order(snap.pending, snap):
         best: tuple[float, int, tuple[GpuView, ...]] | None = None
-        for i, node in enumerate(nodes):
+        for i in index.candidates(job) if index is not None else range(len(nodes)):
+            node = nodes[i]
             for gpus in options(job, node):
                 if not policy.fits(job, node, gpus, snap):
                     continue

@@ -13,18 +13,25 @@ from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Snapshot
 
 
 class Policy:
-    """Base policy: FIFO order, first fit, no preemption, 100 ms quanta.
+    """Base policy: FIFO order, first fit, no preemption, 1 s quanta, requeue after faults.
 
     Subclasses override only what makes them different. ``first_fit`` tells the framework to
     take the first feasible option instead of scoring them all (the common fast case).
     ``strict_order`` makes the queue head block everything behind it instead of letting smaller
     jobs backfill past it.
+
+    Read a job's service with ``job.attained(snap.now)``, not ``job.attained_service``: the
+    latter is the service up to ``job.started_at`` when the simulator built the view.
     """
 
     name: str = "base"
     description: str = ""
     first_fit: bool = True
     strict_order: bool = False
+    # Seconds between rounds that time alone should trigger (demotion, aging, time slices);
+    # 0 means rounds on arrivals and completions suffice. The simulator honours it; the daemon
+    # already runs a round at least every second.
+    period: float = 0.0
 
     def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
         """Queue order: the job to try first comes first."""
@@ -44,4 +51,8 @@ class Policy:
 
     def quantum(self, job: JobView, snap: Snapshot) -> float:
         """Seconds ``job`` may run before a job sharing its GPU gets a turn."""
-        return 0.1
+        return 1.0
+
+    def requeue_after_fault(self, job: JobView) -> bool:
+        """When a fault (failed GPU, dead MPS daemon) kills ``job``: requeue it (True) or fail it."""
+        return True

@@ -6,12 +6,19 @@ and attained service. It never holds a job's true remaining duration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gpuos.devices.backend import MigProfile
 from gpuos.jobs import Resources
+from gpuos.partitions.mig import Instance
+
+if TYPE_CHECKING:
+    from gpuos.scheduler.index import NodeIndex
 
 MILLI = 1000
+# At most this many jobs take turns on one GPU; beyond it each turn comes too rarely to be useful.
+MAX_TIMESLICE_JOBS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +34,9 @@ class GpuView:
     # Compute slices (of 7) already held by MIG instances; >0 means the GPU is in MIG mode.
     mig_slices_used: int = 0
     jobs: tuple[str, ...] = ()
+    # How the GPU is shared now: "" (idle or one exclusive job), "mps", "timeslice" or "mig".
+    sharing: str = ""
+    mig_instances: tuple[Instance, ...] = ()
 
     @property
     def idle(self) -> bool:
@@ -60,6 +70,16 @@ class JobView:
     gpus: tuple[int, ...] = ()
     paused: bool = False
     preemptions: int = 0
+    # GPUs' worth of service a running job gains per second since ``started_at``. The daemon
+    # folds service up to ``now`` into ``attained_service`` and leaves this 0; the simulator
+    # sets it so a running job's view never has to be rebuilt just because time passed.
+    service_rate: float = 0.0
+
+    def attained(self, now: float) -> float:
+        """GPU-seconds of service received up to ``now`` (what LAS policies rank by)."""
+        if self.service_rate and self.started_at is not None and not self.paused:
+            return self.attained_service + (now - self.started_at) * self.service_rate
+        return self.attained_service
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,9 @@ class Snapshot:
     nodes: tuple[NodeView, ...]
     pending: tuple[JobView, ...]
     running: tuple[JobView, ...] = ()
+    # Optional capacity index over ``nodes`` (the simulator keeps one); the framework uses it
+    # only to skip nodes that cannot fit, so decisions are the same with or without it.
+    index: NodeIndex | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +103,9 @@ class Place:
     milli: int
     memory: int
     mig_profile: str = ""
+    # First memory slice of the MIG instance to create (-1: not a MIG placement).
+    mig_slot: int = -1
+    sharing: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,16 @@ def client(daemon: Daemon) -> Iterator[Client]:
 
 
 def _kill_leftover_jobs(state: Path) -> None:
-    """Tests leave no job processes behind, whatever they did to the daemon."""
+    """Tests leave no job processes or MPS daemons behind, whatever they did to the daemon."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if "gpuos.devices.sim_mps" in (proc.info.get("cmdline") or []):
+            try:
+                if proc.environ().get("CUDA_MPS_PIPE_DIRECTORY", "").startswith(str(state)):
+                    proc.kill()
+            except psutil.Error:
+                pass
     for child in (state / "jobs").glob("*/child.json"):
         try:
             import json

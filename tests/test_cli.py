@@ -28,7 +28,7 @@ def test_get_json_has_the_documented_fields(gpuosd: DaemonProcess) -> None:
                   "granted", "created_at", "started_at", "finished_at"):
         assert field in data, field
     assert data["requested"] == {"gpu_fraction": 0.5, "memory_bytes": 8 * 1024**3}
-    assert data["partition"] == "shared" and data["exit_code"] == 0
+    assert data["partition"] == "mps" and data["exit_code"] == 0
 
 
 def test_wait_exits_with_the_jobs_exit_code(gpuosd: DaemonProcess) -> None:

@@ -9,7 +9,7 @@ import re
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gpuos.errors import InvalidArgument
-from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Priority, Resources
+from gpuos.jobs import TIMESLICE, Event, Job, JobKind, JobSpec, JobState, Priority, Resources
 from gpuos.kernels.registry import get_kernel
 from gpuos.scheduler.snapshot import MILLI
 from gpuos.v1 import common_pb2, jobs_pb2
@@ -22,6 +22,7 @@ MAX_GPUS = 64
 # No GPU has a petabyte; a value this large is a typo or garbage, not a request.
 ABSURD_MEMORY = 1 << 50
 QOS_CLASSES = ("LS", "BE")
+SHARING_MODES = ("", "mps", TIMESLICE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+[a-z]+)?$")
@@ -80,7 +81,19 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
     types = tuple(_text(t, "resources.gpu_types", 64) for t in r.gpu_types)
     if any(not t for t in types):
         raise InvalidArgument("resources.gpu_types", "contains an empty name")
-    return Resources(gpus=gpus, gpu_milli=milli, memory_bytes=memory, mig_profile=mig, gpu_types=types)
+    sharing = r.sharing.strip().lower()
+    if sharing not in SHARING_MODES:
+        raise InvalidArgument("resources.sharing", f"{r.sharing!r} is not one of mps, timeslice (or empty)")
+    if sharing == "mps":
+        if not milli:
+            raise InvalidArgument("resources.sharing", "mps shares a GPU by fraction; also set a gpu_fraction below 1")
+        sharing = ""  # a fraction is shared with MPS unless it asks for turns
+    if sharing and mig:
+        raise InvalidArgument("resources.sharing", "a MIG slice is not shared; leave sharing empty")
+    if sharing == TIMESLICE and gpus != 1:
+        raise InvalidArgument("resources.gpus", "a time-shared job takes turns on one GPU; ask for 1")
+    return Resources(gpus=gpus, gpu_milli=milli, memory_bytes=memory, mig_profile=mig, gpu_types=types,
+                     sharing=sharing)
 
 
 def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
@@ -158,7 +171,7 @@ def _timestamp(t: float | None) -> Timestamp | None:
 
 
 def resources_to_pb(r: Resources) -> common_pb2.Resources:
-    out = common_pb2.Resources(mig_profile=r.mig_profile, gpu_types=list(r.gpu_types))
+    out = common_pb2.Resources(mig_profile=r.mig_profile, gpu_types=list(r.gpu_types), sharing=r.sharing)
     if r.gpu_milli:
         out.gpu_fraction = r.gpu_milli / MILLI
     else:
@@ -202,6 +215,7 @@ def job_to_pb(job: Job) -> jobs_pb2.Job:
                 device_uuids=list(job.placement.device_uuids),
                 partition=job.placement.partition,
                 granted=resources_to_pb(job.placement.granted),
+                mig_device_uuid=job.placement.mig_uuid,
             )
         )
     for name in ("created_at", "started_at", "finished_at"):

@@ -35,7 +35,7 @@ from gpuos.errors import (
 )
 from gpuos.jobs import Job, JobState
 from gpuos.scheduler import available, get_policy
-from gpuos.v1 import devices_pb2, devices_pb2_grpc, jobs_pb2, jobs_pb2_grpc, policy_pb2, policy_pb2_grpc
+from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
 
 if TYPE_CHECKING:
     from gpuos.daemon.daemon import Daemon
@@ -101,7 +101,7 @@ class _Base:
         return self.daemon.identify(context.peer())
 
 
-class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):
+class JobServicer(_Base):
     @_handled
     def Submit(self, request: jobs_pb2.SubmitRequest, context: grpc.ServicerContext) -> jobs_pb2.SubmitResponse:
         who = self.identity(context)
@@ -111,7 +111,7 @@ class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):
         if len(request.idempotency_key) > 128:
             raise InvalidArgument("idempotency_key", "is longer than 128 characters")
         spec = convert.spec_from_pb(request.spec, convert._text(tenant, "tenant", 64))
-        spec = admit(spec, self.daemon.controller.devices)
+        spec = admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
         job, _ = self.daemon.store.submit(spec, who.uid, request.idempotency_key)
         self.daemon.controller.wake()
         return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job))
@@ -215,14 +215,42 @@ class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):
                 time.sleep(0.1)
 
 
-class DeviceServicer(_Base, devices_pb2_grpc.DeviceServiceServicer):
+class DeviceServicer(_Base):
     @_handled
     def List(self, request: devices_pb2.ListDevicesRequest, context: grpc.ServicerContext) -> devices_pb2.ListDevicesResponse:
         who = self.identity(context)
+        out = devices_pb2.ListDevicesResponse(backend=self.daemon.backend.name)
+        out.devices.extend(self._devices(who))
+        return out
+
+    @_handled
+    def InjectFault(self, request: devices_pb2.InjectFaultRequest, context: grpc.ServicerContext) -> devices_pb2.Device:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not inject faults; only admins may")
+        controller = self.daemon.controller
+        if request.index >= len(controller.devices):
+            raise InvalidArgument("index", f"there is no GPU {request.index}; GPUs are 0..{len(controller.devices) - 1}")
+        kinds = devices_pb2.InjectFaultRequest
+        if request.kind in (kinds.GPU_FAILURE, kinds.GPU_RECOVERY):
+            hook = getattr(self.daemon.backend, "fail_device" if request.kind == kinds.GPU_FAILURE else "restore_device",
+                           None)
+            if hook is None:
+                raise FailedPrecondition(f"the {self.daemon.backend.name} backend cannot fail a GPU on request; "
+                                         "GPU faults are injected on the simulated backend")
+            hook(request.index)
+        elif request.kind == kinds.MPS_DAEMON_CRASH:
+            controller.crash_mps_daemon(request.index)
+        else:
+            raise InvalidArgument("kind", "name a fault: GPU_FAILURE, GPU_RECOVERY or MPS_DAEMON_CRASH")
+        controller.check_now()
+        return next(d for d in self._devices(who) if d.index == request.index)
+
+    def _devices(self, who: Identity) -> list[devices_pb2.Device]:
         daemon = self.daemon
         statuses = {s.index: s for s in daemon.backend.status()}
         active = [j for j in daemon.store.active() if j.state.active and j.placement is not None]
-        out = devices_pb2.ListDevicesResponse(backend=daemon.backend.name)
+        out = []
         for info in daemon.controller.devices:
             status = statuses.get(info.index)
             used_by_pid = {p.pid: p.memory_used for p in status.processes} if status else {}
@@ -245,6 +273,12 @@ class DeviceServicer(_Base, devices_pb2_grpc.DeviceServiceServicer):
             )
             kinds = {j.placement.partition.split(":")[0] for j in holders}  # type: ignore[union-attr]
             device.partitioning = "idle" if not kinds else ("mig" if "mig" in kinds else sorted(kinds)[0])
+            device.mig_instances.extend(
+                devices_pb2.MigInstanceInfo(profile=m.profile, start=m.start, uuid=m.uuid)
+                for m in daemon.backend.mig_instances(info.index)
+            )
+            mps = daemon.controller.mps
+            device.mps_daemon_running = mps is not None and mps.running(info.index)
             for job in holders:
                 placement = job.placement
                 assert placement is not None
@@ -260,11 +294,11 @@ class DeviceServicer(_Base, devices_pb2_grpc.DeviceServiceServicer):
                         paused=job.state == JobState.PAUSED,
                     )
                 )
-            out.devices.append(device)
+            out.append(device)
         return out
 
 
-class PolicyServicer(_Base, policy_pb2_grpc.PolicyServiceServicer):
+class PolicyServicer(_Base):
     @_handled
     def List(self, request: policy_pb2.ListPoliciesRequest, context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
         self.identity(context)

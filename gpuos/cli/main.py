@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", help="GPU memory per GPU, e.g. 8GiB")
     p.add_argument("--mig-profile", default="", help="a MIG slice, e.g. 1g.10gb")
     p.add_argument("--gpu-type", action="append", default=[], help="allowed GPU model (repeatable)")
+    p.add_argument("--share", default="", choices=["", "mps", "timeslice"],
+                   help="how to share a GPU: mps (default for --gpu-fraction) or timeslice (take turns)")
     p.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
     p.add_argument("--tenant", default="", help="submit for this tenant (admins only; default: you)")
     p.add_argument("--qos", default="", choices=["", "LS", "BE", "ls", "be"], help="LS latency-sensitive, BE best-effort")
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("set", help="make NAME the active policy")
     ps.add_argument("name")
     sub.add_parser("kernels", help="built-in kernels and their parameters")
+    p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
+    p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
+    p.add_argument("gpu", type=int)
     return parser
 
 
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
             job = client.submit(
                 command, kernel=args.kernel, params=_pairs(args.param, "--param"), name=args.name,
                 gpus=args.gpus, gpu_fraction=args.gpu_fraction, memory=args.memory, mig_profile=args.mig_profile,
-                gpu_types=args.gpu_type, priority=args.priority, tenant=args.tenant, qos=args.qos.upper(),
+                gpu_types=args.gpu_type, sharing=args.share, priority=args.priority, tenant=args.tenant, qos=args.qos.upper(),
                 env=env, cwd=os.getcwd() if not args.kernel else "", estimated_seconds=args.estimate,
             )
             print(output.dumps(output.job_dict(job)) if as_json else job.id)
@@ -160,6 +165,9 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
             else:
                 print(output.devices_table(reply.devices))
                 print(f"backend: {reply.backend}")
+        elif args.cmd == "fault":
+            device = client.inject_fault(args.gpu, args.kind)
+            print(output.dumps(output.device_dict(device)) if as_json else output.devices_table([device]))
         elif args.cmd == "policy":
             if args.policy_cmd == "list":
                 policies = client.policies()

@@ -137,6 +137,8 @@ def device_dict(d: devices_pb2.Device) -> dict[str, Any]:
         "utilization_pct": d.utilization_pct,
         "partitioning": d.partitioning,
         "mig_profiles": [p.name for p in d.mig_profiles],
+        "mig_instances": [{"profile": m.profile, "start": m.start, "uuid": m.uuid} for m in d.mig_instances],
+        "mps_daemon_running": d.mps_daemon_running,
         "allocations": [
             {
                 "job_id": a.job_id,
@@ -162,9 +164,14 @@ def devices_table(devices: Sequence[devices_pb2.Device]) -> str:
             + (" paused" if a.paused else "")
             for a in d.allocations
         ) or "-"
+        sharing = d.partitioning
+        if d.mig_instances:
+            sharing += " [" + " ".join(f"{m.profile}@{m.start}" for m in d.mig_instances) + "]"
+        if d.mps_daemon_running:
+            sharing += " (mps daemon up)"
         rows.append([
             d.index, d.model, "ok" if d.healthy else "FAILED", f"{d.utilization_pct:.0f}%",
-            f"{format_bytes(d.memory_used)} / {format_bytes(d.memory_total)}", d.partitioning, holders,
+            f"{format_bytes(d.memory_used)} / {format_bytes(d.memory_total)}", sharing, holders,
         ])
     return table(["GPU", "MODEL", "HEALTH", "UTIL", "MEMORY", "SHARING", "JOBS (id:partition share used/limit)"], rows)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gpuos.devices.backend import DeviceInfo
-from gpuos.errors import InvalidArgument, ResourceExhausted
+from gpuos.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from gpuos.jobs import JobSpec
 from gpuos.units import format_bytes
 
 
-def admit(spec: JobSpec, devices: list[DeviceInfo]) -> JobSpec:
+def admit(spec: JobSpec, devices: list[DeviceInfo], mps_available: bool = True) -> JobSpec:
     """Raise if ``spec`` could not run on these devices even with all of them idle.
 
     Returns the spec with GPU type names spelled as the devices spell them.
@@ -18,6 +18,11 @@ def admit(spec: JobSpec, devices: list[DeviceInfo]) -> JobSpec:
     request = spec.resources
     if not devices:
         raise ResourceExhausted("this machine has no GPUs under gpuos")
+    if request.gpu_milli and not request.timeslice and not mps_available:
+        raise FailedPrecondition(
+            "resources.gpu_fraction: this machine has no MPS to share a GPU by fraction; "
+            "submit with sharing timeslice (gpuosctl submit --share timeslice) instead"
+        )
     candidates = devices
     if request.gpu_types:
         wanted = {t.lower() for t in request.gpu_types}

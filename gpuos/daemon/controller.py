@@ -1,8 +1,9 @@
-"""The control loop: the one place where jobs are started, stopped, reaped and scheduled.
+"""The control loop: the one place where jobs are started, stopped, reaped, scheduled and
+given their turns.
 
 Data flows one way: the store says what jobs exist, the scheduler framework (with the active
-policy) decides, this loop applies the decisions through the runtime and the device backend,
-and records every transition in the store before or as it takes effect.
+policy) decides, this loop applies the decisions through the partition mechanisms, the runtime
+and the device backend, and records every transition in the store before or as it takes effect.
 """
 
 from __future__ import annotations
@@ -10,29 +11,44 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gpuos.devices.backend import DeviceBackend, DeviceInfo
+from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus
 from gpuos.errors import BackendError, FailedPrecondition
 from gpuos.jobs import Job, JobKind, JobState, Placement, Reason, Resources
+from gpuos.partitions.memory import overruns, usage_by_group
+from gpuos.partitions.mig import Instance
+from gpuos.partitions.mps import MpsManager
+from gpuos.partitions.timeslice import Sharer, Turn, next_deadline, plan_turns
 from gpuos.runtime.process import Handle, Launch, ProcessRuntime
 from gpuos.scheduler import GpuView, JobView, NodeView, Place, Policy, Preempt, Snapshot, schedule
 from gpuos.scheduler.snapshot import MILLI
+from gpuos.units import format_bytes
+
+if TYPE_CHECKING:
+    from gpuos.store import Store
 
 log = logging.getLogger("gpuos.controller")
 
 NODE = "localhost"
 HEALTH_INTERVAL = 1.0
+# Policies that age jobs (LAS, priority aging) can change their minds with time alone, so a
+# round runs at least this often even when nothing happened.
+RESCHEDULE_INTERVAL = 1.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MPS_DAEMON_LOST = "mps-daemon-lost"
 
 
 @dataclass
 class _Stopping:
-    """A job being stopped: why, and when SIGKILL follows SIGTERM."""
+    """A job being stopped: what it becomes, why, and when SIGKILL follows SIGTERM."""
 
     state: JobState
     reason: str
@@ -49,28 +65,38 @@ def kernel_command(job: Job) -> tuple[str, ...]:
 
 
 def service_share(placement: Placement | None) -> float:
-    """GPUs' worth of compute a placement holds (for attained service, in GPU-seconds)."""
+    """GPUs' worth of compute a placement holds while it runs (for attained service, in GPU-s)."""
     if placement is None:
         return 0.0
     granted = placement.granted
-    if granted.gpu_milli:
+    if granted.gpu_milli and placement.sharing == "mps":
+        return granted.gpu_milli / MILLI
+    if placement.sharing == "mig" and granted.gpu_milli:
         return granted.gpu_milli / MILLI
     return float(len(placement.devices))
 
 
+def held(placement: Placement) -> tuple[int, int]:
+    """(compute milli, memory bytes) a placement holds on each of its GPUs."""
+    granted = placement.granted
+    if placement.sharing == "timeslice":
+        return 0, granted.memory_bytes  # turns share time, not the GPU's compute share
+    return granted.gpu_milli or MILLI, granted.memory_bytes
+
+
 class Controller:
-    """Owns the scheduling loop, the job processes and the device allocations."""
+    """Owns the scheduling loop, the job processes, the partitions and the device allocations."""
 
     def __init__(
         self,
-        store,  # gpuos.store.Store; untyped here to keep the import graph one-way and light
+        store: Store,
         backend: DeviceBackend,
         runtime: ProcessRuntime,
         policy: Policy,
         *,
+        state_dir: Path,
         tick: float = 0.25,
         kill_grace: float = 5.0,
-        default_cwd: str = "/",
     ) -> None:
         self.store = store
         self.backend = backend
@@ -78,18 +104,33 @@ class Controller:
         self.policy = policy
         self.tick = tick
         self.kill_grace = kill_grace
-        self.default_cwd = default_cwd
+        self.default_cwd = str(state_dir)
         self.devices: list[DeviceInfo] = backend.devices()
+        self.mps = self._mps_manager(state_dir / "mps")
         self._healthy = {d.index: True for d in self.devices}
+        self._statuses: list[DeviceStatus] = []
         self._last_health = 0.0
         self._stopping: dict[str, _Stopping] = {}
         self._attached: dict[str, int] = {}
+        self._turns: dict[int, Turn] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_decision_seconds = 0.0
         self.decisions_made = 0
+        self._dirty = True
+        self._last_round = 0.0
+
+    def _mps_manager(self, root: Path) -> MpsManager | None:
+        try:
+            command = self.backend.mps_control_command()
+        except BackendError:
+            return None
+        if shutil.which(command[0]) is None:
+            log.info("MPS is not available (%s not found); fractional jobs cannot be placed", command[0])
+            return None
+        return MpsManager(root, command, {d.index: d.uuid for d in self.devices})
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -106,6 +147,8 @@ class Controller:
             self._thread.join(timeout=10)
 
     def wake(self) -> None:
+        """Something changed (a submit, a cancel, a policy): run a round soon."""
+        self._dirty = True
         self._wake.set()
 
     def set_policy(self, policy: Policy) -> None:
@@ -115,7 +158,11 @@ class Controller:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.tick)
+            timeout = self.tick
+            deadline = next_deadline(self._turns)
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.time()))
+            self._wake.wait(timeout)
             self._wake.clear()
             try:
                 self.step()
@@ -123,12 +170,13 @@ class Controller:
                 log.exception("control loop round failed")
 
     def step(self) -> None:
-        """One round: reap, stop what must stop, check devices, schedule."""
+        """One round: reap, stop what must stop, check devices, schedule, rotate turns."""
         with self._lock:
             self._reap()
             self._drive_stops()
             self._check_health()
             self._schedule()
+            self._rotate_turns()
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -147,13 +195,15 @@ class Controller:
                 )
                 if handle is None:
                     # Marked RUNNING but the daemon died before starting it: it never ran.
+                    self._release(job)
                     self.store.update(
-                        job.id, state=JobState.PENDING, placement=None, started_at=None,
+                        job.id, state=JobState.PENDING, placement=None, started_at=None, run_since=None,
                         reason=Reason.DAEMON_RESTART, message="requeued: gpuosd stopped before starting it",
                         event="requeued",
                     )
                     continue
                 if self.runtime.shim_alive(job.id, handle):
+                    self._readopt_partition(job)
                     self.store.update(job.id, shim_pid=handle.shim_pid, shim_started=handle.shim_started,
                                       event="reattached", event_message="gpuosd restarted; job still running")
                     if job.cancel_requested:
@@ -166,6 +216,19 @@ class Controller:
                     self._finalize(job, JobState.FAILED, Reason.DAEMON_RESTART,
                                    "gpuosd restarted and the job's supervisor was gone; its exit status is unknown",
                                    None)
+
+    def _readopt_partition(self, job: Job) -> None:
+        """Make sure a re-attached job's MIG instance and MPS daemon still exist."""
+        placement = job.placement
+        if placement is None:
+            return
+        index = placement.devices[0]
+        if placement.sharing == "mig":
+            if not any(i.uuid == placement.mig_uuid for i in self.backend.mig_instances(index)):
+                # The simulator's instances live in gpuosd's memory; NVIDIA's persist on the GPU.
+                self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
+        elif placement.sharing == "mps" and self.mps is not None:
+            self.mps.ensure(index)
 
     # -- reaping --------------------------------------------------------------------------------
 
@@ -191,10 +254,11 @@ class Controller:
         if pid <= 0:
             return
         self._attached[job.id] = pid
-        granted = job.placement.granted
+        milli, memory = held(job.placement)
         for index in job.placement.devices:
-            milli = granted.gpu_milli or MILLI
-            self.backend.attach(index, pid, granted.memory_bytes, milli)
+            self.backend.attach(index, pid, memory, milli or job.placement.granted.gpu_milli or MILLI)
+            if job.state == JobState.PAUSED:
+                self.backend.set_paused(index, pid, True)
         if job.child_pid != pid:
             self.store.update(job.id, child_pid=pid)
 
@@ -204,6 +268,26 @@ class Controller:
             for index in job.placement.devices:
                 self.backend.detach(index, pid)
         self.runtime.forget(job.id)
+
+    def _release(self, job: Job) -> None:
+        """Give back the partition a job held: its MIG instance, its MPS daemon when unused."""
+        placement = job.placement
+        if placement is None:
+            return
+        for gpu, turn in list(self._turns.items()):
+            if turn.job_id == job.id:
+                del self._turns[gpu]
+        index = placement.devices[0]
+        if placement.sharing == "mig" and placement.mig_uuid:
+            try:
+                self.backend.destroy_mig_instance(index, placement.mig_uuid)
+            except BackendError as exc:
+                log.warning("could not destroy MIG instance %s: %s", placement.mig_uuid, exc)
+        elif placement.sharing == "mps" and self.mps is not None:
+            others = [j for j in self.store.active() if j.id != job.id and j.state.active and j.placement
+                      and j.placement.sharing == "mps" and index in j.placement.devices]
+            if not others:
+                self.mps.stop(index)
 
     def _finish(self, job: Job, exit_code: int, sig: int, spawn_error: str) -> None:
         """The job's process ended; decide what that means."""
@@ -222,20 +306,23 @@ class Controller:
 
     def _finalize(self, job: Job, state: JobState, reason: str, message: str, exit_code: int | None) -> None:
         self._detach(job)
+        self._release(job)
+        self._dirty = True  # capacity came free
         now = time.time()
         attained = job.attained_service
-        if job.started_at is not None and job.state == JobState.RUNNING:
-            attained += (now - job.started_at) * service_share(job.placement)
+        if job.run_since is not None:
+            attained += (now - job.run_since) * service_share(job.placement)
         if state == JobState.PENDING:
-            # Preempted: back in the queue, keeping the service it has had (LAS needs it).
+            # Back in the queue, keeping the service it has had (LAS needs it).
             self.store.update(
                 job.id, state=state, reason=reason, message=message, placement=None, attained_service=attained,
-                shim_pid=0, shim_started=0.0, child_pid=0, preemptions=job.preemptions + 1, event="requeued",
+                shim_pid=0, shim_started=0.0, child_pid=0, run_since=None, preemptions=job.preemptions + 1,
+                event="requeued",
             )
         else:
             self.store.update(
                 job.id, state=state, reason=reason, message=message, exit_code=exit_code, finished_at=now,
-                attained_service=attained,
+                attained_service=attained, run_since=None,
             )
 
     # -- stopping -------------------------------------------------------------------------------
@@ -257,37 +344,86 @@ class Controller:
             if now >= stopping.kill_at:
                 self.runtime.signal(job_id, signal.SIGKILL)
 
-    # -- devices --------------------------------------------------------------------------------
+    # -- devices, MPS daemons, memory limits ----------------------------------------------------
 
     def _check_health(self) -> None:
         now = time.time()
         if now - self._last_health < HEALTH_INTERVAL:
             return
         self._last_health = now
-        for status in self.backend.status():
+        self._statuses = self.backend.status()
+        active = [j for j in self.store.active() if j.state.active and j.placement is not None]
+        for status in self._statuses:
             was = self._healthy.get(status.index, True)
             self._healthy[status.index] = status.healthy
-            if was and not status.healthy:
-                log.warning("GPU %d is unhealthy; stopping its jobs", status.index)
+            if was != status.healthy:
+                self._dirty = True
+                log.warning("GPU %d is %s", status.index, "healthy again" if status.healthy else "failed; draining it")
             if status.healthy:
                 continue
-            for job in self.store.active():
-                if job.state.active and job.placement and status.index in job.placement.devices:
-                    self._begin_stop(job, JobState.FAILED, Reason.DEVICE_LOST, f"GPU {status.index} failed")
+            for job in active:
+                if status.index in job.placement.devices:  # type: ignore[union-attr]
+                    self._stop_for_fault(job, Reason.DEVICE_LOST, f"GPU {status.index} failed")
+        if self.mps is not None:
+            for index in self.mps.died():
+                log.warning("the MPS control daemon of GPU %d died; its clients died with it", index)
+                self.mps.forget(index)
+                for job in active:
+                    if job.placement.sharing == "mps" and index in job.placement.devices:  # type: ignore[union-attr]
+                        self._stop_for_fault(job, MPS_DAEMON_LOST, f"the MPS control daemon of GPU {index} died")
+        self._enforce_memory(active)
+
+    def check_now(self) -> None:
+        """Look at the devices at once (after an injected fault) instead of at the next interval."""
+        with self._lock:
+            self._last_health = 0.0
+            self._check_health()
+        self.wake()
+
+    def crash_mps_daemon(self, index: int) -> None:
+        """Kill GPU ``index``'s MPS control daemon, as a crash would."""
+        with self._lock:
+            if self.mps is None or not self.mps.running(index):
+                raise FailedPrecondition(f"GPU {index} has no MPS control daemon running")
+            os.kill(self.mps.ensure(index).pid, signal.SIGKILL)
+        deadline = time.time() + 5
+        while self.mps.running(index) and time.time() < deadline:
+            time.sleep(0.01)
+
+    def _stop_for_fault(self, job: Job, reason: str, message: str) -> None:
+        """A fault took the job's GPU away: the policy says whether it is requeued or failed."""
+        requeue = self.policy.requeue_after_fault(self._view(job, time.time()))
+        self._begin_stop(job, JobState.PENDING if requeue else JobState.FAILED, reason, message)
+
+    def _enforce_memory(self, active: list[Job]) -> None:
+        limits = {
+            j.id: (j.child_pid, j.placement.devices, j.placement.granted.memory_bytes)  # type: ignore[union-attr]
+            for j in active if j.child_pid
+        }
+        for over in overruns(limits, usage_by_group(self._statuses)):
+            job = self.store.active_job(over.job_id)
+            if job is None or job.id in self._stopping:
+                continue
+            log.warning("job %s uses %s on GPU %d, over its %s limit; stopping it", job.id,
+                        format_bytes(over.used), over.gpu, format_bytes(over.limit))
+            self._begin_stop(job, JobState.FAILED, Reason.MEMORY_LIMIT,
+                             f"used {format_bytes(over.used)} of GPU {over.gpu}, over its "
+                             f"{format_bytes(over.limit)} limit")
 
     # -- scheduling -----------------------------------------------------------------------------
 
     def snapshot(self, now: float | None = None) -> Snapshot:
-        """What the policy sees: the devices with their free shares, and the queue."""
+        """What the policy sees: the devices with their free shares and sharing mode, and the queue."""
         now = time.time() if now is None else now
-        active = self.store.active()
         milli_used = {d.index: 0 for d in self.devices}
         memory_used = {d.index: 0 for d in self.devices}
         slices_used = {d.index: 0 for d in self.devices}
         holders: dict[int, list[str]] = {d.index: [] for d in self.devices}
+        sharing: dict[int, str] = {d.index: "" for d in self.devices}
+        instances: dict[int, list[Instance]] = {d.index: [] for d in self.devices}
         pending: list[JobView] = []
         running: list[JobView] = []
-        for job in active:
+        for job in self.store.active():
             view = self._view(job, now)
             if job.state == JobState.PENDING:
                 pending.append(view)
@@ -295,14 +431,17 @@ class Controller:
             running.append(view)
             if job.placement is None:
                 continue
-            granted = job.placement.granted
-            for index in job.placement.devices:
-                milli_used[index] += granted.gpu_milli or MILLI
-                memory_used[index] += granted.memory_bytes
+            placement = job.placement
+            milli, memory = held(placement)
+            for index in placement.devices:
+                milli_used[index] += milli
+                memory_used[index] += memory
                 holders[index].append(job.id)
-                if granted.mig_profile:
-                    info = self.devices[index].mig_profile(granted.mig_profile)
+                sharing[index] = placement.sharing
+                if placement.sharing == "mig":
+                    info = self.devices[index].mig_profile(placement.granted.mig_profile)
                     slices_used[index] += info.slices if info else 0
+                    instances[index].append(Instance(placement.granted.mig_profile, placement.mig_slot))
         gpus = tuple(
             GpuView(
                 index=d.index,
@@ -315,6 +454,8 @@ class Controller:
                 mig_profiles=d.mig_profiles,
                 mig_slices_used=slices_used[d.index],
                 jobs=tuple(holders[d.index]),
+                sharing=sharing[d.index],
+                mig_instances=tuple(instances[d.index]),
             )
             for d in self.devices
         )
@@ -323,8 +464,8 @@ class Controller:
     @staticmethod
     def _view(job: Job, now: float) -> JobView:
         attained = job.attained_service
-        if job.state == JobState.RUNNING and job.started_at is not None:
-            attained += (now - job.started_at) * service_share(job.placement)
+        if job.run_since is not None:
+            attained += (now - job.run_since) * service_share(job.placement)
         return JobView(
             id=job.id,
             request=job.spec.resources,
@@ -350,6 +491,11 @@ class Controller:
         return decisions
 
     def _schedule(self) -> None:
+        now = time.time()
+        if not self._dirty and now - self._last_round < RESCHEDULE_INTERVAL:
+            return
+        self._dirty = False
+        self._last_round = now
         if not any(j.state == JobState.PENDING for j in self.store.active()):
             return
         for decision in self.decide():
@@ -367,8 +513,8 @@ class Controller:
         request = job.spec.resources
         if place.mig_profile:
             partition = f"mig:{place.mig_profile}"
-        elif request.gpu_milli:
-            partition = "shared"
+        elif place.sharing:
+            partition = place.sharing
         else:
             partition = "exclusive"
         placement = Placement(
@@ -377,33 +523,55 @@ class Controller:
             partition=partition,
             granted=Resources(
                 gpus=len(place.gpus),
-                gpu_milli=place.milli if request.gpu_milli else 0,
+                gpu_milli=place.milli if (request.gpu_milli or place.mig_profile or request.timeslice) else 0,
                 memory_bytes=place.memory,
                 mig_profile=place.mig_profile,
+                sharing=request.sharing,
             ),
+            mig_slot=place.mig_slot,
         )
+        now = time.time()
         # Write-ahead: the store says RUNNING (with its placement) before the process exists, so a
         # crash in between is seen on restart as "never started" and the job is requeued.
         try:
             job = self.store.update(job.id, expect={JobState.PENDING}, state=JobState.RUNNING, placement=placement,
-                                    started_at=time.time(), reason="", message="", event="started")
+                                    started_at=now, run_since=now, reason="", message="", event="started")
         except FailedPrecondition:
             return
         try:
-            handle = self.runtime.start(self._launch(job, placement))
+            placement, env = self._partition(placement)
+            if placement != job.placement:
+                job = self.store.update(job.id, placement=placement)
+            handle = self.runtime.start(self._launch(job, env))
         except BackendError as exc:
             self._finalize(job, JobState.FAILED, Reason.SPAWN_FAILED, str(exc), None)
             return
         self.store.update(job.id, shim_pid=handle.shim_pid, shim_started=handle.shim_started)
 
-    def _launch(self, job: Job, placement: Placement) -> Launch:
+    def _partition(self, placement: Placement) -> tuple[Placement, dict[str, str]]:
+        """Create the job's partition (MIG instance, MPS daemon); the environment that selects it."""
+        index = placement.devices[0]
+        if placement.sharing == "mig":
+            instance = self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
+            return replace(placement, mig_uuid=instance.uuid), {"CUDA_VISIBLE_DEVICES": instance.uuid}
+        env = self.backend.visible_devices_env(placement.devices)
+        if placement.sharing == "mps":
+            if self.mps is None:
+                raise BackendError("MPS is not available on this machine; submit with --share timeslice instead")
+            env.update(self.mps.client_env(index, placement.granted.gpu_milli, placement.granted.memory_bytes))
+        return placement, env
+
+    def _launch(self, job: Job, partition_env: dict[str, str]) -> Launch:
+        placement = job.placement
+        assert placement is not None
         env = dict(job.spec.env) or {"PATH": DEFAULT_PATH}
-        env.update(self.backend.visible_devices_env(placement.devices))
+        env.update(partition_env)
         env.update(
             GPUOS_JOB_ID=job.id,
             GPUOS_JOB_NAME=job.spec.name,
             GPUOS_PARTITION=placement.partition,
             GPUOS_MEMORY_LIMIT=str(placement.granted.memory_bytes),
+            GPUOS_PRIORITY=job.spec.priority.name.lower(),
         )
         command = kernel_command(job) if job.spec.kind == JobKind.KERNEL else job.spec.command
         cwd = job.spec.cwd if job.spec.cwd and os.path.isdir(job.spec.cwd) else self.default_cwd
@@ -415,3 +583,60 @@ class Controller:
             except KeyError:
                 gid = uid
         return Launch(job.id, command, env, cwd, uid, gid)
+
+    # -- time-slicing ---------------------------------------------------------------------------
+
+    def _rotate_turns(self) -> None:
+        """Give each time-shared GPU's turn to the job whose turn it is; pause the others."""
+        sharers: dict[int, list[Sharer]] = {}
+        jobs: dict[str, Job] = {}
+        for job in self.store.active():
+            placement = job.placement
+            if not job.state.active or placement is None or placement.sharing != "timeslice":
+                continue
+            if job.id in self._stopping:
+                continue
+            jobs[job.id] = job
+            weight = (placement.granted.gpu_milli or MILLI) / MILLI
+            for index in placement.devices:
+                sharers.setdefault(index, []).append(Sharer(job.id, int(job.spec.priority), weight))
+        if not sharers and not self._turns:
+            return
+        now = time.time()
+        snap: list[Snapshot] = []
+
+        def quantum(job_id: str) -> float:
+            if not snap:
+                snap.append(self.snapshot(now))
+            return self.policy.quantum(self._view(jobs[job_id], now), snap[0])
+
+        plan = plan_turns(sharers, self._turns, now, quantum)
+        self._turns = plan.turns
+        for job_id in plan.pause:
+            if jobs[job_id].state == JobState.RUNNING:
+                self._pause(jobs[job_id], now)
+        for job_id in plan.run:
+            if jobs[job_id].state == JobState.PAUSED:
+                self._resume(jobs[job_id], now)
+
+    def _pause(self, job: Job, now: float) -> None:
+        if job.spec.kind == JobKind.KERNEL:
+            # The kernel worker finishes the kernel in flight, then stops itself.
+            self.runtime.signal(job.id, signal.SIGUSR1)
+        else:
+            self.runtime.signal(job.id, signal.SIGSTOP)
+        attained = job.attained_service
+        if job.run_since is not None:
+            attained += (now - job.run_since) * service_share(job.placement)
+        pid = self._attached.get(job.id, 0)
+        for index in job.placement.devices if job.placement and pid else ():
+            self.backend.set_paused(index, pid, True)
+        self.store.update(job.id, state=JobState.PAUSED, reason=Reason.TIME_SLICE, run_since=None,
+                          attained_service=attained, event="paused")
+
+    def _resume(self, job: Job, now: float) -> None:
+        self.runtime.signal(job.id, signal.SIGCONT)
+        pid = self._attached.get(job.id, 0)
+        for index in job.placement.devices if job.placement and pid else ():
+            self.backend.set_paused(index, pid, False)
+        self.store.update(job.id, state=JobState.RUNNING, reason="", run_since=now, event="resumed")

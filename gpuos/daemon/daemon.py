@@ -36,7 +36,7 @@ class Daemon:
         self.runtime = ProcessRuntime(state / "jobs")
         self.controller = Controller(
             self.store, self.backend, self.runtime, self._initial_policy(),
-            kill_grace=config.kill_grace_seconds, default_cwd=str(state),
+            state_dir=state, kill_grace=config.kill_grace_seconds,
         )
         self._private_dir = tempfile.mkdtemp(prefix="gpuos-")  # mode 0700
         self.private_socket = os.path.join(self._private_dir, "grpc.sock")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from gpuos.errors import BackendError
+
 
 @dataclass(frozen=True)
 class MigProfile:
@@ -43,6 +45,16 @@ class DeviceInfo:
 
     def mig_profile(self, name: str) -> MigProfile | None:
         return next((p for p in self.mig_profiles if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    """A MIG GPU instance (with one compute instance spanning it) that exists on a GPU."""
+
+    index: int
+    profile: str
+    start: int
+    uuid: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,25 @@ class DeviceBackend(abc.ABC):
 
     def set_paused(self, index: int, pid: int, paused: bool) -> None:  # noqa: B027 - optional hook
         """A process was paused or resumed; a paused process keeps its memory but uses no SMs."""
+
+    # -- MIG and MPS: backends that cannot do them say so with a BackendError ------------------
+
+    def mig_instances(self, index: int) -> list[MigInstance]:
+        """The MIG instances that exist on GPU ``index`` (none when MIG is off)."""
+        return []
+
+    def create_mig_instance(self, index: int, profile: str, start: int) -> MigInstance:
+        """Create a GPU instance of ``profile`` at slot ``start`` (and a compute instance filling it),
+        enabling MIG mode first if the GPU is idle. Refuses layouts NVIDIA would refuse."""
+        raise BackendError(f"the {self.name} backend cannot create MIG instances")
+
+    def destroy_mig_instance(self, index: int, uuid: str) -> None:
+        """Destroy an idle MIG instance."""
+        raise BackendError(f"the {self.name} backend cannot destroy MIG instances")
+
+    def mps_control_command(self) -> list[str]:
+        """The MPS control program (``nvidia-cuda-mps-control`` or the simulator's stand-in)."""
+        raise BackendError(f"the {self.name} backend has no MPS")
 
     def visible_devices_env(self, indices: tuple[int, ...]) -> dict[str, str]:
         """Environment that makes exactly these GPUs visible to a CUDA process."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpuos/v1/common.proto\x12\x08gpuos.v1\"\xa7\x01\n\tResources\x12\x11\n\x04gpus\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cgpu_fraction\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x13\n\x0bmig_profile\x18\x04 \x01(\t\x12\x11\n\tgpu_types\x18\x05 \x03(\tB\x07\n\x05_gpusB\x0f\n\r_gpu_fractionB\x0f\n\r_memory_bytesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpuos/v1/common.proto\x12\x08gpuos.v1\"\xb8\x01\n\tResources\x12\x11\n\x04gpus\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cgpu_fraction\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x13\n\x0bmig_profile\x18\x04 \x01(\t\x12\x11\n\tgpu_types\x18\x05 \x03(\t\x12\x0f\n\x07sharing\x18\x06 \x01(\tB\x07\n\x05_gpusB\x0f\n\r_gpu_fractionB\x0f\n\r_memory_bytesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuos.v1.common_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCES']._serialized_start=36
-  _globals['_RESOURCES']._serialized_end=203
+  _globals['_RESOURCES']._serialized_end=220
 # @@protoc_insertion_point(module_scope)

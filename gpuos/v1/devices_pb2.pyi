@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,9 +7,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InjectFaultRequest(_message.Message):
+    __slots__ = ("index", "kind")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[InjectFaultRequest.Kind]
+        GPU_FAILURE: _ClassVar[InjectFaultRequest.Kind]
+        GPU_RECOVERY: _ClassVar[InjectFaultRequest.Kind]
+        MPS_DAEMON_CRASH: _ClassVar[InjectFaultRequest.Kind]
+    KIND_UNSPECIFIED: InjectFaultRequest.Kind
+    GPU_FAILURE: InjectFaultRequest.Kind
+    GPU_RECOVERY: InjectFaultRequest.Kind
+    MPS_DAEMON_CRASH: InjectFaultRequest.Kind
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    kind: InjectFaultRequest.Kind
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[InjectFaultRequest.Kind, str]] = ...) -> None: ...
+
 class ListDevicesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class MigInstanceInfo(_message.Message):
+    __slots__ = ("profile", "start", "uuid")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    start: int
+    uuid: str
+    def __init__(self, profile: _Optional[str] = ..., start: _Optional[int] = ..., uuid: _Optional[str] = ...) -> None: ...
 
 class MigProfileInfo(_message.Message):
     __slots__ = ("name", "slices", "memory_bytes", "max_count")
@@ -41,7 +70,7 @@ class Allocation(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., partition: _Optional[str] = ..., compute_milli: _Optional[int] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend")
+    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend", "mig_instances", "mps_daemon_running")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +83,8 @@ class Device(_message.Message):
     PARTITIONING_FIELD_NUMBER: _ClassVar[int]
     ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MIG_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    MPS_DAEMON_RUNNING_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     model: str
@@ -66,7 +97,9 @@ class Device(_message.Message):
     partitioning: str
     allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
     backend: str
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ...) -> None: ...
+    mig_instances: _containers.RepeatedCompositeFieldContainer[MigInstanceInfo]
+    mps_daemon_running: bool
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ..., mig_instances: _Optional[_Iterable[_Union[MigInstanceInfo, _Mapping]]] = ..., mps_daemon_running: _Optional[bool] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
     __slots__ = ("devices", "backend")

@@ -40,6 +40,11 @@ class DeviceServiceStub:
                 request_serializer=gpuos_dot_v1_dot_devices__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=gpuos_dot_v1_dot_devices__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.InjectFault = channel.unary_unary(
+                '/gpuos.v1.DeviceService/InjectFault',
+                request_serializer=gpuos_dot_v1_dot_devices__pb2.InjectFaultRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_devices__pb2.Device.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -52,6 +57,14 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InjectFault(self, request, context):
+        """Admins only: make a fault happen, to see gpuos contain it (GPU failure on the simulator;
+        MPS control-daemon crash on any backend).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=gpuos_dot_v1_dot_devices__pb2.ListDevicesRequest.FromString,
                     response_serializer=gpuos_dot_v1_dot_devices__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'InjectFault': grpc.unary_unary_rpc_method_handler(
+                    servicer.InjectFault,
+                    request_deserializer=gpuos_dot_v1_dot_devices__pb2.InjectFaultRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_devices__pb2.Device.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +107,33 @@ class DeviceService:
             '/gpuos.v1.DeviceService/List',
             gpuos_dot_v1_dot_devices__pb2.ListDevicesRequest.SerializeToString,
             gpuos_dot_v1_dot_devices__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InjectFault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.DeviceService/InjectFault',
+            gpuos_dot_v1_dot_devices__pb2.InjectFaultRequest.SerializeToString,
+            gpuos_dot_v1_dot_devices__pb2.Device.FromString,
             options,
             channel_credentials,
             insecure,

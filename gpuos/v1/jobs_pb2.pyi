@@ -91,16 +91,18 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., command: _Optional[_Iterable[str]] = ..., kernel: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., qos: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., estimated_seconds: _Optional[float] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("devices", "device_uuids", "partition", "granted")
+    __slots__ = ("devices", "device_uuids", "partition", "granted", "mig_device_uuid")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_UUIDS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
+    MIG_DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedScalarFieldContainer[int]
     device_uuids: _containers.RepeatedScalarFieldContainer[str]
     partition: str
     granted: _common_pb2.Resources
-    def __init__(self, devices: _Optional[_Iterable[int]] = ..., device_uuids: _Optional[_Iterable[str]] = ..., partition: _Optional[str] = ..., granted: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+    mig_device_uuid: str
+    def __init__(self, devices: _Optional[_Iterable[int]] = ..., device_uuids: _Optional[_Iterable[str]] = ..., partition: _Optional[str] = ..., granted: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., mig_device_uuid: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service")

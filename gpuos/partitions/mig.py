@@ -1,0 +1,71 @@
+"""MIG layouts: where a GPU instance of a profile may go, given the instances a GPU already has.
+
+NVIDIA places each GPU-instance profile only at certain start slots of the GPU's eight memory
+slices, spanning as many slices as the profile's memory (a 7g instance spans all eight). Two
+instances may not overlap, and no more instances of a profile may exist than its maximum count.
+These pure functions apply those rules, so the scheduler and the simulator refuse exactly the
+layouts NVIDIA would refuse; the device backend then creates the instance at the chosen slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gpuos.devices.backend import MigProfile
+
+COMPUTE_SLICES = 7
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A GPU instance that exists: its profile and the first memory slice it occupies."""
+
+    profile: str
+    start: int
+
+
+def _span(profile: MigProfile, start: int) -> range:
+    return range(start, start + profile.memory_slices)
+
+
+def find_slot(profiles: Sequence[MigProfile], instances: Iterable[Instance], wanted: str) -> int | None:
+    """The first start slot where an instance of ``wanted`` fits beside ``instances``, else None."""
+    by_name = {p.name: p for p in profiles}
+    profile = by_name.get(wanted)
+    if profile is None:
+        return None
+    existing = list(instances)
+    if sum(1 for i in existing if i.profile == wanted) >= profile.max_count:
+        return None
+    used_compute = sum(by_name[i.profile].slices for i in existing if i.profile in by_name)
+    if used_compute + profile.slices > COMPUTE_SLICES:
+        return None
+    taken = {s for i in existing if i.profile in by_name for s in _span(by_name[i.profile], i.start)}
+    for start in profile.placements:
+        if not taken.intersection(_span(profile, start)):
+            return start
+    return None
+
+
+def layout_fits(profiles: Sequence[MigProfile], wanted: Sequence[str]) -> bool:
+    """Whether NVIDIA would accept instances of all of ``wanted`` on one GPU, placed in this order
+    or any other (placement is first-fit per order, so every order is tried for small layouts)."""
+    from itertools import permutations
+
+    names = list(wanted)
+    orders = permutations(names) if len(names) <= 7 else [tuple(sorted(names, key=lambda n: -_size(profiles, n)))]
+    for order in orders:
+        placed: list[Instance] = []
+        for name in order:
+            slot = find_slot(profiles, placed, name)
+            if slot is None:
+                break
+            placed.append(Instance(name, slot))
+        else:
+            return True
+    return False
+
+
+def _size(profiles: Sequence[MigProfile], name: str) -> int:
+    return next((p.memory_slices for p in profiles if p.name == name), 0)

@@ -1,0 +1,142 @@
+"""MPS: one control daemon per GPU, and the environment that makes a job its client.
+
+The control daemon is started the way NVIDIA documents it (``nvidia-cuda-mps-control -d`` with
+``CUDA_VISIBLE_DEVICES``, ``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY`` set), with
+its pipe and log directories under the state dir. ``-d`` daemonizes, so the manager finds the
+daemon afterwards by the pipe directory in its environment, checks that it lives, and starts a
+new one when it has died. The simulator's backend supplies a stand-in program with the same
+command-line contract, so this module runs unchanged on both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from gpuos.errors import BackendError
+
+log = logging.getLogger("gpuos.mps")
+
+START_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class MpsDaemon:
+    index: int
+    pid: int
+    pipe_dir: Path
+    log_dir: Path
+
+
+def _find_daemon(pipe_dir: Path) -> int:
+    """The pid of the control daemon serving ``pipe_dir``, or 0."""
+    wanted = str(pipe_dir)
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        # The daemonized control process keeps its "-d"; a client invocation (e.g. "quit") has none.
+        if "-d" not in cmdline or not any("mps" in part for part in cmdline[:3]):
+            continue
+        try:
+            if proc.environ().get("CUDA_MPS_PIPE_DIRECTORY") == wanted and proc.status() != psutil.STATUS_ZOMBIE:
+                return int(proc.info["pid"])
+        except psutil.Error:
+            continue
+    return 0
+
+
+class MpsManager:
+    """Starts, watches and stops the MPS control daemons, one per GPU that hosts MPS clients."""
+
+    def __init__(self, root: Path, control_command: list[str], uuids: dict[int, str]) -> None:
+        self.root = root
+        self.control_command = control_command
+        self.uuids = uuids
+        self._daemons: dict[int, MpsDaemon] = {}
+
+    def _dirs(self, index: int) -> tuple[Path, Path]:
+        base = self.root / f"gpu{index}"
+        return base / "pipe", base / "log"
+
+    def _env(self, index: int) -> dict[str, str]:
+        pipe, logs = self._dirs(index)
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "CUDA_VISIBLE_DEVICES": self.uuids[index],
+            "CUDA_MPS_PIPE_DIRECTORY": str(pipe),
+            "CUDA_MPS_LOG_DIRECTORY": str(logs),
+        }
+
+    def running(self, index: int) -> bool:
+        daemon = self._daemons.get(index)
+        return daemon is not None and psutil.pid_exists(daemon.pid) and _find_daemon(daemon.pipe_dir) == daemon.pid
+
+    def ensure(self, index: int) -> MpsDaemon:
+        """The GPU's control daemon, started (or adopted, after a gpuosd restart) if needed."""
+        if self.running(index):
+            return self._daemons[index]
+        pipe, logs = self._dirs(index)
+        pid = _find_daemon(pipe)
+        if not pid:
+            for d in (pipe, logs):
+                d.mkdir(parents=True, exist_ok=True)
+            try:
+                subprocess.run([*self.control_command, "-d"], env=self._env(index), check=True, timeout=START_TIMEOUT,
+                               stdin=subprocess.DEVNULL, capture_output=True)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise BackendError(f"cannot start the MPS control daemon for GPU {index}: {exc}") from exc
+            deadline = time.time() + START_TIMEOUT
+            while not (pid := _find_daemon(pipe)):
+                if time.time() > deadline:
+                    raise BackendError(f"the MPS control daemon for GPU {index} did not come up; see {logs}")
+                time.sleep(0.02)
+            log.info("started MPS control daemon for GPU %d (pid %d)", index, pid)
+        daemon = MpsDaemon(index, pid, pipe, logs)
+        self._daemons[index] = daemon
+        return daemon
+
+    def died(self) -> list[int]:
+        """GPUs whose control daemon was started and is gone (its clients died with it)."""
+        return [i for i in list(self._daemons) if not self.running(i)]
+
+    def forget(self, index: int) -> None:
+        self._daemons.pop(index, None)
+
+    def client_env(self, index: int, compute_milli: int, memory_bytes: int) -> dict[str, str]:
+        """What a client job needs: the daemon's pipe, its thread share and its pinned memory limit."""
+        daemon = self.ensure(index)
+        # The client sees its one GPU as device 0, which is what the limit is keyed by.
+        limit_mib = max(1, memory_bytes // (1 << 20))
+        return {
+            "CUDA_MPS_PIPE_DIRECTORY": str(daemon.pipe_dir),
+            "CUDA_MPS_LOG_DIRECTORY": str(daemon.log_dir),
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(max(1, round(compute_milli / 10))),
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={limit_mib}M",
+        }
+
+    def stop(self, index: int) -> None:
+        """Ask the GPU's control daemon to quit (once it has no clients)."""
+        daemon = self._daemons.pop(index, None)
+        if daemon is None:
+            return
+        try:
+            subprocess.run(self.control_command, input=b"quit\n", env=self._env(index), timeout=START_TIMEOUT,
+                           capture_output=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("MPS control daemon for GPU %d did not quit cleanly: %s", index, exc)
+        deadline = time.time() + START_TIMEOUT
+        while psutil.pid_exists(daemon.pid) and time.time() < deadline:
+            time.sleep(0.02)
+
+    def stop_all(self) -> None:
+        for index in list(self._daemons):
+            self.stop(index)
+
+    def remove_dirs(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
