@@ -93,13 +93,15 @@ def test_a_job_over_its_memory_limit_is_stopped_and_its_neighbour_survives(daemo
 
 def test_time_shared_jobs_take_turns(client: Client) -> None:
     jobs = [client.submit(SLEEP, sharing="timeslice", memory="8GiB") for _ in range(2)]
-    seen = set()
+    wanted = {(j.id, s) for j in jobs for s in ("RUNNING", "PAUSED")}
+    seen: set[tuple[str, str]] = set()
     deadline = time.time() + 10
-    while time.time() < deadline and seen != {(j.id, s) for j in jobs for s in ("RUNNING", "PAUSED")}:
+    while time.time() < deadline and seen != wanted:
         for j in jobs:
             seen.add((j.id, jobs_pb2.JobState.Name(client.get(j.id).state)))
+        seen &= wanted
         time.sleep(0.1)
-    assert seen == {(j.id, s) for j in jobs for s in ("RUNNING", "PAUSED")}
+    assert seen == wanted
     assert client.get(jobs[0].id).placement.devices == client.get(jobs[1].id).placement.devices
     for j in jobs:
         client.cancel(j.id)

@@ -179,8 +179,6 @@ class JobServicer(_Base):
                 seq = event.seq
                 if who.may_see(event.tenant):
                     yield convert.event_to_pb(event)
-                if job_id and event.state is not None and event.state.terminal and not request.follow:
-                    return
             if len(batch) == 500:
                 continue
             if not request.follow:

@@ -121,6 +121,9 @@ class Controller:
         self.decisions_made = 0
         self._dirty = True
         self._last_round = 0.0
+        # Views of jobs whose record has not changed are reused: with thousands of pending jobs,
+        # rebuilding every view each round would dominate the round.
+        self._views: dict[str, tuple[Job, JobView]] = {}
 
     def _mps_manager(self, root: Path) -> MpsManager | None:
         try:
@@ -423,8 +426,14 @@ class Controller:
         instances: dict[int, list[Instance]] = {d.index: [] for d in self.devices}
         pending: list[JobView] = []
         running: list[JobView] = []
+        views: dict[str, tuple[Job, JobView]] = {}
         for job in self.store.active():
-            view = self._view(job, now)
+            cached = self._views.get(job.id)
+            if cached is not None and cached[0] is job and job.run_since is None:
+                view = cached[1]  # not running: nothing in its view depends on the clock
+            else:
+                view = self._view(job, now)
+            views[job.id] = (job, view)
             if job.state == JobState.PENDING:
                 pending.append(view)
                 continue
@@ -459,6 +468,7 @@ class Controller:
             )
             for d in self.devices
         )
+        self._views = views
         return Snapshot(now=now, nodes=(NodeView(NODE, gpus),), pending=tuple(pending), running=tuple(running))
 
     @staticmethod
