@@ -39,25 +39,23 @@ WORKER = (
 
 
 def load_tasks(path: Path, count: int, speedup: float) -> list[dict[str, object]]:
-    tasks = []
+    """``count`` GPU tasks spread evenly over the trace, so the batch mixes its request shapes."""
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            gpus = int(row["num_gpu"] or 0)
-            if gpus == 0:
-                continue
-            start = float(row.get("scheduled_time") or row.get("creation_time") or 0)
-            end = float(row.get("deletion_time") or start)
-            seconds = min(20.0, max(2.0, (end - start) / speedup))
-            milli = int(row["gpu_milli"] or 1000)
-            tasks.append({
-                "name": row["name"],
-                "gpus": min(gpus, 2),
-                "fraction": milli / 1000 if gpus == 1 and milli < 1000 else None,
-                "qos": "LS" if row.get("qos") == "LS" else "BE",
-                "steps": max(1, int(seconds / 0.5)),
-            })
-            if len(tasks) == count:
-                break
+        rows = [r for r in csv.DictReader(f) if int(r["num_gpu"] or 0) > 0]
+    tasks = []
+    for row in rows[:: max(1, len(rows) // count)][:count]:
+        gpus = int(row["num_gpu"])
+        start = float(row.get("scheduled_time") or row.get("creation_time") or 0)
+        end = float(row.get("deletion_time") or start)
+        seconds = min(20.0, max(2.0, (end - start) / speedup))
+        milli = int(row["gpu_milli"] or 1000)
+        tasks.append({
+            "name": row["name"],
+            "gpus": min(gpus, 2),  # the demo machine has two GPUs of a kind
+            "fraction": milli / 1000 if gpus == 1 and milli < 1000 else None,
+            "qos": "LS" if row.get("qos") == "LS" else "BE",
+            "steps": max(1, int(seconds / 0.5)),
+        })
     return tasks
 
 
@@ -97,7 +95,8 @@ def main() -> int:
         print(ctl(socket, "devices").stdout)
 
         tasks = load_tasks(args.trace, args.jobs, args.speedup)
-        print(f"submitting {len(tasks)} jobs from {args.trace.name} plus 4 extra jobs")
+        print(f"submitting {len(tasks)} jobs from {args.trace.name}, plus a MIG job, three time-shared jobs, "
+              "a kernel job, a job that fails and one no GPU can take")
         ids = []
         for t in tasks:
             share = ["--gpu-fraction", str(t["fraction"])] if t["fraction"] else ["--gpus", str(t["gpus"])]
@@ -106,8 +105,12 @@ def main() -> int:
                            "--priority", prio, "--", sys.executable, "-c", WORKER, str(t["steps"])).stdout.strip())
         ids.append(ctl(socket, "submit", "--name", "mig-job", "--mig-profile", "3g.20gb", "--gpu-type", "A100-40GB",
                        "--", sys.executable, "-c", WORKER, "6").stdout.strip())
-        ids.append(ctl(socket, "submit", "--name", "will-fail", "--gpu-fraction", "0.1", "--",
-                       sys.executable, "-c", "import sys; print('giving up', file=sys.stderr); sys.exit(3)").stdout.strip())
+        for prio in ("low", "low", "high"):
+            ids.append(ctl(socket, "submit", "--name", f"turns-{prio}", "--share", "timeslice", "--memory", "8GiB",
+                           "--priority", prio, "--", sys.executable, "-c", WORKER, "8").stdout.strip())
+        failing = ctl(socket, "submit", "--name", "will-fail", "--gpu-fraction", "0.1", "--",
+                      sys.executable, "-c", "import sys; print('giving up', file=sys.stderr); sys.exit(3)").stdout.strip()
+        ids.append(failing)
         kernels = ctl(socket, "-o", "json", "kernels", check=False)
         if kernels.returncode == 0 and "vattention-decode" in kernels.stdout:
             ids.append(ctl(socket, "submit", "--name", "decode", "--gpu-fraction", "0.5", "--kernel",
@@ -128,7 +131,9 @@ def main() -> int:
         print()
         print(ctl(socket, "list").stdout)
         print("events of the failing job:")
-        print(ctl(socket, "events", "--job", ids[-2] if "decode" not in kernels.stdout else ids[-2]).stdout)
+        print(ctl(socket, "events", "--job", failing).stdout)
+        print("events of a time-shared job (it took turns with the others on its GPU):")
+        print(ctl(socket, "events", "--job", ids[len(tasks) + 1]).stdout)
         print(f"output of {ids[0]}:")
         print(ctl(socket, "logs", ids[0]).stdout[-200:])
     finally:

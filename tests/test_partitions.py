@@ -107,7 +107,7 @@ def test_time_shared_jobs_take_turns(client: Client) -> None:
         client.cancel(j.id)
 
 
-def test_a_high_priority_job_preempts_time_sharers_within_one_quantum(client: Client) -> None:
+def test_a_high_priority_job_preempts_time_sharers_within_one_quantum(daemon, client: Client) -> None:  # type: ignore[no-untyped-def]
     low = [client.submit(SLEEP, sharing="timeslice", memory="8GiB", priority="low") for _ in range(2)]
     wait_for(lambda: any(running(client, j.id) for j in low))
     high = client.submit(SLEEP, sharing="timeslice", memory="8GiB", priority="high")
@@ -117,6 +117,12 @@ def test_a_high_priority_job_preempts_time_sharers_within_one_quantum(client: Cl
     assert time.time() - submitted < 1.0  # the default quantum
     time.sleep(1.5)  # longer than a quantum: the low jobs still wait
     assert all(client.get(j.id).state == jobs_pb2.PAUSED for j in low)
+    # PAUSED is real: the paused jobs' processes are stopped by the kernel.
+    import psutil
+
+    for j in low:
+        pid = daemon.store.active_job(j.id).child_pid
+        assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
     for j in (*low, high):
         client.cancel(j.id)
 

@@ -630,11 +630,12 @@ class Controller:
                 self._resume(jobs[job_id], now)
 
     def _pause(self, job: Job, now: float) -> None:
-        if job.spec.kind == JobKind.KERNEL:
-            # The kernel worker finishes the kernel in flight, then stops itself.
-            self.runtime.signal(job.id, signal.SIGUSR1)
-        else:
-            self.runtime.signal(job.id, signal.SIGSTOP)
+        # The kernel worker finishes the kernel in flight, then stops itself; a process job's
+        # whole group stops at once. Until the job's process exists there is nothing to pause,
+        # and the job keeps its state until a later round can.
+        sig = signal.SIGUSR1 if job.spec.kind == JobKind.KERNEL else signal.SIGSTOP
+        if not self.runtime.signal(job.id, sig):
+            return
         attained = job.attained_service
         if job.run_since is not None:
             attained += (now - job.run_since) * service_share(job.placement)
