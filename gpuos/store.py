@@ -167,6 +167,7 @@ class Store:
         self._events = threading.Condition()
         self._last_event = 0
         self._active: dict[str, Job] = {}
+        self._placed: dict[str, Job] = {}  # the RUNNING and PAUSED subset of _active
         self._active_lock = threading.Lock()
         self._closed = False
         conn = self._connect()
@@ -178,6 +179,8 @@ class Store:
         for row in rows:
             job = _row_to_job(row)
             self._active[job.id] = job
+            if job.state.active:
+                self._placed[job.id] = job
         self._last_event = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self._next_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0] + 1
         self._writer = threading.Thread(target=self._write_loop, name="gpuos-store-writer", daemon=True)
@@ -274,6 +277,10 @@ class Store:
                     self._active.pop(job.id, None)
                 else:
                     self._active[job.id] = job
+                if job.state.active:
+                    self._placed[job.id] = job
+                else:
+                    self._placed.pop(job.id, None)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -421,6 +428,17 @@ class Store:
             jobs = list(self._active.values())
         jobs.sort(key=lambda j: j.seq)
         return jobs
+
+    def placed(self) -> builtins.list[Job]:
+        """The RUNNING and PAUSED jobs, in submission order (from memory: cheap)."""
+        with self._active_lock:
+            jobs = list(self._placed.values())
+        jobs.sort(key=lambda j: j.seq)
+        return jobs
+
+    def has_pending(self) -> bool:
+        with self._active_lock:
+            return len(self._active) > len(self._placed)
 
     def active_job(self, job_id: str) -> Job | None:
         """An unfinished job by exact id, from memory; None when finished or unknown."""

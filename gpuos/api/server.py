@@ -247,7 +247,7 @@ class DeviceServicer(_Base):
     def _devices(self, who: Identity) -> list[devices_pb2.Device]:
         daemon = self.daemon
         statuses = {s.index: s for s in daemon.backend.status()}
-        active = [j for j in daemon.store.active() if j.state.active and j.placement is not None]
+        active = [j for j in daemon.store.placed() if j.placement is not None]
         out = []
         for info in daemon.controller.devices:
             status = statuses.get(info.index)

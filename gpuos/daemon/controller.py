@@ -42,6 +42,9 @@ HEALTH_INTERVAL = 1.0
 # Policies that age jobs (LAS, priority aging) can change their minds with time alone, so a
 # round runs at least this often even when nothing happened.
 RESCHEDULE_INTERVAL = 1.0
+# Rounds run at most this often: a burst of submits then costs one round, not one per submit,
+# which keeps round time (it grows with the queue) from crowding out the API threads.
+MIN_ROUND_GAP = 0.05
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MPS_DAEMON_LOST = "mps-daemon-lost"
 
@@ -163,6 +166,9 @@ class Controller:
         while not self._stop.is_set():
             timeout = self.tick
             deadline = next_deadline(self._turns)
+            if self._dirty:
+                due = self._last_round + MIN_ROUND_GAP
+                deadline = due if deadline is None else min(deadline, due)
             if deadline is not None:
                 timeout = max(0.0, min(timeout, deadline - time.time()))
             self._wake.wait(timeout)
@@ -236,9 +242,7 @@ class Controller:
     # -- reaping --------------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        for job in self.store.active():
-            if not job.state.active:
-                continue
+        for job in self.store.placed():
             status = self.runtime.exit_status(job.id)
             if status is None:
                 self._attach(job)
@@ -287,7 +291,7 @@ class Controller:
             except BackendError as exc:
                 log.warning("could not destroy MIG instance %s: %s", placement.mig_uuid, exc)
         elif placement.sharing == "mps" and self.mps is not None:
-            others = [j for j in self.store.active() if j.id != job.id and j.state.active and j.placement
+            others = [j for j in self.store.placed() if j.id != job.id and j.placement
                       and j.placement.sharing == "mps" and index in j.placement.devices]
             if not others:
                 self.mps.stop(index)
@@ -339,8 +343,8 @@ class Controller:
         self.runtime.signal(job.id, signal.SIGCONT)
 
     def _drive_stops(self) -> None:
-        for job in self.store.active():
-            if job.cancel_requested and job.state.active:
+        for job in self.store.placed():
+            if job.cancel_requested:
                 self._begin_stop(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled")
         now = time.time()
         for job_id, stopping in list(self._stopping.items()):
@@ -355,7 +359,7 @@ class Controller:
             return
         self._last_health = now
         self._statuses = self.backend.status()
-        active = [j for j in self.store.active() if j.state.active and j.placement is not None]
+        active = [j for j in self.store.placed() if j.placement is not None]
         for status in self._statuses:
             was = self._healthy.get(status.index, True)
             self._healthy[status.index] = status.healthy
@@ -502,11 +506,12 @@ class Controller:
 
     def _schedule(self) -> None:
         now = time.time()
-        if not self._dirty and now - self._last_round < RESCHEDULE_INTERVAL:
+        since = now - self._last_round
+        if since < MIN_ROUND_GAP or (not self._dirty and since < RESCHEDULE_INTERVAL):
             return
         self._dirty = False
         self._last_round = now
-        if not any(j.state == JobState.PENDING for j in self.store.active()):
+        if not self.store.has_pending():
             return
         for decision in self.decide():
             if isinstance(decision, Place):
@@ -600,9 +605,9 @@ class Controller:
         """Give each time-shared GPU's turn to the job whose turn it is; pause the others."""
         sharers: dict[int, list[Sharer]] = {}
         jobs: dict[str, Job] = {}
-        for job in self.store.active():
+        for job in self.store.placed():
             placement = job.placement
-            if not job.state.active or placement is None or placement.sharing != "timeslice":
+            if placement is None or placement.sharing != "timeslice":
                 continue
             if job.id in self._stopping:
                 continue
