@@ -50,6 +50,8 @@ class DaemonConfig:
     # Seconds between SIGTERM and SIGKILL when a job is cancelled or preempted.
     kill_grace_seconds: float = 5.0
     log_level: str = "INFO"
+    # Prometheus endpoint (HOST:PORT); empty: none.
+    metrics_listen: str = ""
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> DaemonConfig:
@@ -77,8 +79,10 @@ class DaemonConfig:
             raise InvalidArgument("backend", f"{self.backend!r} is not one of auto, sim, nvml")
         if len(os.fsencode(self.socket)) > 107:
             raise InvalidArgument("socket", f"{self.socket!r} is longer than a Unix socket path may be (107 bytes)")
-        if self.listen and ":" not in self.listen:
-            raise InvalidArgument("listen", f"{self.listen!r} is not HOST:PORT")
+        for name in ("listen", "metrics_listen"):
+            value = getattr(self, name)
+            if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+                raise InvalidArgument(name, f"{value!r} is not HOST:PORT")
         if isinstance(self.socket_mode, str):
             self.socket_mode = int(self.socket_mode, 8)
         if not isinstance(self.admins, list):

@@ -33,6 +33,7 @@ from gpuos.scheduler.snapshot import MILLI
 from gpuos.units import format_bytes
 
 if TYPE_CHECKING:
+    from gpuos.daemon.metrics import DaemonMetrics
     from gpuos.store import Store
 
 log = logging.getLogger("gpuos.controller")
@@ -100,6 +101,7 @@ class Controller:
         state_dir: Path,
         tick: float = 0.25,
         kill_grace: float = 5.0,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -107,6 +109,7 @@ class Controller:
         self.policy = policy
         self.tick = tick
         self.kill_grace = kill_grace
+        self.metrics = metrics
         self.default_cwd = str(state_dir)
         self.devices: list[DeviceInfo] = backend.devices()
         self.mps = self._mps_manager(state_dir / "mps")
@@ -124,6 +127,7 @@ class Controller:
         self.decisions_made = 0
         self._dirty = True
         self._last_round = 0.0
+        self.last_step = time.time()
         # Views of jobs whose record has not changed are reused: with thousands of pending jobs,
         # rebuilding every view each round would dominate the round.
         self._views: dict[str, tuple[Job, JobView]] = {}
@@ -151,6 +155,10 @@ class Controller:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def alive(self, now: float, within: float) -> bool:
+        """Whether the loop finished a round in the last ``within`` seconds (for the watchdog)."""
+        return self._thread is not None and self._thread.is_alive() and now - self.last_step < within
 
     def wake(self) -> None:
         """Something changed (a submit, a cancel, a policy): run a round soon."""
@@ -186,6 +194,7 @@ class Controller:
             self._check_health()
             self._schedule()
             self._rotate_turns()
+        self.last_step = time.time()
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -331,6 +340,8 @@ class Controller:
                 job.id, state=state, reason=reason, message=message, exit_code=exit_code, finished_at=now,
                 attained_service=attained, run_since=None,
             )
+            if self.metrics is not None:
+                self.metrics.finished.labels(state.value.lower(), reason).inc()
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -400,6 +411,8 @@ class Controller:
     def _stop_for_fault(self, job: Job, reason: str, message: str) -> None:
         """A fault took the job's GPU away: the policy says whether it is requeued or failed."""
         requeue = self.policy.requeue_after_fault(self._view(job, time.time()))
+        if self.metrics is not None and job.id not in self._stopping:
+            self.metrics.faults.labels(reason).inc()
         self._begin_stop(job, JobState.PENDING if requeue else JobState.FAILED, reason, message)
 
     def _enforce_memory(self, active: list[Job]) -> None:
@@ -413,6 +426,8 @@ class Controller:
                 continue
             log.warning("job %s uses %s on GPU %d, over its %s limit; stopping it", job.id,
                         format_bytes(over.used), over.gpu, format_bytes(over.limit))
+            if self.metrics is not None:
+                self.metrics.memory_kills.inc()
             self._begin_stop(job, JobState.FAILED, Reason.MEMORY_LIMIT,
                              f"used {format_bytes(over.used)} of GPU {over.gpu}, over its "
                              f"{format_bytes(over.limit)} limit")
@@ -502,6 +517,8 @@ class Controller:
         decisions = schedule(self.snapshot(), self.policy)
         self.last_decision_seconds = time.perf_counter() - started
         self.decisions_made += 1
+        if self.metrics is not None:
+            self.metrics.decision.observe(self.last_decision_seconds)
         return decisions
 
     def _schedule(self) -> None:
@@ -518,8 +535,10 @@ class Controller:
                 self._start(decision)
             else:
                 job = self.store.active_job(decision.job_id)
-                if job is not None and job.state.active:
+                if job is not None and job.state.active and job.id not in self._stopping:
                     self._begin_stop(job, JobState.PENDING, Reason.PREEMPTED, f"preempted by policy {self.policy.name}")
+                    if self.metrics is not None:
+                        self.metrics.preemptions.inc()
 
     def _start(self, place: Place) -> None:
         job = self.store.active_job(place.job_id)
@@ -553,6 +572,8 @@ class Controller:
                                     started_at=now, run_since=now, reason="", message="", event="started")
         except FailedPrecondition:
             return
+        if self.metrics is not None:
+            self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
         try:
             placement, env = self._partition(placement)
             if placement != job.placement:

@@ -7,11 +7,15 @@ import os
 import shutil
 import tempfile
 import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
 
 from gpuos.api.identity import Identity, PeerGateway
 from gpuos.api.server import build_server, identify
 from gpuos.daemon.config import DaemonConfig
 from gpuos.daemon.controller import Controller
+from gpuos.daemon.metrics import DaemonMetrics
 from gpuos.devices.select import open_backend
 from gpuos.errors import InvalidArgument
 from gpuos.runtime.process import ProcessRuntime
@@ -34,10 +38,14 @@ class Daemon:
         self.backend, self.backend_reason = open_backend(config.backend, config.sim_gpus)
         log.info("device backend: %s", self.backend_reason)
         self.runtime = ProcessRuntime(state / "jobs")
+        self.metrics = DaemonMetrics()
         self.controller = Controller(
             self.store, self.backend, self.runtime, self._initial_policy(),
-            state_dir=state, kill_grace=config.kill_grace_seconds,
+            state_dir=state, kill_grace=config.kill_grace_seconds, metrics=self.metrics,
         )
+        self.metrics.attach(self)
+        self._metrics_server: WSGIServer | None = None
+        self.metrics_port: int | None = None
         self._private_dir = tempfile.mkdtemp(prefix="gpuos-")  # mode 0700
         self.private_socket = os.path.join(self._private_dir, "grpc.sock")
         self.server, self.health = build_server(self)
@@ -75,6 +83,10 @@ class Daemon:
         self.server.start()
         self.gateway = PeerGateway(self.config.socket, self.private_socket, self.config.socket_mode)
         self.gateway.start()
+        if self.config.metrics_listen:
+            host, port = self.config.metrics_listen.rsplit(":", 1)
+            self._metrics_server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
         log.info("gpuosd serving on %s (policy %s, %d GPUs)", self.config.socket, self.controller.policy.name,
                  len(self.controller.devices))
 
@@ -85,6 +97,8 @@ class Daemon:
         self.health.enter_graceful_shutdown()
         if self.gateway is not None:
             self.gateway.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         self.server.stop(grace).wait()
         self.controller.stop()
         self.store.close()

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from gpuos.daemon.systemd import Watchdog, notify, watchdog_interval
 from gpuos.errors import GpuosError
 
 
@@ -20,6 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["auto", "sim", "nvml"], help="GPU backend (default auto)")
     parser.add_argument("--sim-gpus", dest="sim_gpus", help="simulated GPUs, e.g. 2xH100-80GB or 1xA100-40GB,1xL4")
     parser.add_argument("--policy", help="scheduling policy (see `gpuosctl policy list`)")
+    parser.add_argument("--metrics-listen", dest="metrics_listen", help="serve Prometheus metrics on HOST:PORT")
     parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING")
     return parser.parse_args(argv)
 
@@ -43,10 +45,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuosd: {exc}", file=sys.stderr)
         return 1
     print(f"gpuosd: {daemon.backend_reason}; serving on {config.socket}", file=sys.stderr, flush=True)
+    notify(f"READY=1\nSTATUS=serving on {config.socket} ({daemon.backend_reason})")
+    interval = watchdog_interval()
+    watchdog = None
+    if interval:
+        # The loop rounds at least every few hundred ms; a loop silent for a whole interval is stuck.
+        watchdog = Watchdog(interval, lambda now: daemon.controller.alive(now, interval))
+        watchdog.start()
 
     def shutdown(signum: int, _frame: object) -> None:
         logging.getLogger("gpuos.daemon").info("received %s; stopping (running jobs keep running)",
                                                signal.Signals(signum).name)
+        notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.stop()
         daemon.stop()
 
     signal.signal(signal.SIGTERM, shutdown)

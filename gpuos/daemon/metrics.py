@@ -1,0 +1,104 @@
+"""Prometheus metrics for gpuosd (``--metrics-listen HOST:PORT``).
+
+GPU gauges use the names of NVIDIA's DCGM exporter where the meaning is the same, so existing
+dashboards work; everything else is ``gpuos_*``. Gauges are read from the daemon at scrape time,
+so scraping costs the control loop nothing; counters and histograms are updated where the events
+happen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gpuos.jobs import JobState
+
+if TYPE_CHECKING:
+    from gpuos.daemon.daemon import Daemon
+
+MIB = 1 << 20
+
+
+class DaemonMetrics:
+    """The counters and histograms the control loop updates, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.queue_wait = Histogram(
+            "gpuos_queue_wait_seconds", "Time from submit to start, per started job",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600), registry=self.registry,
+        )
+        self.decision = Histogram(
+            "gpuos_scheduling_decision_seconds", "Time of one scheduling round (snapshot, policy, framework)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=self.registry,
+        )
+        self.preemptions = PromCounter("gpuos_preemptions", "Jobs preempted by the policy", registry=self.registry)
+        self.memory_kills = PromCounter(
+            "gpuos_memory_limit_kills", "Jobs stopped for using more GPU memory than their limit",
+            registry=self.registry,
+        )
+        self.finished = PromCounter(
+            "gpuos_jobs_finished", "Jobs that ended, by final state and reason", ["state", "reason"],
+            registry=self.registry,
+        )
+        self.faults = PromCounter(
+            "gpuos_fault_stops", "Jobs stopped because their GPU or MPS daemon failed", ["reason"],
+            registry=self.registry,
+        )
+
+    def attach(self, daemon: Daemon) -> None:
+        self.registry.register(_StateCollector(daemon))
+
+
+class _StateCollector(Collector):
+    """Gauges computed from the daemon's state when Prometheus scrapes."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        daemon = self.daemon
+        labels = ["gpu", "UUID", "modelName"]
+        util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels=labels)
+        used = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=labels)
+        free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=labels)
+        temp = GaugeMetricFamily("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", labels=labels)
+        power = GaugeMetricFamily("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", labels=labels)
+        healthy = GaugeMetricFamily("gpuos_gpu_healthy", "1 when the GPU answers and is not failed", labels=labels)
+        reserved = GaugeMetricFamily("gpuos_gpu_memory_reserved_bytes", "GPU memory promised to placed jobs",
+                                     labels=labels)
+        info = {d.index: d for d in daemon.controller.devices}
+        placed = daemon.store.placed()
+        for status in daemon.backend.status():
+            device = info[status.index]
+            values = [str(status.index), device.uuid, device.model]
+            util.add_metric(values, status.utilization_pct)
+            used.add_metric(values, status.memory_used / MIB)
+            free.add_metric(values, max(0, device.memory_total - status.memory_used) / MIB)
+            if status.temperature_c is not None:
+                temp.add_metric(values, status.temperature_c)
+            if status.power_w is not None:
+                power.add_metric(values, status.power_w)
+            healthy.add_metric(values, 1.0 if status.healthy else 0.0)
+            reserved.add_metric(values, sum(
+                j.placement.granted.memory_bytes for j in placed
+                if j.placement is not None and status.index in j.placement.devices
+            ))
+        yield from (util, used, free, temp, power, healthy, reserved)
+
+        active = daemon.store.active()
+        counts = Counter(j.state for j in active)
+        jobs = GaugeMetricFamily("gpuos_jobs", "Jobs not yet finished, by state", labels=["state"])
+        for state in (JobState.PENDING, JobState.RUNNING, JobState.PAUSED):
+            jobs.add_metric([state.value.lower()], counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily("gpuos_queue_length", "Jobs waiting to be placed", value=counts.get(JobState.PENDING, 0))
+        policy = GaugeMetricFamily("gpuos_policy_info", "The scheduling policy in use", labels=["policy"])
+        policy.add_metric([daemon.controller.policy.name], 1.0)
+        yield policy
