@@ -102,3 +102,11 @@ def test_no_daemon_is_a_clear_error(short_dir) -> None:  # type: ignore[no-untyp
     result = subprocess.run([PY, "-m", "gpuos.cli.main", "--socket", str(short_dir / "none.sock"), "list"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+def test_top_shows_devices_and_jobs_and_refreshes(gpuosd: DaemonProcess) -> None:
+    job = gpuosd.ctl("submit", "--", "sleep", "30").stdout.strip()
+    out = gpuosd.ctl("top", "--interval", "0.2", "--iterations", "2").stdout
+    assert out.count("policy fifo") == 2
+    assert out.count("H100-80GB") == 4 and job in out
+    gpuosd.ctl("cancel", job)

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", default="")
     p.add_argument("--since", type=int, default=0, help="only events after this sequence number")
     sub.add_parser("devices", help="show GPUs and who holds what")
+    p = sub.add_parser("top", help="a live view of GPUs, partitions and jobs, refreshed in place")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
     p = sub.add_parser("policy", help="list or set the scheduling policy")
     psub = p.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     psub.add_parser("list", help="available policies")
@@ -168,6 +171,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         elif args.cmd == "fault":
             device = client.inject_fault(args.gpu, args.kind)
             print(output.dumps(output.device_dict(device)) if as_json else output.devices_table([device]))
+        elif args.cmd == "top":
+            _top(client, args.interval, args.iterations)
         elif args.cmd == "policy":
             if args.policy_cmd == "list":
                 policies = client.policies()
@@ -194,6 +199,35 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     finally:
         client.close()
     return 0
+
+
+def _top(client, interval: float, iterations: int) -> None:  # type: ignore[no-untyped-def]
+    """Redraw devices and the active jobs every ``interval`` seconds, like top(1)."""
+    import time
+
+    tty = sys.stdout.isatty()
+    shown = 0
+    while iterations == 0 or shown < iterations:
+        devices = client.devices()
+        jobs = client.list(["running", "paused", "pending"])
+        policy = next((p.name for p in client.policies() if p.active), "?")
+        counts = {s: sum(1 for j in jobs if output.job_dict(j)["state"] == s) for s in ("RUNNING", "PAUSED", "PENDING")}
+        screen = [
+            f"gpuos  {time.strftime('%H:%M:%S')}  backend {devices.backend}  policy {policy}  "
+            f"running {counts['RUNNING']}  paused {counts['PAUSED']}  pending {counts['PENDING']}",
+            "",
+            output.devices_table(devices.devices),
+            "",
+            output.jobs_table(jobs[:40]),
+        ]
+        if len(jobs) > 40:
+            screen.append(f"... and {len(jobs) - 40} more")
+        # Home the cursor and clear below it, so the view refreshes in place without flicker.
+        sys.stdout.write(("\x1b[H\x1b[J" if tty else "") + "\n".join(screen) + "\n")
+        sys.stdout.flush()
+        shown += 1
+        if iterations == 0 or shown < iterations:
+            time.sleep(interval)
 
 
 def _exit_code(job) -> int:  # type: ignore[no-untyped-def]
