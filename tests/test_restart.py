@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from gpuos.client import Client
 from gpuos.v1 import jobs_pb2
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, _kill_leftover_jobs, wait_for
 
 PY = sys.executable
 
@@ -92,3 +93,43 @@ def test_policy_choice_survives_a_restart(gpuosd: DaemonProcess) -> None:
     gpuosd.start()
     with Client(socket=gpuosd.socket) as c:
         assert [p.name for p in c.policies() if p.active] == ["fifo"]
+
+
+def test_shared_jobs_keep_their_partitions_across_kill_9(short_dir) -> None:  # type: ignore[no-untyped-def]
+    """MPS clients keep their control daemon, time-sharers keep taking turns, MIG jobs their slice."""
+    gpuosd = DaemonProcess(short_dir, "--sim-gpus", "3xH100-80GB").start()
+    try:
+        _shared_jobs_survive(gpuosd)
+    finally:
+        gpuosd.stop()
+        _kill_leftover_jobs(gpuosd.state)
+
+
+def _shared_jobs_survive(gpuosd: DaemonProcess) -> None:
+    sleep = [PY, "-c", "import time; time.sleep(60)"]
+    with Client(socket=gpuosd.socket) as c:
+        mps = c.submit(sleep, gpu_fraction=0.5)
+        turns = [c.submit(sleep, sharing="timeslice", memory="8GiB") for _ in range(2)]
+        mig = c.submit(sleep, mig_profile="3g.40gb")
+        jobs = [mps, *turns, mig]
+        wait_for(lambda: all(c.get(j.id).state in (jobs_pb2.RUNNING, jobs_pb2.PAUSED) for j in jobs))
+        wait_for(lambda: any(d.mps_daemon_running for d in c.devices().devices))
+        mig_uuid = c.get(mig.id).placement.mig_device_uuid
+    gpuosd.kill9()
+    gpuosd.start()
+    with Client(socket=gpuosd.socket) as c:
+        assert all(c.get(j.id).state in (jobs_pb2.RUNNING, jobs_pb2.PAUSED) for j in jobs)
+        assert c.devices().devices[c.get(mps.id).placement.devices[0]].mps_daemon_running
+        states = set()
+        deadline = time.time() + 8
+        while time.time() < deadline and len(states) < 2:
+            states |= {(t.id, c.get(t.id).state) for t in turns if c.get(t.id).state == jobs_pb2.RUNNING}
+            time.sleep(0.1)
+        assert len(states) == 2  # both time-sharers ran after the restart: turns go on
+        gpu = c.devices().devices[c.get(mig.id).placement.devices[0]]
+        # The simulator's instances live in gpuosd's memory: the restarted daemon recreated it.
+        assert [(m.profile, m.start) for m in gpu.mig_instances] == [("3g.40gb", 0)]
+        assert mig_uuid
+        for j in jobs:
+            c.cancel(j.id)
+        wait_for(lambda: not c.devices().devices[gpu.index].mig_instances)

@@ -244,7 +244,8 @@ class Controller:
         if placement.sharing == "mig":
             if not any(i.uuid == placement.mig_uuid for i in self.backend.mig_instances(index)):
                 # The simulator's instances live in gpuosd's memory; NVIDIA's persist on the GPU.
-                self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
+                instance = self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
+                self.store.update(job.id, placement=replace(placement, mig_uuid=instance.uuid))
         elif placement.sharing == "mps" and self.mps is not None:
             self.mps.ensure(index)
 
