@@ -40,7 +40,11 @@ class GpuView:
 
     @property
     def idle(self) -> bool:
-        return self.milli_free == MILLI and self.memory_free == self.memory_total and not self.jobs
+        # A GPU with MIG slices (even ones no job holds) is not free for whole-GPU work.
+        return (
+            self.milli_free == MILLI and self.memory_free == self.memory_total and not self.jobs
+            and not self.mig_instances
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,3 +165,20 @@ def test_only_admins_inject_faults_and_indexes_are_checked(client: Client) -> No
     with pytest.raises(ApiError) as err:
         client.inject_fault(9, "gpu-fail")
     assert err.value.code.name == "INVALID_ARGUMENT"
+
+
+def test_slices_made_outside_gpuos_are_left_alone_and_worked_around(daemon, client: Client) -> None:  # type: ignore[no-untyped-def]
+    # An administrator made a 4g slice on GPU 0 by hand: gpuos must neither use GPU 0 whole nor
+    # tear the slice down, and may still place slices beside it.
+    daemon.backend.create_mig_instance(0, "4g.40gb", 0)
+    daemon.controller.check_now()
+    whole = client.submit(SLEEP, gpus=1)
+    wait_for(lambda: running(client, whole.id))
+    assert client.get(whole.id).placement.devices[0] == 1
+    beside = client.submit(SLEEP, mig_profile="3g.40gb")
+    wait_for(lambda: running(client, beside.id))
+    placement = client.get(beside.id).placement
+    assert placement.devices[0] == 0
+    client.cancel(beside.id)
+    wait_for(lambda: [m.profile for m in client.devices().devices[0].mig_instances] == ["4g.40gb"])
+    client.cancel(whole.id)

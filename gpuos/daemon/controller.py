@@ -115,6 +115,7 @@ class Controller:
         self.mps = self._mps_manager(state_dir / "mps")
         self._healthy = {d.index: True for d in self.devices}
         self._statuses: list[DeviceStatus] = []
+        self._foreign_slices: dict[int, list[Instance]] = {}
         self._last_health = 0.0
         self._stopping: dict[str, _Stopping] = {}
         self._attached: dict[str, int] = {}
@@ -372,6 +373,13 @@ class Controller:
         self._last_health = now
         self._statuses = self.backend.status()
         active = [j for j in self.store.placed() if j.placement is not None]
+        held = {j.placement.mig_uuid for j in active if j.placement.mig_uuid}  # type: ignore[union-attr]
+        # Slices that exist but no job of ours holds (made by an administrator, say) are never
+        # torn down: the scheduler sees them as occupied.
+        self._foreign_slices = {
+            d.index: [Instance(m.profile, m.start) for m in self.backend.mig_instances(d.index) if m.uuid not in held]
+            for d in self.devices if d.mig_capable
+        }
         for status in self._statuses:
             was = self._healthy.get(status.index, True)
             self._healthy[status.index] = status.healthy
@@ -443,7 +451,7 @@ class Controller:
         slices_used = {d.index: 0 for d in self.devices}
         holders: dict[int, list[str]] = {d.index: [] for d in self.devices}
         sharing: dict[int, str] = {d.index: "" for d in self.devices}
-        instances: dict[int, list[Instance]] = {d.index: [] for d in self.devices}
+        instances: dict[int, list[Instance]] = {d.index: list(self._foreign_slices.get(d.index, ())) for d in self.devices}
         pending: list[JobView] = []
         running: list[JobView] = []
         views: dict[str, tuple[Job, JobView]] = {}
@@ -483,7 +491,7 @@ class Controller:
                 mig_profiles=d.mig_profiles,
                 mig_slices_used=slices_used[d.index],
                 jobs=tuple(holders[d.index]),
-                sharing=sharing[d.index],
+                sharing="mig" if instances[d.index] else sharing[d.index],
                 mig_instances=tuple(instances[d.index]),
             )
             for d in self.devices
