@@ -51,9 +51,9 @@ def summary(out: Path) -> dict[str, float]:
     return {"tflops": data["tflops"]}
 
 
-def alone(role: str, seconds: float, tmp: Path) -> dict[str, float]:
+def alone(role: str, seconds: float, tmp: Path, env: dict[str, str] | None = None) -> dict[str, float]:
     out = tmp / f"{role}-alone.json"
-    start(role, seconds, out).wait()
+    start(role, seconds, out, env).wait()
     return summary(out)
 
 
@@ -123,6 +123,11 @@ def main() -> None:
         try:
             half = 40 * 1024**3
             env = {**mps.client_env(0, 500, half), "CUDA_VISIBLE_DEVICES": uuid}
+            # Each alone on its 50% share first: that separates the cost of a smaller share from
+            # the cost of the neighbour (interference), which the simulator models separately.
+            ls_share = alone("ls", args.seconds, tmp, env)
+            tp_share = alone("tp", args.seconds, tmp, env)
+            rows.append(("mps 50%, each alone", ls_share, tp_share))
             rows.append(("mps 50%/50%", *run_pair(args.seconds, tmp, ls_env=env, tp_env=env)))
         finally:
             mps.stop_all()
