@@ -196,6 +196,18 @@ class Client:
             raise ValueError(f"fault {kind!r} is not one of {', '.join(self.FAULTS)}")
         return self._call(self._devices.InjectFault, devices_pb2.InjectFaultRequest(index=index, kind=self.FAULTS[kind]))
 
+    def reserve(
+        self, name: str, gpu_uuids: Sequence[str], resources: common_pb2.Resources, keys: Sequence[str] = ()
+    ) -> devices_pb2.Reservation:
+        """Admins: hold a partition for work gpuosd does not start (see DeviceService.Reserve)."""
+        request = devices_pb2.ReserveRequest(name=name, gpu_uuids=list(gpu_uuids), resources=resources, keys=list(keys))
+        return self._call(self._devices.Reserve, request)
+
+    def rank(self, resources: common_pb2.Resources, gpu_uuids: Sequence[str]) -> builtins.list[str]:
+        """``gpu_uuids`` ordered by the active policy's score for ``resources``, best first."""
+        reply = self._call(self._devices.Rank, devices_pb2.RankRequest(resources=resources, gpu_uuids=list(gpu_uuids)))
+        return list(reply.gpu_uuids)
+
     def policies(self) -> builtins.list[policy_pb2.PolicyInfo]:
         return list(self._call(self._policies.List, policy_pb2.ListPoliciesRequest()).policies)
 

@@ -44,6 +44,8 @@ class Priority(enum.IntEnum):
 class JobKind(str, enum.Enum):
     PROCESS = "process"
     KERNEL = "kernel"
+    # A partition held for work gpuosd does not start, such as a container the kubelet runs.
+    EXTERNAL = "external"
 
 
 class Reason:
@@ -57,6 +59,7 @@ class Reason:
     EXIT_NONZERO = "exit-nonzero"
     SPAWN_FAILED = "spawn-failed"
     TIME_SLICE = "time-slice"
+    RELEASED = "released"
     SUPERVISOR_LOST = "supervisor-lost"
 
 

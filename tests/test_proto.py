@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
-    fresh = {p.name: p.read_text() for p in (tmp_path / "gpuos" / "v1").iterdir() if p.is_file()}
-    committed = {p.name: p.read_text() for p in (ROOT / "gpuos" / "v1").iterdir() if p.is_file()}
+    packages = ("gpuos/v1", "gpuos/deviceplugin/v1beta1")
+    fresh = {f"{d}/{p.name}": p.read_text() for d in packages for p in (tmp_path / d).iterdir() if p.is_file()}
+    committed = {f"{d}/{p.name}": p.read_text() for d in packages for p in (ROOT / d).iterdir() if p.is_file()}
     stale = sorted(name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name))
     assert not stale, f"regenerate with `python tools/gen_proto.py`: {stale} differ from proto/"

@@ -1,4 +1,5 @@
-"""Regenerate gpuos/v1/*_pb2*.py from proto/gpuos/v1/*.proto.
+"""Regenerate the generated gRPC code from proto/: gpuos/v1/ (gpuos's API) and
+gpuos/deviceplugin/v1beta1/ (the kubelet's device-plugin API).
 
 Usage: python tools/gen_proto.py [--out DIR]
 
@@ -16,10 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 
 
+PACKAGES = ("gpuos/v1", "gpuos/deviceplugin/v1beta1")
+
+
 def generate(out: Path) -> list[Path]:
     from grpc_tools import protoc
 
-    sources = sorted(PROTO_DIR.glob("gpuos/v1/*.proto"))
+    sources = sorted(p for package in PACKAGES for p in PROTO_DIR.glob(f"{package}/*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
@@ -32,9 +36,12 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    package = out / "gpuos" / "v1"
-    (package / "__init__.py").write_text('"""Generated gRPC/protobuf code; regenerate with tools/gen_proto.py."""\n')
-    return sorted(package.iterdir())
+    files = []
+    for package in PACKAGES:
+        directory = out / package
+        (directory / "__init__.py").write_text('"""Generated gRPC/protobuf code; regenerate with tools/gen_proto.py."""\n')
+        files += sorted(directory.iterdir())
+    return files
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ _PRIORITY_IN = {
     jobs_pb2.HIGH: Priority.HIGH,
 }
 _PRIORITY_OUT = {Priority.LOW: jobs_pb2.LOW, Priority.NORMAL: jobs_pb2.NORMAL, Priority.HIGH: jobs_pb2.HIGH}
+_KIND_OUT = {JobKind.PROCESS: jobs_pb2.PROCESS, JobKind.KERNEL: jobs_pb2.KERNEL, JobKind.EXTERNAL: jobs_pb2.EXTERNAL}
 STATE_TO_PB = {s: jobs_pb2.JobState.Value(s.value) for s in JobState}
 STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
 
@@ -104,6 +105,8 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
     command = tuple(spec.command)
     kernel = spec.kernel.strip()
     kind = spec.kind
+    if kind == jobs_pb2.EXTERNAL:
+        raise InvalidArgument("kind", "external jobs are made with DeviceService.Reserve, not submitted")
     if kind not in (jobs_pb2.JOB_KIND_UNSPECIFIED, jobs_pb2.PROCESS, jobs_pb2.KERNEL):
         raise InvalidArgument("kind", f"unknown job kind {kind}")
     if kind == jobs_pb2.JOB_KIND_UNSPECIFIED:
@@ -194,7 +197,7 @@ def job_to_pb(job: Job) -> jobs_pb2.Job:
         attained_service=job.attained_service,
         spec=jobs_pb2.JobSpec(
             name=spec.name,
-            kind=jobs_pb2.KERNEL if spec.kind == JobKind.KERNEL else jobs_pb2.PROCESS,
+            kind=_KIND_OUT[spec.kind],
             command=list(spec.command),
             kernel=spec.kernel,
             params=dict(spec.params),

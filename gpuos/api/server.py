@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -33,7 +34,7 @@ from gpuos.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from gpuos.jobs import Job, JobState
+from gpuos.jobs import Job, JobKind, JobSpec, JobState
 from gpuos.scheduler import available, get_policy
 from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
 
@@ -243,6 +244,44 @@ class DeviceServicer(_Base):
             raise InvalidArgument("kind", "name a fault: GPU_FAILURE, GPU_RECOVERY or MPS_DAEMON_CRASH")
         controller.check_now()
         return next(d for d in self._devices(who) if d.index == request.index)
+
+    @_handled
+    def Reserve(self, request: devices_pb2.ReserveRequest, context: grpc.ServicerContext) -> devices_pb2.Reservation:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not reserve partitions; only admins (the device plugin) may")
+        uuids = tuple(convert._text(u, "gpu_uuids", 128) for u in request.gpu_uuids)
+        if not uuids or len(set(uuids)) != len(uuids):
+            raise InvalidArgument("gpu_uuids", "name one or more distinct GPUs by UUID")
+        resources = convert.resources_from_pb(request.resources)
+        if resources.gpu_milli or resources.mig_profile or resources.timeslice:
+            if len(uuids) != 1:
+                raise InvalidArgument("gpu_uuids", "a share or a MIG slice is on exactly one GPU")
+        else:
+            resources = replace(resources, gpus=len(uuids))
+        keys = [convert._text(k, "keys", 128) for k in request.keys]
+        if any("," in k or not k for k in keys):
+            raise InvalidArgument("keys", "keys are non-empty and hold no commas")
+        name = convert._text(request.name.strip() or "reservation", "name", convert.MAX_NAME)
+        spec = JobSpec(name=name, kind=JobKind.EXTERNAL, resources=resources, params=(("keys", ",".join(keys)),),
+                       tenant=who.name)
+        admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
+        job, env = self.daemon.controller.reserve(spec, who.uid, uuids)
+        env = {**env, "GPUOS_JOB_ID": job.id}
+        env.setdefault("NVIDIA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""))
+        out = devices_pb2.Reservation(job_id=job.id, env=env)
+        pipe = env.get("CUDA_MPS_PIPE_DIRECTORY")
+        if pipe:
+            # A container reaches the MPS control daemon through its pipe directory.
+            out.mounts.append(devices_pb2.HostMount(host_path=pipe, container_path=pipe, read_only=False))
+        return out
+
+    @_handled
+    def Rank(self, request: devices_pb2.RankRequest, context: grpc.ServicerContext) -> devices_pb2.RankResponse:
+        self.identity(context)
+        resources = convert.resources_from_pb(request.resources)
+        uuids = tuple(convert._text(u, "gpu_uuids", 128) for u in request.gpu_uuids)
+        return devices_pb2.RankResponse(gpu_uuids=self.daemon.controller.rank(resources, uuids))
 
     def _devices(self, who: Identity) -> list[devices_pb2.Device]:
         daemon = self.daemon

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus
 from gpuos.errors import BackendError, FailedPrecondition
-from gpuos.jobs import Job, JobKind, JobState, Placement, Reason, Resources
+from gpuos.jobs import Job, JobKind, JobSpec, JobState, Placement, Reason, Resources
 from gpuos.partitions.memory import overruns, usage_by_group
 from gpuos.partitions.mig import Instance
 from gpuos.partitions.mps import MpsManager
@@ -203,7 +203,16 @@ class Controller:
         """Reconcile the store with the processes that exist after a (re)start."""
         with self._lock:
             for job in self.store.active():
+                if job.spec.kind == JobKind.EXTERNAL and job.state == JobState.PENDING:
+                    # The daemon died inside reserve(): the caller never got its answer.
+                    self.store.update(job.id, state=JobState.FAILED, reason=Reason.DAEMON_RESTART,
+                                      message="gpuosd restarted before the reservation completed",
+                                      finished_at=time.time())
+                    continue
                 if not job.state.active:
+                    continue
+                if job.spec.kind == JobKind.EXTERNAL:
+                    self._readopt_partition(job)
                     continue
                 status = self.runtime.exit_status(job.id)
                 if status is not None:
@@ -254,6 +263,8 @@ class Controller:
 
     def _reap(self) -> None:
         for job in self.store.placed():
+            if job.spec.kind == JobKind.EXTERNAL:
+                continue  # no process of ours: it ends when it is released
             status = self.runtime.exit_status(job.id)
             if status is None:
                 self._attach(job)
@@ -349,6 +360,12 @@ class Controller:
 
     def _begin_stop(self, job: Job, state: JobState, reason: str, message: str) -> None:
         if job.id in self._stopping:
+            return
+        if job.spec.kind == JobKind.EXTERNAL:
+            # Nothing of ours runs in it: releasing the partition is all there is to stopping it.
+            if state == JobState.CANCELLED:
+                state, reason, message = JobState.SUCCEEDED, Reason.RELEASED, message or "released"
+            self._finalize(job, state if state != JobState.PENDING else JobState.FAILED, reason, message, None)
             return
         self._stopping[job.id] = _Stopping(state, reason, message, time.time() + self.kill_grace)
         self.runtime.signal(job.id, signal.SIGTERM)
@@ -587,6 +604,8 @@ class Controller:
             placement, env = self._partition(placement)
             if placement != job.placement:
                 job = self.store.update(job.id, placement=placement)
+            if job.spec.kind == JobKind.EXTERNAL:
+                return  # the partition is the whole of it: someone else runs the work
             handle = self.runtime.start(self._launch(job, env))
         except BackendError as exc:
             self._finalize(job, JobState.FAILED, Reason.SPAWN_FAILED, str(exc), None)
@@ -628,6 +647,72 @@ class Controller:
             except KeyError:
                 gid = uid
         return Launch(job.id, command, env, cwd, uid, gid)
+
+    # -- reservations for work started elsewhere (the Kubernetes device plugin) -----------------
+
+    def reserve(self, spec: JobSpec, owner_uid: int, uuids: tuple[str, ...]) -> tuple[Job, dict[str, str]]:
+        """Hold a partition on the GPUs named for work started elsewhere (an EXTERNAL job).
+
+        ``spec.params`` carries ``keys``: older reservations that hold any of them are released
+        first. Raises ResourceExhausted, naming the holders, when the GPUs have no room.
+        """
+        from gpuos.errors import InvalidArgument, ResourceExhausted
+        from gpuos.scheduler.framework import _take, gpu_fits
+
+        by_uuid = {d.uuid: d.index for d in self.devices}
+        unknown = [u for u in uuids if u not in by_uuid]
+        if unknown:
+            raise InvalidArgument("gpu_uuids", f"no GPU here has UUID {unknown[0]}")
+        keys = set(dict(spec.params).get("keys", "").split(",")) - {""}
+        with self._lock:
+            for other in self.store.placed():
+                held = set(dict(other.spec.params).get("keys", "").split(","))
+                if other.spec.kind == JobKind.EXTERNAL and keys & held:
+                    self._finalize(other, JobState.SUCCEEDED, Reason.RELEASED, "its device was handed out again", None)
+            snap = self.snapshot()
+            node = snap.nodes[0]
+            gpus = {g.index: g for g in node.gpus}
+            chosen = tuple(gpus[by_uuid[u]] for u in uuids)
+            for gpu in chosen:
+                if not gpu_fits(spec.resources, gpu):
+                    why = "it failed" if not gpu.healthy else f"held by {', '.join(gpu.jobs) or 'MIG slices'}"
+                    raise ResourceExhausted(f"GPU {gpu.index} has no room for this request ({why})")
+            # Stored and started under the loop's lock, so no round ever sees it pending.
+            job, _ = self.store.submit(spec, owner_uid)
+            _, place = _take(self._view(job, snap.now), node, chosen)
+            self._start(place)
+            started = self.store.get(job.id)
+            if started.state != JobState.RUNNING or started.placement is None:
+                raise ResourceExhausted(f"could not reserve: {started.message or started.state.value}")
+            self._dirty = True
+            return started, self._partition_env_of(started.placement)
+
+    def _partition_env_of(self, placement: Placement) -> dict[str, str]:
+        if placement.sharing == "mig":
+            return {"CUDA_VISIBLE_DEVICES": placement.mig_uuid}
+        env = self.backend.visible_devices_env(placement.devices)
+        if placement.sharing == "mps" and self.mps is not None:
+            env.update(self.mps.client_env(placement.devices[0], placement.granted.gpu_milli,
+                                           placement.granted.memory_bytes))
+        return env
+
+    def rank(self, request: Resources, uuids: tuple[str, ...]) -> list[str]:
+        """``uuids`` ordered by the active policy's score for ``request`` (fitting GPUs first)."""
+        from gpuos.scheduler.framework import gpu_fits
+
+        snap = self.snapshot()
+        node = snap.nodes[0]
+        by_uuid = {g.uuid: g for g in node.gpus}
+        probe = JobView(id="(rank)", request=request, submitted_at=snap.now)
+        scored = []
+        for order, uuid in enumerate(uuids):
+            gpu = by_uuid.get(uuid)
+            if gpu is None:
+                continue
+            fits = gpu_fits(request, gpu)
+            score = self.policy.score(probe, node, (gpu,), snap) if fits and not self.policy.first_fit else 0.0
+            scored.append((not fits, -score, order, uuid))
+        return [u for *_, u in sorted(scored)]
 
     # -- time-slicing ---------------------------------------------------------------------------
 

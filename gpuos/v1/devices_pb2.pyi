@@ -1,3 +1,4 @@
+from gpuos.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -6,6 +7,59 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("name", "gpu_uuids", "resources", "keys")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
+    resources: _common_pb2.Resources
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HostMount(_message.Message):
+    __slots__ = ("host_path", "container_path", "read_only")
+    HOST_PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_PATH_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    host_path: str
+    container_path: str
+    read_only: bool
+    def __init__(self, host_path: _Optional[str] = ..., container_path: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("job_id", "env", "mounts")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    env: _containers.ScalarMap[str, str]
+    mounts: _containers.RepeatedCompositeFieldContainer[HostMount]
+    def __init__(self, job_id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[HostMount, _Mapping]]] = ...) -> None: ...
+
+class RankRequest(_message.Message):
+    __slots__ = ("resources", "gpu_uuids")
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
+    resources: _common_pb2.Resources
+    gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("gpu_uuids",)
+    GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
+    gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gpu_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InjectFaultRequest(_message.Message):
     __slots__ = ("index", "kind")

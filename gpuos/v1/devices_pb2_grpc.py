@@ -45,6 +45,16 @@ class DeviceServiceStub:
                 request_serializer=gpuos_dot_v1_dot_devices__pb2.InjectFaultRequest.SerializeToString,
                 response_deserializer=gpuos_dot_v1_dot_devices__pb2.Device.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/gpuos.v1.DeviceService/Reserve',
+                request_serializer=gpuos_dot_v1_dot_devices__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_devices__pb2.Reservation.FromString,
+                _registered_method=True)
+        self.Rank = channel.unary_unary(
+                '/gpuos.v1.DeviceService/Rank',
+                request_serializer=gpuos_dot_v1_dot_devices__pb2.RankRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_devices__pb2.RankResponse.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -65,6 +75,21 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Admins only (the Kubernetes device plugin): hold a partition for work gpuosd does not start,
+        such as a container the kubelet runs; returns the environment that selects it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rank(self, request, context):
+        """The given GPUs ordered by how well the active policy scores them for a request, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +102,16 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.InjectFault,
                     request_deserializer=gpuos_dot_v1_dot_devices__pb2.InjectFaultRequest.FromString,
                     response_serializer=gpuos_dot_v1_dot_devices__pb2.Device.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=gpuos_dot_v1_dot_devices__pb2.ReserveRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_devices__pb2.Reservation.SerializeToString,
+            ),
+            'Rank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rank,
+                    request_deserializer=gpuos_dot_v1_dot_devices__pb2.RankRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_devices__pb2.RankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +169,60 @@ class DeviceService:
             '/gpuos.v1.DeviceService/InjectFault',
             gpuos_dot_v1_dot_devices__pb2.InjectFaultRequest.SerializeToString,
             gpuos_dot_v1_dot_devices__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.DeviceService/Reserve',
+            gpuos_dot_v1_dot_devices__pb2.ReserveRequest.SerializeToString,
+            gpuos_dot_v1_dot_devices__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.DeviceService/Rank',
+            gpuos_dot_v1_dot_devices__pb2.RankRequest.SerializeToString,
+            gpuos_dot_v1_dot_devices__pb2.RankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
     PROCESS: _ClassVar[JobKind]
     KERNEL: _ClassVar[JobKind]
+    EXTERNAL: _ClassVar[JobKind]
 JOB_STATE_UNSPECIFIED: JobState
 PENDING: JobState
 RUNNING: JobState
@@ -47,6 +48,7 @@ HIGH: Priority
 JOB_KIND_UNSPECIFIED: JobKind
 PROCESS: JobKind
 KERNEL: JobKind
+EXTERNAL: JobKind
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "kind", "command", "kernel", "params", "resources", "priority", "tenant", "qos", "env", "cwd", "estimated_seconds")
