@@ -202,3 +202,20 @@ def test_the_plugin_registers_again_when_the_kubelet_restarts(cluster) -> None: 
         assert options.get_preferred_allocation_available
     finally:
         again.server.stop(0)
+
+
+@pytest.mark.parametrize(("policy", "expected_gpu"), [("binpack", 0), ("spread", 1)])
+def test_preferred_allocation_follows_the_active_policys_score(cluster, policy: str, expected_gpu: int) -> None:  # type: ignore[no-untyped-def]
+    daemon, kubelet, _ = cluster
+    endpoint = kubelet.registered(len(RESOURCES))["gpuos.io/gpu-shared"].endpoint
+    a, b = (d.uuid for d in daemon.controller.devices)
+    with Client(socket=daemon.config.socket) as c:
+        c.set_policy(policy)
+        busy = c.submit([PY, "-c", "import time; time.sleep(30)"], gpu_fraction=0.25)
+        wait_for(lambda: c.get(busy.id).state == jobs_pb2.RUNNING)
+        assert list(c.get(busy.id).placement.devices) == [0]
+        request = api_pb2.PreferredAllocationRequest(container_requests=[api_pb2.ContainerPreferredAllocationRequest(
+            available_deviceIDs=[f"{a}::shared-3", f"{b}::shared-3"], allocation_size=1)])
+        chosen = kubelet.plugin(endpoint).GetPreferredAllocation(request, timeout=20)
+        assert list(chosen.container_responses[0].deviceIDs) == [f"{(a, b)[expected_gpu]}::shared-3"]
+        c.cancel(busy.id)
