@@ -186,7 +186,10 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                 info = client.set_policy(args.name)
                 print(f"policy is now {info.name}")
     except ApiError as exc:
-        print(f"gpuosctl: {exc.code.name}: {exc.details}", file=sys.stderr)
+        hint = ""
+        if exc.code.name == "UNAVAILABLE":
+            hint = f" (is gpuosd running at {client.target}? --socket or GPUOS_SOCKET names another)"
+        print(f"gpuosctl: {exc.code.name}: {exc.details}{hint}", file=sys.stderr)
         return 1
     except TimeoutError as exc:
         print(f"gpuosctl: timed out: {exc}", file=sys.stderr)
