@@ -6,7 +6,7 @@ over-commit a GPU's memory, compute share or MIG slices.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from gpuos.jobs import Resources
@@ -175,3 +175,9 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         if policy.strict_order:
             break
     return decisions
+
+
+def replay_decisions(snapshots: Iterable[Snapshot], policy: Policy) -> list[list[Decision]]:
+    """The decisions ``policy`` makes for each of ``snapshots`` (recorded by the daemon or the
+    simulator), for checking that both sides decide alike."""
+    return [schedule(snap, policy) for snap in snapshots]

@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+# Triton kernels run on the CPU through Triton's interpreter unless a GPU run asks otherwise
+# (GPUOS_TEST_GPU=1); it must be set before anything imports Triton.
+if os.environ.get("GPUOS_TEST_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from gpuos.client import Client
 from gpuos.daemon.config import DaemonConfig
 from gpuos.daemon.daemon import Daemon

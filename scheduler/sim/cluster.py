@@ -1,0 +1,120 @@
+"""Simulated clusters: GPU types, nodes, and the ``--gpus`` spec that describes them.
+
+Spec grammar (comma-separated groups, case-insensitive ``x``)::
+
+    COUNT x MODEL                 one node with COUNT GPUs             16xH100-80GB
+    NODES x COUNT x MODEL         NODES nodes with COUNT GPUs each     4x8xA100-80GB
+    NODES nodes x COUNT MODEL     the same, in words                   4 nodes x 8 H100-80GB
+
+e.g. ``2x8xH100-80GB,4x2xT4``. Models are those in :data:`GPU_TYPES`; a model not listed may be
+written ``NAME-<n>GB`` and gets n GiB of memory and no MIG. Simulated nodes have no CPU or host
+memory limit unless a trace's node list gives one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gpuos.devices.backend import MigProfile
+from gpuos.errors import InvalidArgument
+from gpuos.units import GiB
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str
+    memory: int
+    mig_profiles: tuple[MigProfile, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    gpus: tuple[GpuType, ...]
+    cpu_milli: int = 1 << 40
+    host_memory: int = 1 << 60
+
+
+def _mig_table(memory_gib: int) -> tuple[MigProfile, ...]:
+    """NVIDIA's A100/H100 GPU-instance profiles (MIG user guide): compute slices of 7, memory
+    slices of 8, the start slots each may use, and how many may coexist."""
+    per_slice = memory_gib // 8
+    rows = [  # (compute slices, memory slices, max count, start slots)
+        (1, 1, 7, (0, 1, 2, 3, 4, 5, 6)),
+        (1, 2, 4, (0, 2, 4, 6)),
+        (2, 2, 3, (0, 2, 4)),
+        (3, 4, 2, (0, 4)),
+        (4, 4, 1, (0,)),
+        (7, 8, 1, (0,)),
+    ]
+    return tuple(
+        MigProfile(f"{g}g.{m * per_slice}gb", g, m * memory_gib * GiB // 8, m, count, starts)
+        for g, m, count, starts in rows
+    )
+
+
+# The Alibaba trace's types need only a name and memory (its requests are compute shares, and
+# memory follows the share). G2 and G3 are undisclosed internal models; their memory is assumed.
+GPU_TYPES: dict[str, GpuType] = {
+    t.name: t
+    for t in (
+        GpuType("G2", 32 * GiB),
+        GpuType("G3", 32 * GiB),
+        GpuType("T4", 16 * GiB),
+        GpuType("P100", 16 * GiB),
+        GpuType("V100M16", 16 * GiB),
+        GpuType("V100M32", 32 * GiB),
+        GpuType("A10", 24 * GiB),
+        GpuType("L4", 24 * GiB),
+        GpuType("A100-40GB", 40 * GiB, _mig_table(40)),
+        GpuType("A100-80GB", 80 * GiB, _mig_table(80)),
+        GpuType("H100-80GB", 80 * GiB, _mig_table(80)),
+        GpuType("H200", 141 * GiB),
+    )
+}
+_ALIASES = {"A10-24GB": "A10", "L4-24GB": "L4", "T4-16GB": "T4", "H100": "H100-80GB", "A100": "A100-80GB"}
+
+_GROUP = re.compile(
+    r"^\s*(?:(\d+)\s*(?:nodes?)?\s*[x×]\s*)?(\d+)\s*(?:gpus?)?\s*[x×]?\s*([A-Za-z][A-Za-z0-9.-]*)\s*$", re.I
+)
+
+
+def gpu_type(name: str) -> GpuType:
+    """The GPU type called ``name`` (or ``NAME-<n>GB`` for an unlisted one)."""
+    canonical = _ALIASES.get(name.upper(), name)
+    for key, value in GPU_TYPES.items():
+        if key.upper() == canonical.upper():
+            return value
+    sized = re.match(r"^(.*)-(\d+)GB$", name, re.I)
+    if sized:
+        return GpuType(name, int(sized.group(2)) * GiB)
+    known = ", ".join(GPU_TYPES)
+    raise InvalidArgument("gpus", f"unknown GPU model {name!r}; use one of {known}, or NAME-<n>GB")
+
+
+def parse_gpus(spec: str) -> tuple[NodeSpec, ...]:
+    """Nodes described by a ``--gpus`` spec (see the module docstring)."""
+    nodes: list[NodeSpec] = []
+    for group in spec.split(","):
+        match = _GROUP.match(group)
+        if not match:
+            raise InvalidArgument("gpus", f"{group!r} is not COUNTxMODEL or NODESxCOUNTxMODEL (e.g. 4x8xH100-80GB)")
+        count_nodes = int(match.group(1) or 1)
+        per_node = int(match.group(2))
+        kind = gpu_type(match.group(3))
+        if count_nodes < 1 or per_node < 1:
+            raise InvalidArgument("gpus", f"{group!r}: node and GPU counts must be at least 1")
+        for _ in range(count_nodes):
+            nodes.append(NodeSpec(f"node-{len(nodes):04d}", (kind,) * per_node))
+    return tuple(nodes)
+
+
+def describe(nodes: tuple[NodeSpec, ...]) -> str:
+    """A short text for a table header: ``1213 nodes, 6212 GPUs (G2 4392, T4 842, ...)``."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        for gpu in node.gpus:
+            counts[gpu.name] = counts.get(gpu.name, 0) + 1
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"{len(nodes)} nodes, {sum(counts.values())} GPUs ({kinds})"

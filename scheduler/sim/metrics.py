@@ -1,0 +1,189 @@
+"""What a simulation run measured, as a table a person reads and a figure.
+
+JCT = finish - arrival; queueing delay = first start - arrival; both per QoS class over the jobs
+that finished (unfinished jobs are counted apart). Allocation and fragmentation are time
+averages over [first arrival, last event] of the share of healthy GPU capacity allocated, and
+unusable by fragmentation (FGD's measure against the trace's own request distribution). SLO
+attainment: latency-class jobs (LS, Guaranteed) finished by their SLO, over all latency-class
+jobs. Jain's index is over tenants' mean service ratio duration / JCT (1 = equal treatment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gpuos.scheduler.sim.engine import JobRecord, Outcome
+from gpuos.scheduler.sim.traces import LATENCY_CLASSES
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    qos: str
+    jobs: int
+    finished: int
+    jct_mean: float
+    jct_median: float
+    jct_p99: float
+    wait_mean: float
+    wait_median: float
+    wait_p99: float
+
+
+@dataclass
+class SimResult:
+    """The outcome of :func:`gpuos.scheduler.sim.run_simulation`."""
+
+    trace: str
+    policy: str
+    cluster: str
+    seed: int
+    jobs: int
+    finished: int
+    classes: tuple[ClassStats, ...]
+    makespan: float
+    allocation: float
+    fragmentation: float
+    slo_attainment: float
+    jain: float
+    preemptions: int
+    failures: int
+    rounds: int
+    wall_seconds: float
+    outcome: Outcome = field(repr=False)
+
+    @property
+    def overall(self) -> ClassStats:
+        return next(c for c in self.classes if c.qos == "all")
+
+    def table(self) -> str:
+        """A compact text table: one row per QoS class, then the cluster-wide figures."""
+        head = f"{'qos':<11}{'jobs':>7}{'done':>7}{'JCT mean':>11}{'p50':>10}{'p99':>10}{'wait mean':>11}{'p50':>10}{'p99':>10}"
+        lines = [f"{self.trace} | policy {self.policy} | {self.cluster} | seed {self.seed}", head]
+        for c in self.classes:
+            lines.append(
+                f"{c.qos:<11}{c.jobs:>7}{c.finished:>7}{_dur(c.jct_mean):>11}{_dur(c.jct_median):>10}"
+                f"{_dur(c.jct_p99):>10}{_dur(c.wait_mean):>11}{_dur(c.wait_median):>10}{_dur(c.wait_p99):>10}"
+            )
+        lines.append(
+            f"makespan {_dur(self.makespan)}  alloc {self.allocation:.1%}  frag {self.fragmentation:.1%}  "
+            f"SLO {self.slo_attainment:.1%}  Jain {self.jain:.3f}  preemptions {self.preemptions}  "
+            f"failures {self.failures}  ({self.wall_seconds:.2f} s, {self.rounds} rounds)"
+        )
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """Write a PNG: allocation, fragmentation and queue over time; the JCT distribution."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t = self.outcome.timeline
+        hours = np.asarray(t.times) / 3600.0
+        fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(8, 9))
+        ax1.step(hours, np.asarray(t.allocated) * 100, where="post", label="allocated")
+        ax1.step(hours, np.asarray(t.fragmented) * 100, where="post", label="fragmented (FGD measure)")
+        ax1.set_ylabel("% of GPU capacity")
+        ax1.legend(loc="upper right")
+        ax2.step(hours, t.queued, where="post", label="queued")
+        ax2.step(hours, t.running, where="post", label="running")
+        ax2.set_ylabel("jobs")
+        ax2.set_xlabel("hours")
+        ax2.legend(loc="upper right")
+        by_class: dict[str, list[float]] = {}
+        for rec in self.outcome.records:
+            if rec.finish is not None:
+                by_class.setdefault(rec.job.qos, []).append(rec.finish - rec.job.arrival)
+        for qos, values in sorted(by_class.items()):
+            xs = np.sort(np.maximum(values, 1e-3))
+            ax3.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=qos)
+        ax3.set_xscale("log")
+        ax3.set_xlabel("JCT (s)")
+        ax3.set_ylabel("CDF")
+        ax3.legend(loc="lower right")
+        fig.suptitle(f"{self.trace} / {self.policy}")
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+def _dur(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no jobs
+        return "-"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def _class_stats(qos: str, records: list[JobRecord]) -> ClassStats:
+    done = [r for r in records if r.finish is not None]
+    jct = np.array([r.finish - r.job.arrival for r in done], dtype=float)  # type: ignore[operator]
+    wait = np.array([r.first_start - r.job.arrival for r in done], dtype=float)  # type: ignore[operator]
+
+    def stats(a: np.ndarray) -> tuple[float, float, float]:
+        if not len(a):
+            return float("nan"), float("nan"), float("nan")
+        return float(a.mean()), float(np.median(a)), float(np.percentile(a, 99))
+
+    return ClassStats(qos, len(records), len(done), *stats(jct), *stats(wait))
+
+
+def jain_index(values: list[float]) -> float:
+    """Jain's fairness index: 1 when all equal, 1/n when one gets everything."""
+    if not values:
+        return 1.0
+    a = np.asarray(values, dtype=float)
+    denom = len(a) * float((a * a).sum())
+    return float(a.sum() ** 2 / denom) if denom else 1.0
+
+
+def summarise(outcome: Outcome, trace: str, policy: str, cluster: str, seed: int, wall: float) -> SimResult:
+    records = outcome.records
+    by_qos: dict[str, list[JobRecord]] = {}
+    for r in records:
+        by_qos.setdefault(r.job.qos, []).append(r)
+    classes = [_class_stats(q, rs) for q, rs in sorted(by_qos.items())]
+    classes.append(_class_stats("all", records))
+    latency = [r for r in records if r.job.qos in LATENCY_CLASSES]
+    met = sum(1 for r in latency if r.finish is not None and r.finish - r.job.arrival <= r.job.slo)
+    ratios: dict[str, list[float]] = {}
+    for r in records:
+        if r.finish is not None:
+            jct = r.finish - r.job.arrival
+            ratios.setdefault(r.job.tenant, []).append(min(1.0, r.job.duration / jct) if jct > 0 else 1.0)
+    t = outcome.timeline
+    allocation = fragmentation = 0.0
+    if len(t.times) > 1:
+        times = np.asarray(t.times)
+        dt = np.diff(times)
+        span = times[-1] - times[0]
+        if span > 0:
+            allocation = float((np.asarray(t.allocated[:-1]) * dt).sum() / span)
+            fragmentation = float((np.asarray(t.fragmented[:-1]) * dt).sum() / span)
+    finishes = [r.finish for r in records if r.finish is not None]
+    first = min((r.job.arrival for r in records), default=0.0)
+    return SimResult(
+        trace=trace,
+        policy=policy,
+        cluster=cluster,
+        seed=seed,
+        jobs=len(records),
+        finished=len(finishes),
+        classes=tuple(classes),
+        makespan=(max(finishes) - first) if finishes else 0.0,
+        allocation=allocation,
+        fragmentation=fragmentation,
+        slo_attainment=met / len(latency) if latency else 1.0,
+        jain=jain_index([sum(v) / len(v) for v in ratios.values()]),
+        preemptions=sum(r.preemptions for r in records),
+        failures=outcome.failures,
+        rounds=outcome.rounds,
+        wall_seconds=wall,
+        outcome=outcome,
+    )
