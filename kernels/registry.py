@@ -64,8 +64,10 @@ class KernelCost:
 class KernelSpec:
     """A schedulable kernel: its schema, its cost model, and where its runner lives.
 
-    ``runner`` is ``"module:function"``, imported only inside the kernel worker; the function
-    takes the validated parameters and a ``report(step, latency_s)`` callback.
+    ``runner`` is ``"module:function"``, imported only inside the kernel worker
+    (:mod:`gpuos.kernels.worker`); the function takes the validated parameters and a
+    :class:`~gpuos.kernels.context.KernelContext`, calls ``ctx.report(step, latency_s)`` after
+    each step, and returns a summary of floats.
     """
 
     name: str

@@ -110,3 +110,34 @@ def test_top_shows_devices_and_jobs_and_refreshes(gpuosd: DaemonProcess) -> None
     assert out.count("policy fifo") == 2
     assert out.count("H100-80GB") == 4 and job in out
     gpuosd.ctl("cancel", job)
+
+
+def _gpuosctl(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "gpuos.cli.main", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_sim_prints_a_table_per_policy_and_writes_their_plots(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = _gpuosctl("sim", "--trace", "synthetic:bursty?n=300&seed=3", "--policy", "fifo", "--policy", "sjf",
+                       "--plot", str(tmp_path / "run.png"), cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "policy fifo" in result.stdout and "policy sjf" in result.stdout and "makespan" in result.stdout
+    for name in ("run-fifo.png", "run-sjf.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sim_json_reports_metrics_per_class(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = _gpuosctl("-o", "json", "sim", "--trace", "synthetic:llm-decode?n=200&seed=1", "--no-plot",
+                       cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    assert run["policy"] == "fifo" and run["jobs"] == 200
+    assert any(c["qos"] == "all" and c["finished"] == run["finished"] for c in run["classes"])
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_sim_refuses_an_unknown_trace_or_policy_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad_trace = _gpuosctl("sim", "--trace", "no-such-trace", cwd=str(tmp_path))
+    assert bad_trace.returncode == 1 and "no-such-trace" in bad_trace.stderr
+    bad_policy = _gpuosctl("sim", "--trace", "synthetic:bursty?n=10", "--policy", "nope", cwd=str(tmp_path))
+    assert bad_policy.returncode == 1 and "unknown policy 'nope'" in bad_policy.stderr
+    assert len(bad_policy.stderr.strip().splitlines()) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -184,7 +186,8 @@ def resources_to_pb(r: Resources) -> common_pb2.Resources:
     return out
 
 
-def job_to_pb(job: Job) -> jobs_pb2.Job:
+def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None) -> jobs_pb2.Job:
+    """``job`` as the API shows it; ``progress`` is a kernel worker's report (see gpuos.kernels.worker)."""
     spec = job.spec
     out = jobs_pb2.Job(
         id=job.id,
@@ -221,11 +224,30 @@ def job_to_pb(job: Job) -> jobs_pb2.Job:
                 mig_device_uuid=job.placement.mig_uuid,
             )
         )
+    if progress:
+        out.progress.CopyFrom(progress_to_pb(progress))
     for name in ("created_at", "started_at", "finished_at"):
         ts = _timestamp(getattr(job, name))
         if ts is not None:
             getattr(out, name).CopyFrom(ts)
     return out
+
+
+def progress_to_pb(progress: Mapping[str, Any]) -> jobs_pb2.KernelProgress:
+    def number(key: str) -> float:
+        value = progress.get(key, 0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    summary = progress.get("summary")
+    return jobs_pb2.KernelProgress(
+        steps_done=int(number("steps_done")),
+        steps_total=int(number("steps_total")),
+        last_latency_ms=number("last_latency_ms"),
+        mean_latency_ms=number("mean_latency_ms"),
+        p50_latency_ms=number("p50_latency_ms"),
+        p99_latency_ms=number("p99_latency_ms"),
+        summary={str(k): float(v) for k, v in (summary or {}).items() if isinstance(v, (int, float))},
+    )
 
 
 def event_to_pb(event: Event) -> jobs_pb2.Event:

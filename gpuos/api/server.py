@@ -124,9 +124,13 @@ class JobServicer(_Base):
             raise NotFound(f"no job with id {job_id}")
         return job
 
+    def _job_pb(self, job: Job) -> jobs_pb2.Job:
+        progress = self.daemon.controller.kernel_progress(job.id) if job.spec.kind == JobKind.KERNEL else None
+        return convert.job_to_pb(job, progress)
+
     @_handled
     def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
-        return convert.job_to_pb(self._visible(request.id, self.identity(context)))
+        return self._job_pb(self._visible(request.id, self.identity(context)))
 
     @_handled
     def List(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
@@ -137,7 +141,7 @@ class JobServicer(_Base):
         if not who.admin:
             tenant = who.name
         jobs = self.daemon.store.list(convert.states_from_pb(list(request.states)), tenant, None, request.limit)
-        return jobs_pb2.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in jobs])
+        return jobs_pb2.ListJobsResponse(jobs=[self._job_pb(j) for j in jobs])
 
     @_handled
     def Cancel(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:

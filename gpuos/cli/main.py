@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gpuos.cli import output
+from gpuos.cli.sim import add_sim_parser, run_sim
 from gpuos.errors import GpuosError
 
 STATES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("set", help="make NAME the active policy")
     ps.add_argument("name")
     sub.add_parser("kernels", help="built-in kernels and their parameters")
+    add_sim_parser(sub)
     p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
     p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
     p.add_argument("gpu", type=int)
@@ -101,6 +103,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     from gpuos.client import ApiError, Client, current_env
 
     as_json = args.output == "json"
+    if args.cmd == "sim":
+        return run_sim(args)
     if args.cmd == "kernels":
         from gpuos.kernels.registry import available
 
@@ -141,6 +145,10 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                 print(output.jobs_table([job]))
                 if job.message:
                     print(f"message: {job.message}")
+                if job.HasField("progress"):
+                    p = job.progress
+                    print(f"progress: {p.steps_done}/{p.steps_total} steps, last {p.last_latency_ms:.3f} ms, "
+                          f"mean {p.mean_latency_ms:.3f} ms, p99 {p.p99_latency_ms:.3f} ms")
         elif args.cmd == "list":
             jobs = client.list(args.state, args.tenant, args.limit)
             print(output.dumps([output.job_dict(j) for j in jobs]) if as_json else output.jobs_table(jobs))

@@ -88,6 +88,19 @@ def job_dict(job: jobs_pb2.Job) -> dict[str, Any]:
         "created_at": _time(job.created_at, job.HasField("created_at")),
         "started_at": _time(job.started_at, job.HasField("started_at")),
         "finished_at": _time(job.finished_at, job.HasField("finished_at")),
+        "progress": progress_dict(job.progress) if job.HasField("progress") else None,
+    }
+
+
+def progress_dict(p: jobs_pb2.KernelProgress) -> dict[str, Any]:
+    return {
+        "steps_done": p.steps_done,
+        "steps_total": p.steps_total,
+        "last_latency_ms": round(p.last_latency_ms, 4),
+        "mean_latency_ms": round(p.mean_latency_ms, 4),
+        "p50_latency_ms": round(p.p50_latency_ms, 4),
+        "p99_latency_ms": round(p.p99_latency_ms, 4),
+        "summary": dict(p.summary),
     }
 
 

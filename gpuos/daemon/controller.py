@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus
 from gpuos.errors import BackendError, FailedPrecondition
@@ -637,7 +637,10 @@ class Controller:
             GPUOS_MEMORY_LIMIT=str(placement.granted.memory_bytes),
             GPUOS_PRIORITY=job.spec.priority.name.lower(),
         )
-        command = kernel_command(job) if job.spec.kind == JobKind.KERNEL else job.spec.command
+        command = job.spec.command
+        if job.spec.kind == JobKind.KERNEL:
+            command = kernel_command(job)
+            env["GPUOS_PROGRESS_FILE"] = str(self.progress_path(job.id))
         cwd = job.spec.cwd if job.spec.cwd and os.path.isdir(job.spec.cwd) else self.default_cwd
         uid = job.owner_uid if os.getuid() == 0 else -1
         gid = -1
@@ -647,6 +650,16 @@ class Controller:
             except KeyError:
                 gid = uid
         return Launch(job.id, command, env, cwd, uid, gid)
+
+    def progress_path(self, job_id: str) -> Path:
+        """Where a kernel job's worker writes its progress (steps done, per-step latency)."""
+        return self.runtime.job_dir(job_id) / "progress.json"
+
+    def kernel_progress(self, job_id: str) -> dict[str, Any] | None:
+        """A kernel job's latest progress as its worker wrote it; None before its first write."""
+        from gpuos.kernels.worker import read_progress
+
+        return read_progress(str(self.progress_path(job_id)))
 
     # -- reservations for work started elsewhere (the Kubernetes device plugin) -----------------
 

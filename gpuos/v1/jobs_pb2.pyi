@@ -107,7 +107,7 @@ class Placement(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[int]] = ..., device_uuids: _Optional[_Iterable[str]] = ..., partition: _Optional[str] = ..., granted: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., mig_device_uuid: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service")
+    __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service", "progress")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ATTAINED_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -136,7 +137,33 @@ class Job(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     attained_service: float
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., tenant: _Optional[str] = ..., owner_uid: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attained_service: _Optional[float] = ...) -> None: ...
+    progress: KernelProgress
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., tenant: _Optional[str] = ..., owner_uid: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attained_service: _Optional[float] = ..., progress: _Optional[_Union[KernelProgress, _Mapping]] = ...) -> None: ...
+
+class KernelProgress(_message.Message):
+    __slots__ = ("steps_done", "steps_total", "last_latency_ms", "mean_latency_ms", "p50_latency_ms", "p99_latency_ms", "summary")
+    class SummaryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    steps_done: int
+    steps_total: int
+    last_latency_ms: float
+    mean_latency_ms: float
+    p50_latency_ms: float
+    p99_latency_ms: float
+    summary: _containers.ScalarMap[str, float]
+    def __init__(self, steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., last_latency_ms: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p50_latency_ms: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., summary: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")

@@ -1,0 +1,90 @@
+"""``gpuosctl sim``: replay a trace through one or more policies in the simulator, locally.
+
+It needs no daemon: the simulator runs the same policy code that gpuosd does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpuos.cli import output
+
+
+def add_sim_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sim", help="replay a trace under policies in the simulator (no daemon needed)",
+        description="Replay TRACE under each --policy; print a table and write a PNG per policy. Traces: "
+                    "alibaba-gpu-2023[:variant], alibaba-genai-2026, synthetic:llm-decode|bursty|large?n=&seed=, "
+                    "or a path to a pod-list/request CSV.",
+    )
+    p.add_argument("--trace", required=True, help="trace name or CSV path")
+    p.add_argument("--policy", action="append", default=[], help="policy name (repeatable; default fifo)")
+    p.add_argument("--gpus", default=None, help="cluster instead of the trace's, e.g. 4x8xH100-80GB,2x2xT4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default="", help="PNG path (default sim-<trace>-<policy>.png); with several "
+                                              "policies, the policy name is added")
+    p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
+    p.add_argument("--interference", type=float, default=None, help="MPS colocation slowdown per GPU of neighbours")
+    p.add_argument("--failures-per-gpu-hour", type=float, default=None, help="inject GPU failures at this rate")
+    p.add_argument("--horizon", type=float, default=None, help="stop at this simulated time, in seconds")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def result_dict(result: Any) -> dict[str, Any]:
+    data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "outcome"}
+    data["classes"] = [dataclasses.asdict(c) for c in result.classes]
+    return data
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    from gpuos.errors import GpuosError
+    from gpuos.scheduler.registry import get_policy
+    from gpuos.scheduler.sim import SimConfig, SimulationError, load_trace, run_simulation
+
+    overrides = {
+        key: value for key, value in (
+            ("interference", args.interference),
+            ("failures_per_gpu_hour", args.failures_per_gpu_hour),
+            ("horizon", args.horizon),
+        ) if value is not None
+    }
+    policies = args.policy or ["fifo"]
+    try:
+        for name in policies:
+            get_policy(name)  # an unknown name fails before the trace is read
+        config = SimConfig(**overrides)
+        trace = load_trace(args.trace, seed=args.seed)
+    except (GpuosError, KeyError, ValueError, OSError) as exc:
+        print(f"gpuosctl sim: {exc}", file=sys.stderr)
+        return 1
+    results = []
+    for name in policies:
+        try:
+            result = run_simulation(trace, name, gpus=args.gpus, seed=args.seed, config=config)
+        except (SimulationError, GpuosError, ValueError) as exc:
+            print(f"gpuosctl sim: {name}: {exc}", file=sys.stderr)
+            return 1
+        results.append(result)
+        plot = ""
+        if not args.no_plot:
+            path = args.plot or f"sim-{_slug(args.trace)}-{_slug(name)}.png"
+            if args.plot and len(policies) > 1:
+                stem = Path(args.plot)
+                path = str(stem.with_name(f"{stem.stem}-{_slug(name)}{stem.suffix or '.png'}"))
+            plot = str(result.plot(path))
+        if args.output != "json":
+            print(result.table())
+            if plot:
+                print(f"plot: {plot}")
+            print()
+    if args.output == "json":
+        print(output.dumps([result_dict(r) for r in results]))
+    return 0

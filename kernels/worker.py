@@ -1,0 +1,187 @@
+"""The kernel worker: runs one kernel job in a gpuos-supervised process.
+
+``python -m gpuos.kernels.worker --kernel NAME --param key=value ...`` is what the daemon starts
+for a kernel job (``gpuos.daemon.controller.kernel_command``). The worker
+
+- validates the parameters against the kernel's schema (the daemon already did; a hand-started
+  worker gets the same clear error),
+- on a GPU, runs the kernel on its own CUDA stream whose priority follows the job's priority
+  (``GPUOS_PRIORITY``) and caps the caching allocator at the job's memory share
+  (``GPUOS_MEMORY_LIMIT``), so an overrun fails inside the job, not in a neighbour;
+- without a GPU, runs the Triton kernels on the CPU under ``TRITON_INTERPRET=1``;
+- yields its time-slice turn at kernel boundaries: SIGUSR1 asks it to pause, and at the next
+  step boundary it stops itself (SIGSTOP) until the daemon's SIGCONT;
+- writes its progress (steps done, per-step latency) atomically to ``GPUOS_PROGRESS_FILE`` after
+  every step, and a line per step to stdout, which the daemon captures as the job's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from importlib import import_module
+from typing import Any
+
+from gpuos.errors import GpuosError
+from gpuos.kernels.context import KernelContext
+from gpuos.kernels.registry import KernelSpec, get_kernel
+
+# torch's CUDA stream priorities: lower numbers run first; 0 is the default priority.
+STREAM_PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+
+
+class Yielder:
+    """Pause at kernel boundaries when asked: the daemon's SIGUSR1 sets a request, the next
+    boundary honours it by stopping this process; SIGCONT (the daemon's resume) clears a request
+    that a long kernel had not reached yet, so a late boundary never stops a resumed job."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.yields = 0
+
+    def install(self) -> None:
+        signal.signal(signal.SIGUSR1, self._ask)
+        signal.signal(signal.SIGCONT, self._resumed)
+
+    def _ask(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def _resumed(self, signum: int, frame: object) -> None:
+        self.requested = False
+
+    def boundary(self) -> None:
+        if self.requested:
+            self.requested = False
+            self.yields += 1
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class Progress:
+    """Steps done and their latencies, written where the daemon reads them."""
+
+    def __init__(self, path: str, kernel: str, steps_total: int) -> None:
+        self.path = path
+        self.kernel = kernel
+        self.steps_total = steps_total
+        self.latencies: list[float] = []
+        self.summary: dict[str, float] = {}
+
+    def record(self, step: int, latency_s: float) -> None:
+        self.latencies.append(latency_s)
+        print(f"step {step + 1}/{self.steps_total}: {latency_s * 1e3:.3f} ms", flush=True)
+        self.write()
+
+    def as_dict(self) -> dict[str, Any]:
+        done = len(self.latencies)
+        ordered = sorted(self.latencies)
+        return {
+            "kernel": self.kernel,
+            "steps_done": done,
+            "steps_total": self.steps_total,
+            "last_latency_ms": self.latencies[-1] * 1e3 if done else 0.0,
+            "mean_latency_ms": sum(ordered) / done * 1e3 if done else 0.0,
+            "p50_latency_ms": _quantile(ordered, 0.5) * 1e3,
+            "p99_latency_ms": _quantile(ordered, 0.99) * 1e3,
+            "summary": self.summary,
+        }
+
+    def write(self) -> None:
+        if not self.path:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.as_dict(), f)
+        os.replace(tmp, self.path)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def read_progress(path: str) -> dict[str, Any] | None:
+    """The progress a worker wrote at ``path``, or None when it wrote none (yet)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _runner(spec: KernelSpec) -> Any:
+    module, _, function = spec.runner.partition(":")
+    return getattr(import_module(module), function)
+
+
+def _place(priority: str, memory_limit: int) -> tuple[Any, bool, Any]:
+    """(device, on_gpu, stream context) for this job; sets the interpreter up without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        # Must be set before the kernel module (and so Triton's @jit) is imported.
+        os.environ["TRITON_INTERPRET"] = "1"
+        return torch.device("cpu"), False, None
+    device = torch.device("cuda", 0)
+    if memory_limit > 0:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_limit / total), device)
+    least, greatest = torch.cuda.Stream.priority_range()  # e.g. (0, -5): greatest is the most urgent
+    rank = STREAM_PRIORITY_RANK.get(priority, 1)
+    value = greatest if rank == 0 else least
+    stream = torch.cuda.Stream(device=device, priority=value)
+    return device, True, torch.cuda.stream(stream)
+
+
+def run(spec: KernelSpec, params: Mapping[str, Any], progress: Progress, yielder: Yielder,
+        priority: str, memory_limit: int, seed: int) -> dict[str, float]:
+    device, on_gpu, stream = _place(priority, memory_limit)
+    runner = _runner(spec)
+
+    def report(step: int, latency_s: float) -> None:
+        progress.record(step, latency_s)
+        yielder.boundary()
+
+    ctx = KernelContext(device=device, on_gpu=on_gpu, report=report, seed=seed)
+    if stream is None:
+        return dict(runner(params, ctx))
+    with stream:
+        return dict(runner(params, ctx))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuos-kernel-worker", description="run one gpuos kernel job")
+    parser.add_argument("--kernel", required=True)
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        spec = get_kernel(args.kernel)
+        raw = dict(p.split("=", 1) if "=" in p else (p, "") for p in args.param)
+        params = spec.validate(raw)
+    except GpuosError as exc:
+        print(f"gpuos-kernel-worker: {exc}", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int(time.time_ns() % (2**31))
+    progress = Progress(os.environ.get("GPUOS_PROGRESS_FILE", ""), spec.name, int(params.get("steps", 0)))
+    progress.write()
+    yielder = Yielder()
+    yielder.install()
+    print(f"{spec.name}: {json.dumps(params, sort_keys=True)} seed={seed}", flush=True)
+    summary = run(spec, params, progress, yielder, os.environ.get("GPUOS_PRIORITY", "normal"),
+                  int(os.environ.get("GPUOS_MEMORY_LIMIT", "0") or 0), seed)
+    progress.summary = {k: float(v) for k, v in summary.items()}
+    progress.write()
+    print(f"{spec.name}: done, {json.dumps(progress.as_dict(), sort_keys=True)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

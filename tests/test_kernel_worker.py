@@ -1,0 +1,85 @@
+"""The kernel worker's own mechanics: yielding at kernel boundaries, and progress reports."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from gpuos.kernels.worker import Progress, main, read_progress
+
+# A stand-in for a kernel loop: each "kernel" is a short sleep, each boundary may yield.
+LOOP = """
+import sys, time
+from gpuos.kernels.worker import Yielder
+y = Yielder(); y.install()
+print("ready", flush=True)
+for step in range(200):
+    time.sleep(0.01)
+    y.boundary()
+    print(step, y.yields, flush=True)
+"""
+
+
+def _status(pid: int) -> str:
+    return str(psutil.Process(pid).status())
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_yield_request_stops_the_worker_at_the_next_boundary_until_resumed() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", LOOP], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGUSR1)
+        assert _wait_for(lambda: _status(proc.pid) == psutil.STATUS_STOPPED)
+        proc.send_signal(signal.SIGCONT)
+        assert _wait_for(lambda: _status(proc.pid) != psutil.STATUS_STOPPED)
+        out, _ = proc.communicate(timeout=30)
+        last_step, yields = map(int, out.strip().splitlines()[-1].split())
+        assert last_step == 199 and yields == 1
+    finally:
+        proc.kill()
+
+
+def test_a_resume_that_overtakes_its_pause_request_does_not_stop_the_worker_later() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", LOOP], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGCONT)  # before the loop reached a boundary, most of the time
+        out, _ = proc.communicate(timeout=30)
+        assert out.strip().splitlines()[-1].split()[0] == "199"
+    finally:
+        proc.kill()
+
+
+def test_progress_reports_steps_and_latency_quantiles(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    progress = Progress(str(path), "k", steps_total=4)
+    for step, seconds in enumerate([0.004, 0.001, 0.002, 0.003]):
+        progress.record(step, seconds)
+    data = read_progress(str(path))
+    assert data is not None
+    assert data["steps_done"] == 4 and data["steps_total"] == 4
+    assert abs(data["last_latency_ms"] - 3.0) < 1e-9
+    assert abs(data["mean_latency_ms"] - 2.5) < 1e-9
+    assert abs(data["p50_latency_ms"] - 2.0) < 1e-9 and abs(data["p99_latency_ms"] - 4.0) < 1e-9
+    assert json.loads(path.read_text()) == data
+
+
+def test_a_worker_refuses_an_unknown_kernel_or_parameter(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--kernel", "no-such-kernel"]) == 2
+    assert "unknown kernel 'no-such-kernel'" in capsys.readouterr().err
