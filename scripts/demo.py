@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRACE_CANDIDATES = [
     ROOT.parent / "shared" / "traces" / "alibaba-gpu-2023" / "openb_pod_list_gpushare40.csv",
-    ROOT / "tests" / "data" / "openb_pod_list_default_excerpt.csv",
+    ROOT / "tests" / "data" / "alibaba-gpu-2023" / "openb_pod_list_default.csv",
 ]
 SIM_GPUS = "2xH100-80GB,1xA100-40GB"
 WORKER = (
