@@ -143,7 +143,10 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     decisions: list[Decision] = []
     nodes = list(snap.nodes)
     preempted: set[str] = set()
-    running = {j.id for j in snap.running}
+    running = {j.id: j for j in snap.running}
+    # Nodes whose capacity a preempting job is freeing this round: later jobs in the order must
+    # not take it, or the preemptor finds it gone next round and preempts again (thrashing).
+    reserved: set[str] = set()
     # The index (when it describes these nodes) only skips nodes that cannot fit; a round only
     # takes capacity, so bounds from the snapshot stay upper bounds for the whole round.
     index = snap.index if snap.index is not None and snap.index.nodes is snap.nodes else None
@@ -151,6 +154,8 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         best: tuple[float, int, tuple[GpuView, ...]] | None = None
         for i in index.candidates(job) if index is not None else range(len(nodes)):
             node = nodes[i]
+            if node.name in reserved:
+                continue
             for gpus in options(job, node):
                 if not policy.fits(job, node, gpus, snap):
                     continue
@@ -171,6 +176,7 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
             # Only running jobs can be preempted, and each only once per round.
             if victim in running and victim not in preempted:
                 preempted.add(victim)
+                reserved.add(running[victim].node)
                 decisions.append(Preempt(victim))
         if policy.strict_order:
             break

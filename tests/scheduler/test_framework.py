@@ -6,9 +6,10 @@ import random
 from dataclasses import replace
 
 from gpuos.jobs import Resources
-from gpuos.scheduler import Place, Snapshot, available, get_policy, schedule
+from gpuos.scheduler import Place, Preempt, Snapshot, available, get_policy, schedule
 from gpuos.scheduler.framework import replay_decisions
 from gpuos.scheduler.index import NodeIndex
+from gpuos.scheduler.policies.tiresias import Tiresias
 from gpuos.scheduler.sim import load_trace, run_simulation
 from gpuos.scheduler.sim.engine import Simulator
 
@@ -97,3 +98,26 @@ def test_simulation_is_deterministic_for_a_seed(data_dir) -> None:
     a = run_simulation(path, "tiresias", seed=3)
     b = run_simulation(path, "tiresias", seed=3)
     assert [(r.first_start, r.finish) for r in a.outcome.records] == [(r.first_start, r.finish) for r in b.outcome.records]
+
+
+def test_jobs_behind_a_preempting_job_do_not_take_the_node_it_is_freeing() -> None:
+    # "big" needs the whole node; "old" (demoted) must make way. The free GPU that "small" could
+    # use is part of what "big" is waiting for: taking it would leave big preempting forever.
+    policy = Tiresias()
+    n, old = place(node("a", 2), job("old", service_rate=1.0))
+    t = policy.thresholds[0] + 10
+    big = job("big", gpus=2, submitted_at=t - 5)
+    small = job("small", submitted_at=t - 1, attained_service=policy.thresholds[0] + 1)
+    decisions = schedule(snap([n], [big, small], [old], now=t), policy)
+    assert decisions == [Preempt("old")]
+
+
+def test_jobs_behind_a_preempting_job_still_use_other_nodes() -> None:
+    policy = Tiresias()
+    a, old = place(node("a", 2), job("old", service_rate=1.0))
+    t = policy.thresholds[0] + 10
+    big = job("big", gpus=2, submitted_at=t - 5)
+    small = job("small", submitted_at=t - 1, attained_service=policy.thresholds[0] + 1)
+    decisions = schedule(snap([a, node("b", 1)], [big, small], [old], now=t), policy)
+    assert Preempt("old") in decisions
+    assert [d.node for d in decisions if isinstance(d, Place)] == ["b"]
