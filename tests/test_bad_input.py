@@ -129,6 +129,11 @@ def test_logs_of_unknown_job_is_not_found(client: Client) -> None:
     assert err.code.name == "NOT_FOUND"
 
 
+def test_watch_from_beyond_any_sequence_number_is_invalid(client: Client) -> None:
+    err = refused(lambda: list(client.events(since=2**64 - 1)))
+    assert err.code.name == "INVALID_ARGUMENT" and "since_seq" in err.details
+
+
 def test_unknown_state_filter_is_invalid(client: Client) -> None:
     err = refused(lambda: client._call(client._jobs.List, jobs_pb2.ListJobsRequest(states=[42])))
     assert err.code.name == "INVALID_ARGUMENT" and "state" in err.details

@@ -94,6 +94,10 @@ def _handled(fn: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+# Event sequence numbers are SQLite integers (signed 64-bit); the API's field is unsigned.
+MAX_SEQ = 2**63 - 1
+
+
 class _Base:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -178,6 +182,8 @@ class JobServicer(_Base):
         if request.job_id:
             job_id = self._visible(request.job_id, who).id
         seq = request.since_seq
+        if seq > MAX_SEQ:
+            raise InvalidArgument("since_seq", f"{seq} is beyond any event's sequence number (at most {MAX_SEQ})")
         while context.is_active():
             batch = store.events(seq, job_id, 500)
             for event in batch:
