@@ -5,7 +5,7 @@
 Jobs come from the Alibaba GPU-sharing trace (cluster-trace-gpu-v2023, Weng et al., ATC'23):
 each task's GPU request (whole GPUs or a gpu_milli share) and QoS class are kept, and its
 duration is divided by ``--speedup`` (clamped to 2-20 s) so the batch finishes in a minute or
-two. Each job is a real process that prints its progress. A MIG job, a kernel job, a job that
+two. Each job is a real process that prints its progress. A MIG job, three kernel jobs, a job that
 fails and a request no GPU can satisfy are mixed in. The demo prints the queue and the GPUs as
 the batch runs, then a summary.
 """
@@ -96,7 +96,7 @@ def main() -> int:
 
         tasks = load_tasks(args.trace, args.jobs, args.speedup)
         print(f"submitting {len(tasks)} jobs from {args.trace.name}, plus a MIG job, three time-shared jobs, "
-              "a kernel job, a job that fails and one no GPU can take")
+              "three kernel jobs, a job that fails and one no GPU can take")
         ids = []
         for t in tasks:
             share = ["--gpu-fraction", str(t["fraction"])] if t["fraction"] else ["--gpus", str(t["gpus"])]
@@ -111,10 +111,17 @@ def main() -> int:
         failing = ctl(socket, "submit", "--name", "will-fail", "--gpu-fraction", "0.1", "--",
                       sys.executable, "-c", "import sys; print('giving up', file=sys.stderr); sys.exit(3)").stdout.strip()
         ids.append(failing)
-        kernels = ctl(socket, "-o", "json", "kernels", check=False)
-        if kernels.returncode == 0 and "vattention-decode" in kernels.stdout:
-            ids.append(ctl(socket, "submit", "--name", "decode", "--gpu-fraction", "0.5", "--kernel",
-                           "vattention-decode", "--param", "steps=5").stdout.strip())
+        # The built-in kernels run in gpuosd's kernel worker; on this GPU-less machine the worker
+        # runs their Triton code on the CPU at small shapes, so a few steps each.
+        kernel_jobs = [
+            ctl(socket, "submit", "--name", "decode", "--gpu-fraction", "0.25", "--priority", "high", "--qos", "LS",
+                "--kernel", "vattention-decode", "--param", "context=2048", "--param", "steps=4").stdout.strip(),
+            ctl(socket, "submit", "--name", "sla", "--gpu-fraction", "0.5", "--kernel", "sla-dit",
+                "--param", "steps=3").stdout.strip(),
+            ctl(socket, "submit", "--name", "radial", "--gpu-fraction", "0.5", "--kernel", "radial-dit",
+                "--param", "steps=3").stdout.strip(),
+        ]
+        ids.extend(kernel_jobs)
         refused = ctl(socket, "submit", "--memory", "500GiB", "--", "true", check=False)
         print(f"a request no GPU can satisfy is refused: {refused.stderr.strip()}\n")
 
@@ -134,6 +141,9 @@ def main() -> int:
         print(ctl(socket, "events", "--job", failing).stdout)
         print("events of a time-shared job (it took turns with the others on its GPU):")
         print(ctl(socket, "events", "--job", ids[len(tasks) + 1]).stdout)
+        print("kernel jobs (progress and per-step latency as their worker reported them):")
+        for job in kernel_jobs:
+            print(ctl(socket, "get", job).stdout)
         print(f"output of {ids[0]}:")
         print(ctl(socket, "logs", ids[0]).stdout[-200:])
     finally:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gpuos.cli import output
+from gpuos.cli.evolve import add_evolve_parser, run_evolve
 from gpuos.cli.sim import add_sim_parser, run_sim
 from gpuos.errors import GpuosError
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("name")
     sub.add_parser("kernels", help="built-in kernels and their parameters")
     add_sim_parser(sub)
+    add_evolve_parser(sub)
     p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
     p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
     p.add_argument("gpu", type=int)
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     as_json = args.output == "json"
     if args.cmd == "sim":
         return run_sim(args)
+    if args.cmd == "evolve":
+        return run_evolve(args)
     if args.cmd == "kernels":
         from gpuos.kernels.registry import available
 

@@ -1,0 +1,390 @@
+"""The offline search engine: genetic programming over a policy's expressions, and tuning of a
+policy's numeric constants. Needs no model; seeded and reproducible.
+
+A genome is a policy with two expression trees over what the daemon knows at a moment:
+
+- ``order``: a job's rank (lower goes first) from its request size, age, attained service,
+  user estimate, estimated remaining time, latency class, priority and preemptions;
+- ``place`` (optional): an option's score (higher is better) from the job's size, the node's free
+  GPUs after placement, the chosen GPU's leftover share, idle GPUs left, the node's size and
+  whether the GPU is already shared; none means first fit;
+
+plus whether it preempts (a waiting job may preempt running ones whose rank is worse by more
+than ``margin``) and its round period. :func:`render` turns a genome into a readable Python
+policy file; the engine evaluates exactly that source (loaded with the sandbox's restrictions),
+so what is shipped is what was scored.
+
+Tuning (:class:`ParamSpace`, :func:`render_tuned`) searches a human policy's constants (e.g.
+Tiresias's queue thresholds) with the same loop; a genome is then a dict of values.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+JOB_FEATURES = ("size", "age", "service", "estimate", "remaining", "latency", "priority", "preempted")
+PLACE_FEATURES = ("size", "node_free", "gpu_left", "node_idle", "node_gpus", "shared")
+BINARY = ("add", "sub", "mul", "div", "min", "max")
+UNARY = ("neg", "log", "sqrt")
+MAX_DEPTH = 6
+PERIODS = (0.0, 60.0, 300.0)
+
+# A tree: a float constant, a feature name, or (operator, child, ...).
+Tree = float | str | tuple[Any, ...]
+
+
+def size(tree: Tree) -> int:
+    return 1 + sum(size(c) for c in tree[1:]) if isinstance(tree, tuple) else 1
+
+
+def depth(tree: Tree) -> int:
+    return 1 + max(depth(c) for c in tree[1:]) if isinstance(tree, tuple) else 1
+
+
+def render_expr(tree: Tree) -> str:
+    """Plain Python for ``tree`` (``pdiv``, ``plog`` and ``psqrt`` are defined in the file)."""
+    if isinstance(tree, float):
+        return repr(round(tree, 4))
+    if isinstance(tree, str):
+        return tree
+    op, *args = tree
+    a = [render_expr(x) for x in args]
+    infix = {"add": "+", "sub": "-", "mul": "*"}
+    if op in infix:
+        return f"({a[0]} {infix[op]} {a[1]})"
+    if op == "div":
+        return f"pdiv({a[0]}, {a[1]})"
+    if op in ("min", "max"):
+        return f"{op}({a[0]}, {a[1]})"
+    if op == "neg":
+        return f"(-{a[0]})"
+    return f"p{op}({a[0]})"
+
+
+def render_top(tree: Tree) -> str:
+    """``render_expr`` without the outermost parentheses."""
+    text = render_expr(tree)
+    return text[1:-1] if isinstance(tree, tuple) and tree[0] in ("add", "sub", "mul", "neg") else text
+
+
+def random_tree(rng: random.Random, features: Sequence[str], max_depth: int, full: bool = False) -> Tree:
+    if max_depth <= 1 or (not full and rng.random() < 0.3):
+        return rng.choice(features) if rng.random() < 0.75 else round(rng.uniform(-2.0, 10.0), 2)
+    if rng.random() < 0.2:
+        return (rng.choice(UNARY), random_tree(rng, features, max_depth - 1, full))
+    return (rng.choice(BINARY), random_tree(rng, features, max_depth - 1, full),
+            random_tree(rng, features, max_depth - 1, full))
+
+
+def _paths(tree: Tree, path: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    out = [path]
+    if isinstance(tree, tuple):
+        for i, child in enumerate(tree[1:], start=1):
+            out.extend(_paths(child, (*path, i)))
+    return out
+
+
+def _get(tree: Tree, path: tuple[int, ...]) -> Tree:
+    for i in path:
+        assert isinstance(tree, tuple)
+        tree = tree[i]
+    return tree
+
+
+def _put(tree: Tree, path: tuple[int, ...], sub: Tree) -> Tree:
+    if not path:
+        return sub
+    assert isinstance(tree, tuple)
+    items = list(tree)
+    items[path[0]] = _put(items[path[0]], path[1:], sub)
+    return tuple(items)
+
+
+def mutate_tree(tree: Tree, rng: random.Random, features: Sequence[str]) -> Tree:
+    """Replace a random subtree, nudge a constant, or swap an operator."""
+    path = rng.choice(_paths(tree))
+    node = _get(tree, path)
+    roll = rng.random()
+    if isinstance(node, float) and roll < 0.5:
+        new: Tree = round(node * math.exp(rng.gauss(0.0, 0.5)) + rng.gauss(0.0, 0.2), 4)
+    elif isinstance(node, tuple) and roll < 0.3:
+        ops = UNARY if len(node) == 2 else BINARY
+        new = (rng.choice(ops), *node[1:])
+    else:
+        new = random_tree(rng, features, 3)
+    out = _put(tree, path, new)
+    return out if depth(out) <= MAX_DEPTH else tree
+
+
+def crossover_tree(a: Tree, b: Tree, rng: random.Random) -> Tree:
+    """``a`` with a random subtree replaced by a random subtree of ``b``."""
+    out = _put(a, rng.choice(_paths(a)), _get(b, rng.choice(_paths(b))))
+    return out if depth(out) <= MAX_DEPTH else a
+
+
+@dataclass(frozen=True)
+class Genome:
+    order: Tree
+    place: Tree | None = None
+    preempt: bool = False
+    margin: float = 1.0
+    period: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"order": _tree_json(self.order), "place": None if self.place is None else _tree_json(self.place),
+                "preempt": self.preempt, "margin": self.margin, "period": self.period}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Genome:
+        place = data.get("place")
+        return cls(_tree_from(data["order"]), None if place is None else _tree_from(place), bool(data["preempt"]),
+                   float(data["margin"]), float(data["period"]))
+
+
+def _tree_json(tree: Tree) -> Any:
+    return [tree[0], *(_tree_json(c) for c in tree[1:])] if isinstance(tree, tuple) else tree
+
+
+def _tree_from(data: Any) -> Tree:
+    if isinstance(data, list):
+        return (data[0], *(_tree_from(c) for c in data[1:]))
+    return float(data) if isinstance(data, (int, float)) else str(data)
+
+
+# Hand-made starting points (FIFO, SJF, SRTF-like, LAS, smallest-first, best-fit packing), so the
+# search starts where people already are; the header of an emitted file says so.
+SEEDS: tuple[Genome, ...] = (
+    Genome(("neg", "age")),
+    Genome("estimate"),
+    Genome("remaining", preempt=True, margin=600.0),
+    Genome("service", period=60.0),
+    Genome(("mul", "size", "estimate")),
+    Genome(("sub", "estimate", "age"), place=("neg", "node_free")),
+    Genome(("neg", "age"), place=("neg", "node_free")),
+    Genome(("sub", ("mul", "size", "remaining"), ("mul", 1000.0, "latency"))),
+)
+
+
+def random_genome(rng: random.Random) -> Genome:
+    return Genome(
+        random_tree(rng, JOB_FEATURES, rng.randint(2, 4), full=rng.random() < 0.5),
+        random_tree(rng, PLACE_FEATURES, rng.randint(1, 3)) if rng.random() < 0.4 else None,
+        rng.random() < 0.25,
+        round(math.exp(rng.uniform(0.0, 8.0)), 2),
+        rng.choice(PERIODS),
+    )
+
+
+def mutate(g: Genome, rng: random.Random) -> Genome:
+    roll = rng.random()
+    if roll < 0.55:
+        return Genome(mutate_tree(g.order, rng, JOB_FEATURES), g.place, g.preempt, g.margin, g.period)
+    if roll < 0.75:
+        place = random_tree(rng, PLACE_FEATURES, 2) if g.place is None else (
+            None if rng.random() < 0.15 else mutate_tree(g.place, rng, PLACE_FEATURES))
+        return Genome(g.order, place, g.preempt, g.margin, g.period)
+    if roll < 0.85:
+        return Genome(g.order, g.place, not g.preempt, g.margin, g.period)
+    if roll < 0.93:
+        return Genome(g.order, g.place, g.preempt, round(g.margin * math.exp(rng.gauss(0.0, 1.0)), 3), g.period)
+    return Genome(g.order, g.place, g.preempt, g.margin, rng.choice(PERIODS))
+
+
+def crossover(a: Genome, b: Genome, rng: random.Random) -> Genome:
+    """GEPA's merge in tree form: ``a``'s genome with parts of ``b`` (its placement, or a subtree)."""
+    if rng.random() < 0.3:
+        return Genome(a.order, b.place, a.preempt, a.margin, a.period)
+    return Genome(crossover_tree(a.order, b.order, rng), a.place, a.preempt, a.margin, a.period)
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+_HELPERS = {
+    "pdiv": ('def pdiv(a: float, b: float) -> float:\n    """Protected division: a / b, or a when b is about 0."""\n'
+             "    return a / b if abs(b) > 1e-9 else a\n"),
+    "plog": "def plog(a: float) -> float:\n    return math.log1p(abs(a))\n",
+    "psqrt": "def psqrt(a: float) -> float:\n    return math.sqrt(abs(a))\n",
+}
+# How each feature is computed, in dependency order.
+_JOB_CODE = {
+    "size": "job.request.compute_milli / 1000",
+    "age": "now - job.submitted_at",
+    "service": "job.attained(now)",
+    "estimate": "job.estimated_seconds",
+    "remaining": "max(0.0, estimate - service / max(size, 0.001))",
+    "latency": '1.0 if job.qos in ("LS", "Guaranteed") else 0.0',
+    "priority": "float(job.priority)",
+    "preempted": "float(job.preemptions)",
+}
+_PLACE_CODE = {
+    "size": "job.request.compute_milli / 1000",
+    "take": "(job.request.gpu_milli or 1000) / 1000",
+    "node_free": "sum(g.milli_free for g in node.gpus if g.healthy) / 1000 - take * len(gpus)",
+    "gpu_left": "min((g.milli_free / 1000 - take for g in gpus), default=0.0)",
+    "node_idle": "sum(1 for g in node.gpus if g.idle) - sum(1 for g in gpus if g.idle)",
+    "node_gpus": "float(len(node.gpus))",
+    "shared": "1.0 if any(g.jobs for g in gpus) else 0.0",
+}
+_NEEDS = {"remaining": ("estimate", "service", "size"), "node_free": ("take",), "gpu_left": ("take",)}
+
+
+def _names(tree: Tree) -> set[str]:
+    if isinstance(tree, tuple):
+        return {tree[0]}.union(*(_names(c) for c in tree[1:]))
+    return {tree} if isinstance(tree, str) else set()
+
+
+def _feature_lines(tree: Tree, code: dict[str, str]) -> list[str]:
+    used = _names(tree) & code.keys()
+    for name in list(used):
+        used.update(_NEEDS.get(name, ()))
+    return [f"        {name} = {expr}" for name, expr in code.items() if name in used]
+
+
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("_", "-").split("-") if part)
+
+
+def render(g: Genome, name: str, header: str = "", register: bool = False) -> str:
+    """A readable policy file for ``g`` named ``name`` (with ``@register`` for shipping)."""
+    ops = _names(g.order) | (_names(g.place) if g.place is not None else set())
+    helpers = [_HELPERS[h] for h in ("pdiv", "plog", "psqrt") if h[1:] in ops]
+    lines = [f'"""{header.strip()}\n"""' if header else '"""An evolved policy (gpuos.agents.gp)."""', ""]
+    lines += ["from __future__ import annotations", ""]
+    if ops & {"log", "sqrt"}:
+        lines.append("import math")
+    lines += ["from collections.abc import Sequence", ""]
+    imports = ["JobView", "Policy", "Snapshot"]
+    if g.place is not None:
+        imports += ["GpuView", "NodeView"]
+    if register:
+        imports.append("register")
+    lines.append(f"from gpuos.scheduler import {', '.join(sorted(imports))}")
+    if g.preempt:
+        lines.append("from gpuos.scheduler.preemption import victims_to_fit")
+    for helper in helpers:
+        lines += ["", "", helper.rstrip()]
+    lines += ["", ""]
+    if register:
+        lines.append("@register")
+    lines += [
+        f"class {_class_name(name)}(Policy):",
+        f'    name = "{name}"',
+        '    description = "evolved by gpuos.agents.gp; see the header"',
+        f"    first_fit = {g.place is None}",
+        f"    period = {g.period!r}",
+        "",
+        "    def rank(self, job: JobView, now: float) -> float:",
+        '        """Lower runs first."""',
+        *_feature_lines(g.order, _JOB_CODE),
+        f"        return {render_top(g.order)}",
+        "",
+        "    def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:",
+        "        return sorted(pending, key=lambda j: (self.rank(j, snap.now), j.submitted_at, j.id))",
+    ]
+    if g.place is not None:
+        lines += [
+            "",
+            "    def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:",
+            *_feature_lines(g.place, _PLACE_CODE),
+            f"        return {render_top(g.place)}",
+        ]
+    if g.preempt:
+        lines += [
+            "",
+            "    def victims(self, job: JobView, snap: Snapshot) -> Sequence[str]:",
+            "        mine = self.rank(job, snap.now)",
+            "        return victims_to_fit(",
+            "            job,",
+            "            snap,",
+            f"            eligible=lambda r: self.rank(r, snap.now) > mine + {g.margin!r},",
+            "            preference=lambda r: -self.rank(r, snap.now),",
+            "        )",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- numeric tuning -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One constant: ``attr`` (or element ``index`` of a tuple attribute), searched in [low, high]."""
+
+    attr: str
+    low: float
+    high: float
+    index: int = -1
+    log: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.attr}[{self.index}]" if self.index >= 0 else self.attr
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    module: str  # e.g. gpuos.scheduler.policies.tiresias
+    cls: str  # e.g. Tiresias
+    params: tuple[Param, ...]
+    sorted_tuples: bool = True  # keep tuple attributes ascending (queue thresholds)
+    defaults: dict[str, float] = field(default_factory=dict)
+
+    def sample(self, rng: random.Random) -> dict[str, float]:
+        return {p.label: _draw(p, rng) for p in self.params}
+
+    def mutate(self, values: dict[str, float], rng: random.Random, scale: float = 0.4) -> dict[str, float]:
+        out = dict(values)
+        for p in rng.sample(list(self.params), rng.randint(1, len(self.params))):
+            v = out[p.label]
+            v = v * math.exp(rng.gauss(0.0, scale)) if p.log else v + rng.gauss(0.0, scale * (p.high - p.low))
+            out[p.label] = round(min(p.high, max(p.low, v)), 3)
+        return out
+
+
+def _draw(p: Param, rng: random.Random) -> float:
+    if p.log:
+        return round(math.exp(rng.uniform(math.log(p.low), math.log(p.high))), 3)
+    return round(rng.uniform(p.low, p.high), 3)
+
+
+TIRESIAS_SPACE = ParamSpace(
+    "gpuos.scheduler.policies.tiresias", "Tiresias",
+    (Param("thresholds", 60.0, 200_000.0, 0), Param("thresholds", 600.0, 2_000_000.0, 1),
+     Param("promote_knob", 0.5, 64.0), Param("period", 10.0, 600.0)),
+    defaults={"thresholds[0]": 3600.0, "thresholds[1]": 36000.0, "promote_knob": 8.0, "period": 60.0},
+)
+SPACES = {"tiresias": TIRESIAS_SPACE}
+
+
+def render_tuned(space: ParamSpace, values: dict[str, float], name: str, header: str = "",
+                 register: bool = False) -> str:
+    """A policy file: a subclass of ``space.cls`` with the tuned constants."""
+    attrs: dict[str, Any] = {}
+    for p in space.params:
+        if p.index >= 0:
+            attrs.setdefault(p.attr, {})[p.index] = values[p.label]
+        else:
+            attrs[p.attr] = values[p.label]
+    lines = [f'"""{header.strip()}\n"""' if header else '"""A tuned policy (gpuos.agents.gp)."""', ""]
+    lines += ["from __future__ import annotations", ""]
+    if register:
+        lines.append("from gpuos.scheduler import register")
+    lines += [f"from {space.module} import {space.cls}", "", ""]
+    if register:
+        lines.append("@register")
+    lines += [f"class {_class_name(name)}({space.cls}):", f'    name = "{name}"',
+              '    description = "constants tuned by gpuos.agents.gp; see the header"']
+    for attr, value in attrs.items():
+        if isinstance(value, dict):
+            items = [value[i] for i in sorted(value)]
+            if space.sorted_tuples:
+                items.sort()
+            lines.append(f"    {attr} = ({', '.join(repr(float(v)) for v in items)},)")
+        else:
+            lines.append(f"    {attr} = {float(value)!r}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,151 @@
+"""``gpuosctl evolve``: search for a scheduling policy against the simulator (no daemon needed).
+
+``--engine gp`` (offline genetic programming) and ``--engine tune`` (a human policy's constants)
+run here; ``--engine openevolve`` drives an LLM through OpenEvolve (``pip install gpuos[adrs]``).
+Progress goes to stderr; the final report (a table of the best candidate against FIFO,
+random-fit and the best human policy on held-out traces) to stdout; ``-o json`` prints it as
+JSON. Exit codes: 0 done, 1 the search or its result failed, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_evolve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evolve", help="search for a scheduling policy in the simulator (ADRS)",
+        description="Evolve a policy on training traces and verify it on held-out traces. Traces are "
+                    "workload specs (trace|gpus=..|start=..|jobs=..|load=..), comma-separated, or 'training' / "
+                    "'held-out' for the built-in sets (gpuos.agents.workloads).",
+    )
+    p.add_argument("--objective", default="mean_jct", help="mean_jct, p99_latency, fragmentation or makespan")
+    p.add_argument("--traces", default="training", help="training traces (default: the built-in training set)")
+    p.add_argument("--held-out", default="held-out", help="held-out traces for the report ('' to skip)")
+    p.add_argument("--engine", choices=("gp", "tune", "openevolve"), default="gp")
+    p.add_argument("--iterations", type=int, default=10, help="generations (gp, tune) or LLM iterations")
+    p.add_argument("--population", type=int, default=16, help="candidates per generation (gp, tune)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=0, help="parallel evaluations (default: all local cores)")
+    p.add_argument("--backend", choices=("process", "ray"), default="process")
+    p.add_argument("--tune-policy", default="tiresias", help="policy whose constants --engine tune searches")
+    p.add_argument("--name", default="", help="name of the resulting policy (default evolved-<objective>)")
+    p.add_argument("--run-dir", default="", help="directory for state, report and plots (required to search)")
+    p.add_argument("--verify", default="", metavar="POLICY_FILE",
+                   help="no search: score this policy file on the held-out traces against the baselines")
+    p.add_argument("--resume", action="store_true", help="continue the search in --run-dir")
+    p.add_argument("--emit", default="", help="also write the best policy, with its provenance header, here")
+    p.add_argument("--api-base", default=None, help="openevolve: OpenAI-compatible endpoint")
+    p.add_argument("--model", default=None, help="openevolve: model name")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+
+def _traces(text: str, default: tuple[str, ...], builtin: dict[str, tuple[str, ...]]) -> list[str]:
+    if not text:
+        return []
+    if text in builtin:
+        return list(builtin[text])
+    return [t.strip() for t in text.split(",") if t.strip()] or list(default)
+
+
+def run_evolve(args: argparse.Namespace) -> int:
+    import os
+
+    from gpuos.agents.objectives import OBJECTIVES
+    from gpuos.agents.workloads import HELD_OUT, TRAINING
+
+    if args.objective not in OBJECTIVES:
+        print(f"gpuosctl evolve: unknown objective {args.objective!r}; known: {', '.join(OBJECTIVES)}", file=sys.stderr)
+        return 2
+    builtin = {"training": TRAINING, "held-out": HELD_OUT}
+    traces = _traces(args.traces, TRAINING, builtin)
+    held_out = _traces(args.held_out, HELD_OUT, builtin)
+    if set(traces) & set(held_out):
+        print("gpuosctl evolve: a held-out trace is also a training trace; held-out traces must stay unseen",
+              file=sys.stderr)
+        return 2
+    if args.verify:
+        return _verify(args, held_out, args.verify)
+    if not args.run_dir:
+        print("gpuosctl evolve: --run-dir is required for a search", file=sys.stderr)
+        return 2
+    if args.engine == "openevolve":
+        return _run_openevolve(args, traces, held_out)
+    from gpuos.agents.search import RunConfig, emit, format_report, search
+
+    config = RunConfig(
+        objective=args.objective, engine=args.engine, traces=traces, held_out=held_out,
+        iterations=args.iterations, population=args.population, seed=args.seed,
+        jobs=args.jobs or os.cpu_count() or 1, backend=args.backend, tune_policy=args.tune_policy, name=args.name,
+    )
+    try:
+        report = search(config, args.run_dir, resume=args.resume)
+    except (FileExistsError, ValueError, RuntimeError) as exc:
+        print(f"gpuosctl evolve: {exc}", file=sys.stderr)
+        return 1
+    if args.emit:
+        stored = RunConfig(**report["config"])
+        argv = sys.argv[1:]
+        argv = argv[1:] if argv[:1] == ["evolve"] else argv
+        emit(report, stored, Path(args.run_dir), "gpuosctl evolve " + shlex.join(argv), Path(args.emit))
+    if args.output == "json":
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+        print(f"run directory: {args.run_dir} (report.md, score.png, heldout.png, best.py)")
+    held = report.get("held_out") or {}
+    return 0 if not held or held.get("valid") else 1
+
+
+def _verify(args: argparse.Namespace, held_out: list[str], path: str | Path) -> int:
+    """Score the policy file at ``path`` on ``held_out`` and print the report."""
+    from gpuos.agents.search import format_report, held_out_table
+
+    try:
+        source = Path(path).read_text()
+    except OSError as exc:
+        print(f"gpuosctl evolve: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    held = held_out_table(source, held_out, args.objective)
+    report = {"config": {"objective": args.objective, "engine": "verify", "iterations": 0, "population": 0,
+                         "seed": args.seed}, "best": {"training_combined": float("nan")}, "held_out": held}
+    print(json.dumps(report, indent=1) if args.output == "json" else format_report(report))
+    return 0 if held.get("valid") else 1
+
+
+def _run_openevolve(args: argparse.Namespace, traces: list[str], held_out: list[str]) -> int:
+    try:
+        from gpuos.agents import openevolve_engine
+    except ImportError as exc:
+        print(f"gpuosctl evolve: the openevolve engine is unavailable: {exc}", file=sys.stderr)
+        return 1
+    try:
+        best = openevolve_engine.run(
+            objective=args.objective, traces=traces, iterations=args.iterations, run_dir=args.run_dir,
+            api_base=args.api_base, model=args.model, resume=args.resume,
+        )
+    except ModuleNotFoundError as exc:
+        print(f"gpuosctl evolve: --engine openevolve needs the openevolve package (pip install 'gpuos[adrs]'): "
+              f"{exc}", file=sys.stderr)
+        return 1
+    except (FileExistsError, ValueError, RuntimeError) as exc:
+        print(f"gpuosctl evolve: {exc}", file=sys.stderr)
+        return 1
+    print(f"best program: {best}")
+    return _verify(args, held_out, best) if held_out else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gpuos.cli.evolve ...``: the same as ``gpuosctl evolve ...``."""
+    parser = argparse.ArgumentParser(prog="gpuosctl")
+    add_evolve_parser(parser.add_subparsers(dest="cmd", required=True))
+    return run_evolve(parser.parse_args(["evolve", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

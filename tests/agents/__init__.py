@@ -1,0 +1,1 @@
+"""Tests of the ADRS loop: evaluator, sandbox, GP engine, search runs."""
