@@ -51,6 +51,17 @@ def test_las_preempts_a_demoted_job_for_a_new_one() -> None:
     assert decisions == [Preempt("old")]
 
 
+def test_las_does_not_preempt_a_demoted_job_before_its_lease_ends() -> None:
+    policy = Tiresias()
+    t = policy.thresholds[0] + 10
+    n, old = place(node("a", 1), job("old", service_rate=1.0, attained_service=t - 60), now=t - 60)
+    new = job("new", submitted_at=t - 5)
+    assert old.attained(t) > policy.thresholds[0]
+    assert schedule(snap([n], [new], [old], now=t), policy) == []
+    later = t - 60 + policy.min_lease
+    assert schedule(snap([n], [new], [old], now=later), policy) == [Preempt("old")]
+
+
 def test_las_does_not_preempt_a_job_still_in_the_top_queue() -> None:
     policy = Tiresias()
     n, old = place(node("a", 1), job("old", service_rate=1.0))
