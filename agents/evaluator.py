@@ -87,6 +87,22 @@ class Baselines:
         runs = self.eligible(trace)
         return min(((p, r.metrics[objective]) for p, r in runs.items()), key=lambda pv: (pv[1], pv[0]))
 
+    def single_best(self, objective: str) -> tuple[str, float]:
+        """(policy, score) of the one human policy that does best over all traces here: the
+        highest geometric mean of best-per-trace / policy, among the policies eligible on every
+        trace (the usual reading of "the best human baseline"; :meth:`best` picks per trace)."""
+        traces = list(self.runs)
+        common = set.intersection(*(set(self.eligible(t)) for t in traces)) if traces else set()
+        scored = []
+        for policy in sorted(common):
+            ratios = [self.best(t, objective)[1] / self.runs[t][policy].metrics[objective]
+                      if self.runs[t][policy].metrics[objective] > 0 else 1.0 for t in traces]
+            scored.append((geomean(ratios), policy))
+        if not scored:
+            raise ValueError("no human policy is eligible on every trace")
+        score, policy = min(scored, key=lambda sp: (-sp[0], sp[1]))
+        return policy, score
+
     def starvation_bound(self, trace: str) -> float:
         runs = self.eligible(trace)
         fifo = self.runs[trace]["fifo"]
@@ -144,7 +160,8 @@ def compute_baselines(specs: Sequence[str], policies: Sequence[str] | None = Non
     return Baselines({spec: {n: _BASELINES[spec][n] for n in names} for spec in specs})
 
 
-def _geomean(values: Sequence[float]) -> float:
+def geomean(values: Sequence[float]) -> float:
+    """Geometric mean; 0.0 for no values or any value <= 0."""
     if not values or min(values) <= 0:
         return 0.0
     return math.exp(sum(math.log(v) for v in values) / len(values))
@@ -185,10 +202,10 @@ def score_runs(runs: dict[str, TraceRun], baselines: Baselines, objective: str) 
         for m in guards:
             guards[m].append(ref.metrics[m] / run.metrics[m] if run.metrics[m] > 0 else 1.0)
         lines.append(f"{trace:<70}{objective:>14}{run.metrics[objective]:>12.4g}{best:>12.4g}{ref_policy:>12}{ratio:>8.3f}")
-    primary_score = _geomean(primary)
+    primary_score = geomean(primary)
     penalty = 1.0
     for m, ratios in guards.items():
-        r = _geomean(ratios)
+        r = geomean(ratios)
         metrics[f"guard/{m}"] = r
         penalty *= min(1.0, r / GUARD_TOLERANCE) ** GUARD_POWER
     metrics.update(primary_score=primary_score, guard_penalty=penalty)

@@ -4,13 +4,15 @@ policy's numeric constants. Needs no model; seeded and reproducible.
 A genome is a policy with two expression trees over what the daemon knows at a moment:
 
 - ``order``: a job's rank (lower goes first) from its request size, age, attained service,
-  user estimate, estimated remaining time, latency class, priority and preemptions;
+  user estimate, estimated remaining time, latency class, priority and preemptions, and two
+  derived terms that hand-made rules use: estimated GPU-seconds (size x estimate) and remaining
+  GPU-seconds (size x remaining);
 - ``place`` (optional): an option's score (higher is better) from the job's size, the node's free
   GPUs after placement, the chosen GPU's leftover share, idle GPUs left, the node's size and
   whether the GPU is already shared; none means first fit;
 
-plus whether it preempts (a waiting job may preempt running ones whose rank is worse by more
-than ``margin``) and its round period. :func:`render` turns a genome into a readable Python
+plus whether it preempts (a waiting job may preempt running ones whose rank exceeds
+``scale`` x its own plus ``margin``; SRTF's "twice as much left" is scale 2) and its round period. :func:`render` turns a genome into a readable Python
 policy file; the engine evaluates exactly that source (loaded with the sandbox's restrictions),
 so what is shipped is what was scored.
 
@@ -23,15 +25,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-JOB_FEATURES = ("size", "age", "service", "estimate", "remaining", "latency", "priority", "preempted")
+JOB_FEATURES = ("size", "age", "service", "estimate", "remaining", "latency", "priority", "preempted",
+                "gpu_seconds", "work")
 PLACE_FEATURES = ("size", "node_free", "gpu_left", "node_idle", "node_gpus", "shared")
 BINARY = ("add", "sub", "mul", "div", "min", "max")
 UNARY = ("neg", "log", "sqrt")
 MAX_DEPTH = 6
 PERIODS = (0.0, 60.0, 300.0)
+SCALES = (1.0, 1.5, 2.0, 4.0)
 
 # A tree: a float constant, a feature name, or (operator, child, ...).
 Tree = float | str | tuple[Any, ...]
@@ -133,16 +137,21 @@ class Genome:
     preempt: bool = False
     margin: float = 1.0
     period: float = 0.0
+    scale: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {"order": _tree_json(self.order), "place": None if self.place is None else _tree_json(self.place),
-                "preempt": self.preempt, "margin": self.margin, "period": self.period}
+                "preempt": self.preempt, "margin": self.margin, "period": self.period, "scale": self.scale}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Genome:
         place = data.get("place")
         return cls(_tree_from(data["order"]), None if place is None else _tree_from(place), bool(data["preempt"]),
-                   float(data["margin"]), float(data["period"]))
+                   float(data["margin"]), float(data["period"]), float(data.get("scale", 1.0)))
+
+    def but(self, **changes: Any) -> Genome:
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return replace(self, **changes)
 
 
 def _tree_json(tree: Tree) -> Any:
@@ -155,8 +164,12 @@ def _tree_from(data: Any) -> Tree:
     return float(data) if isinstance(data, (int, float)) else str(data)
 
 
-# Hand-made starting points (FIFO, SJF, SRTF-like, LAS, smallest-first, best-fit packing), so the
-# search starts where people already are; the header of an emitted file says so.
+# A latency-class job ranks this far ahead of any other (more than any remaining time in a trace).
+LATENCY_FIRST = 1e6
+# Hand-made starting points, so the search starts where people already are (the header of an
+# emitted file says so): FIFO, SJF, SRTF (as the srtf policy: preempt a job with twice as much
+# left), LAS, smallest GPU-seconds first, best-fit and spread placement, and the strict-priority
+# family (latency class first, preempting the rest) with arrival or remaining-time order inside.
 SEEDS: tuple[Genome, ...] = (
     Genome(("neg", "age")),
     Genome("estimate"),
@@ -166,6 +179,13 @@ SEEDS: tuple[Genome, ...] = (
     Genome(("sub", "estimate", "age"), place=("neg", "node_free")),
     Genome(("neg", "age"), place=("neg", "node_free")),
     Genome(("sub", ("mul", "size", "remaining"), ("mul", 1000.0, "latency"))),
+    Genome("remaining", preempt=True, margin=0.0, scale=2.0),
+    Genome("work", preempt=True, margin=0.0, scale=2.0),
+    Genome(("sub", ("neg", "age"), ("mul", LATENCY_FIRST, "latency")), preempt=True, margin=LATENCY_FIRST / 2),
+    Genome(("sub", "remaining", ("mul", LATENCY_FIRST, "latency")), preempt=True, margin=LATENCY_FIRST / 2),
+    Genome(("sub", "remaining", ("mul", LATENCY_FIRST, "latency")), place="node_free", preempt=True,
+           margin=LATENCY_FIRST / 2),
+    Genome("remaining", place="node_free", preempt=True, margin=0.0, scale=2.0),
 )
 
 
@@ -182,23 +202,25 @@ def random_genome(rng: random.Random) -> Genome:
 def mutate(g: Genome, rng: random.Random) -> Genome:
     roll = rng.random()
     if roll < 0.55:
-        return Genome(mutate_tree(g.order, rng, JOB_FEATURES), g.place, g.preempt, g.margin, g.period)
+        return g.but(order=mutate_tree(g.order, rng, JOB_FEATURES))
     if roll < 0.75:
         place = random_tree(rng, PLACE_FEATURES, 2) if g.place is None else (
             None if rng.random() < 0.15 else mutate_tree(g.place, rng, PLACE_FEATURES))
-        return Genome(g.order, place, g.preempt, g.margin, g.period)
+        return g.but(place=place)
     if roll < 0.85:
-        return Genome(g.order, g.place, not g.preempt, g.margin, g.period)
-    if roll < 0.93:
-        return Genome(g.order, g.place, g.preempt, round(g.margin * math.exp(rng.gauss(0.0, 1.0)), 3), g.period)
-    return Genome(g.order, g.place, g.preempt, g.margin, rng.choice(PERIODS))
+        return g.but(preempt=not g.preempt)
+    if roll < 0.90:
+        return g.but(margin=round(g.margin * math.exp(rng.gauss(0.0, 1.0)), 3))
+    if roll < 0.95:
+        return g.but(scale=rng.choice(SCALES))
+    return g.but(period=rng.choice(PERIODS))
 
 
 def crossover(a: Genome, b: Genome, rng: random.Random) -> Genome:
     """GEPA's merge in tree form: ``a``'s genome with parts of ``b`` (its placement, or a subtree)."""
     if rng.random() < 0.3:
-        return Genome(a.order, b.place, a.preempt, a.margin, a.period)
-    return Genome(crossover_tree(a.order, b.order, rng), a.place, a.preempt, a.margin, a.period)
+        return a.but(place=b.place)
+    return a.but(order=crossover_tree(a.order, b.order, rng))
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -219,6 +241,8 @@ _JOB_CODE = {
     "latency": '1.0 if job.qos in ("LS", "Guaranteed") else 0.0',
     "priority": "float(job.priority)",
     "preempted": "float(job.preemptions)",
+    "gpu_seconds": "size * estimate",
+    "work": "size * remaining",
 }
 _PLACE_CODE = {
     "size": "job.request.compute_milli / 1000",
@@ -229,7 +253,8 @@ _PLACE_CODE = {
     "node_gpus": "float(len(node.gpus))",
     "shared": "1.0 if any(g.jobs for g in gpus) else 0.0",
 }
-_NEEDS = {"remaining": ("estimate", "service", "size"), "node_free": ("take",), "gpu_left": ("take",)}
+_NEEDS = {"remaining": ("estimate", "service", "size"), "gpu_seconds": ("size", "estimate"),
+          "work": ("size", "remaining"), "node_free": ("take",), "gpu_left": ("take",)}
 
 
 def _names(tree: Tree) -> set[str]:
@@ -240,9 +265,18 @@ def _names(tree: Tree) -> set[str]:
 
 def _feature_lines(tree: Tree, code: dict[str, str]) -> list[str]:
     used = _names(tree) & code.keys()
-    for name in list(used):
-        used.update(_NEEDS.get(name, ()))
+    pending = list(used)
+    while pending:
+        for need in _NEEDS.get(pending.pop(), ()):
+            if need not in used:
+                used.add(need)
+                pending.append(need)
     return [f"        {name} = {expr}" for name, expr in code.items() if name in used]
+
+
+def _threshold(g: Genome) -> str:
+    mine = "mine" if g.scale == 1.0 else f"{g.scale!r} * mine"
+    return f"{mine} + {g.margin!r}" if g.margin else mine
 
 
 def _class_name(name: str) -> str:
@@ -301,7 +335,7 @@ def render(g: Genome, name: str, header: str = "", register: bool = False) -> st
             "        return victims_to_fit(",
             "            job,",
             "            snap,",
-            f"            eligible=lambda r: self.rank(r, snap.now) > mine + {g.margin!r},",
+            f"            eligible=lambda r: self.rank(r, snap.now) > {_threshold(g)},",
             "            preference=lambda r: -self.rank(r, snap.now),",
             "        )",
         ]

@@ -10,6 +10,7 @@ from gpuos.agents import gp
 from gpuos.agents.evaluator import compute_baselines
 from gpuos.agents.sandbox import check_source, load_policy_class
 from gpuos.agents.search import evaluate_in_process
+from gpuos.agents.workloads import load_workload
 from gpuos.scheduler import Policy
 from gpuos.scheduler.policies.tiresias import Tiresias
 from gpuos.scheduler.sim import load_trace, run_simulation
@@ -63,6 +64,28 @@ def test_a_rendered_genome_decides_like_the_rule_it_encodes() -> None:
     trace = load_trace("synthetic:bursty?n=80&seed=2")
     evolved, sjf = run_simulation(trace, cls()), run_simulation(trace, "sjf")
     assert evolved.overall.jct_mean == pytest.approx(sjf.overall.jct_mean)
+
+
+def test_the_srtf_seed_decides_like_the_srtf_policy() -> None:
+    # remaining time, preempting a job with twice as much left: the hand-written srtf.
+    cls = load_policy_class(gp.render(gp.Genome("remaining", preempt=True, margin=0.0, scale=2.0), "evolved-srtf"))
+    trace = load_workload(QUICK[0])  # one node under load 1.5: SRTF preempts
+    evolved, srtf = run_simulation(trace, cls()), run_simulation(trace, "srtf")
+    assert evolved.overall.jct_mean == pytest.approx(srtf.overall.jct_mean)
+    assert evolved.preemptions == srtf.preemptions > 0
+
+
+def test_derived_terms_render_with_the_terms_they_need() -> None:
+    source = gp.render(gp.Genome(("add", "work", "gpu_seconds")), "evolved-work")
+    for line in ("size = ", "service = ", "estimate = ", "remaining = ", "work = size * remaining",
+                 "gpu_seconds = size * estimate"):
+        assert line in source
+    load_policy_class(source)
+
+
+def test_a_genome_saved_before_the_preemption_scale_existed_loads_with_scale_one() -> None:
+    old = {"order": "remaining", "place": None, "preempt": True, "margin": 600.0, "period": 0.0}
+    assert gp.Genome.from_json(old) == gp.Genome("remaining", preempt=True, margin=600.0)
 
 
 def test_in_process_scoring_matches_the_baseline_for_a_fifo_genome() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gpuos.agents.evaluator import evaluate_stage1, human_policies
 from gpuos.agents.sandbox import check_source
-from gpuos.agents.workloads import TRAINING
+from gpuos.agents.workloads import HELD_OUT, TRAINING
 from gpuos.scheduler import available, get_policy
 
 POLICIES = Path(__file__).resolve().parents[2] / "scheduler" / "policies"
@@ -31,8 +31,11 @@ def test_an_evolved_policy_is_registered_by_its_name(path: Path) -> None:
 def test_an_evolved_policy_header_names_its_run_training_traces_and_held_out_scores(path: Path) -> None:
     header = path.read_text().split('"""')[1]
     assert "run " in header and "Command: gpuosctl evolve" in header
-    assert all(trace in header for trace in TRAINING)
-    assert "Held-out" in header and "FIFO" in header and "random-fit" in header
+    training = header.split("Training traces")[1].split("Training score")[0].splitlines()[1:]
+    assert training and all(line.strip() in TRAINING for line in training)
+    assert all(trace in header for trace in HELD_OUT)
+    assert "FIFO" in header and "random-fit" in header
+    assert "per trace (oracle)" in header and "single best human policy" in header
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
