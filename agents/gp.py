@@ -56,8 +56,11 @@ def render_expr(tree: Tree) -> str:
     if isinstance(tree, str):
         return tree
     op, *args = tree
-    a = [render_expr(x) for x in args]
     infix = {"add": "+", "sub": "-", "mul": "*"}
+    if op in infix or op == "neg":
+        a = [render_expr(x) for x in args]
+    else:  # a call's arguments need no parentheses of their own
+        a = [render_top(x) for x in args]
     if op in infix:
         return f"({a[0]} {infix[op]} {a[1]})"
     if op == "div":

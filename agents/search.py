@@ -60,6 +60,8 @@ class RunConfig:
     backend: str = "process"  # process | ray
     tune_policy: str = "tiresias"
     name: str = ""  # policy name of the result; default evolved-<objective>
+    # gp: genomes (JSON) from earlier runs' reports that join the seeds in the first generation.
+    warm_start: list[Any] = field(default_factory=list)
 
     @property
     def policy_name(self) -> str:
@@ -75,8 +77,11 @@ class Engine(Protocol):
 
 
 class GpEngine:
+    def __init__(self, warm_start: Sequence[gp.Genome] = ()) -> None:
+        self.warm_start = list(warm_start)
+
     def initial(self, rng: random.Random, n: int) -> list[gp.Genome]:
-        seeds = list(gp.SEEDS[:n])
+        seeds = [*self.warm_start, *gp.SEEDS][:n]
         return seeds + [gp.random_genome(rng) for _ in range(n - len(seeds))]
 
     def offspring(self, parents: Callable[[], gp.Genome], rng: random.Random) -> gp.Genome:
@@ -119,7 +124,7 @@ class TuneEngine:
 
 def make_engine(config: RunConfig) -> Engine:
     if config.engine == "gp":
-        return GpEngine()
+        return GpEngine([gp.Genome.from_json(g) for g in config.warm_start])
     if config.engine == "tune":
         if config.tune_policy not in gp.SPACES:
             raise ValueError(f"no parameter space for {config.tune_policy!r}; known: {', '.join(gp.SPACES)}")
@@ -492,8 +497,9 @@ def emit(report: dict[str, Any], config: RunConfig, run_dir: Path, command: str,
         "",
         f"Found by gpuos.agents ({config.engine} engine), run {run_dir.name}: {config.iterations} generations x "
         f"{config.population}, seed {config.seed}; engine-made, seeded with hand-made rules (FIFO, SJF, SRTF, LAS,",
-        "smallest GPU-seconds, best-fit and spread placement, latency class first) as starting points; selected",
-        "by training score only.",
+        "smallest GPU-seconds, best-fit and spread placement, latency class first) as starting points"
+        + (f" and {len(config.warm_start)} genome(s) from earlier runs' results (--warm-start)" if config.warm_start
+           else "") + "; selected by training score only.",
         f"Command: {command}",
         "Training traces (the only ones the search saw):",
         *[f"  {t}" for t in config.traces],

@@ -36,7 +36,7 @@ FILL_POLICIES = ("fgd", "best-fit", "random-fit")
 SKIP = {("gandiva", "alibaba-gpu-2023"), ("gandiva", "alibaba-gpu-2023:gpushare40")}
 
 
-def compare(quick: bool) -> list[str]:
+def compare(quick: bool, only: tuple[str, ...] = ()) -> list[str]:
     lines = [
         "| trace (cluster) | policy | JCT mean | JCT p99 | wait mean | wait p99 | LS wait p99 | alloc | frag | SLO | Jain | preempt | sim s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -44,7 +44,7 @@ def compare(quick: bool) -> list[str]:
     for trace, gpus in TRACES[:2] if quick else TRACES:
         loaded = load_trace(trace)
         for name in available():
-            if (name, trace) in SKIP:
+            if (name, trace) in SKIP or (only and name not in only):
                 continue
             r = run_simulation(loaded, name, gpus=gpus)
             o = r.overall
@@ -92,6 +92,21 @@ def fill(until: float, seeds: int) -> list[str]:
     return lines
 
 
+def update_rows(path: Path, rows: list[str]) -> None:
+    """Replace each row's (trace, policy) line in the Policies table, or add it after its trace."""
+    lines = path.read_text().split("\n")
+    for row in rows:
+        key = "|".join(row.split("|")[:3]) + "|"
+        trace = "|".join(row.split("|")[:2]) + "|"
+        at = next((i for i, line in enumerate(lines) if line.startswith(key)), None)
+        if at is None:
+            last = max(i for i, line in enumerate(lines) if line.startswith(trace))
+            lines.insert(last + 1, row)
+        else:
+            lines[at] = row
+    path.write_text("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="only the alibaba-gpu-2023 traces")
@@ -99,7 +114,14 @@ def main() -> None:
     parser.add_argument("--fill-seeds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument("--no-fill", action="store_true", help="skip the fill-up experiment")
+    parser.add_argument("--policy", action="append", default=[],
+                        help="only these policies; with --write, their rows are replaced in place")
     args = parser.parse_args()
+    if args.policy:
+        rows = compare(args.quick, tuple(args.policy))
+        if args.write:
+            update_rows(ROOT / "bench" / "RESULTS.md", rows[2:])
+        return
     started = time.time()
     table = compare(args.quick)
     figure = [] if args.no_fill else fill(args.fill_until, args.fill_seeds)

@@ -35,6 +35,8 @@ def add_evolve_parser(sub: Any) -> None:
     p.add_argument("--backend", choices=("process", "ray"), default="process")
     p.add_argument("--tune-policy", default="tiresias", help="policy whose constants --engine tune searches")
     p.add_argument("--name", default="", help="name of the resulting policy (default evolved-<objective>)")
+    p.add_argument("--warm-start", action="append", default=[], metavar="REPORT_JSON",
+                   help="gp: also start from the best genome of an earlier run (its report.json); repeatable")
     p.add_argument("--run-dir", default="", help="directory for state, report and plots (required to search)")
     p.add_argument("--verify", default="", metavar="POLICY_FILE",
                    help="no search: score this policy file on the held-out traces against the baselines")
@@ -78,10 +80,16 @@ def run_evolve(args: argparse.Namespace) -> int:
         return _run_openevolve(args, traces, held_out)
     from gpuos.agents.search import RunConfig, emit, format_report, search
 
+    try:
+        warm_start = [json.loads(Path(r).read_text())["best"]["genome"] for r in args.warm_start]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"gpuosctl evolve: --warm-start needs an earlier run's report.json: {exc!r}", file=sys.stderr)
+        return 2
     config = RunConfig(
         objective=args.objective, engine=args.engine, traces=traces, held_out=held_out,
         iterations=args.iterations, population=args.population, seed=args.seed,
         jobs=args.jobs or os.cpu_count() or 1, backend=args.backend, tune_policy=args.tune_policy, name=args.name,
+        warm_start=warm_start,
     )
     try:
         report = search(config, args.run_dir, resume=args.resume)

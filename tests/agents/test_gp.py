@@ -38,8 +38,8 @@ def test_mutation_keeps_trees_within_the_depth_limit() -> None:
 
 
 def test_expressions_render_as_plain_python() -> None:
-    tree = ("add", ("mul", "size", "estimate"), ("div", "age", ("neg", 2.0)))
-    assert gp.render_expr(tree) == "((size * estimate) + pdiv(age, (-2.0)))"
+    tree = ("add", ("mul", "size", "estimate"), ("div", "age", ("neg", ("log", ("sub", "age", 2.0)))))
+    assert gp.render_expr(tree) == "((size * estimate) + pdiv(age, -plog(age - 2.0)))"
 
 
 def test_genomes_round_trip_through_json() -> None:

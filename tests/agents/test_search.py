@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpuos.agents.evaluator import Baselines, human_policies
+from gpuos.agents.gp import SEEDS, Genome
 from gpuos.agents.objectives import OBJECTIVES, TraceRun
 from gpuos.agents.sandbox import load_policy_class
 from gpuos.agents.search import RunConfig, search
@@ -107,6 +108,21 @@ def test_cli_evolve_emits_a_policy_file_with_its_provenance(tmp_path: Path, caps
     text = emitted.read_text()
     assert "Training traces" in text and TRAIN[0] in text and HELD[0] in text and "@register" in text
     assert load_policy_class(text).name == "evolved-cli-test"
+
+
+def test_cli_evolve_warm_starts_from_an_earlier_runs_best_genome(tmp_path: Path) -> None:
+    earlier = {"best": {"genome": Genome(("mul", "preempted", "work"), place="node_idle").to_json()}}
+    (tmp_path / "report.json").write_text(json.dumps(earlier))
+    assert main(["--traces", TRAIN[0], "--held-out", "", "--iterations", "1", "--population", "3", "--jobs", "1",
+                 "--run-dir", str(tmp_path / "run"), "--warm-start", str(tmp_path / "report.json")]) == 0
+    first = json.loads((tmp_path / "run" / "gen-0000.json").read_text())["evaluated"]
+    assert first[0]["genome"] == earlier["best"]["genome"]
+    assert first[1]["genome"] == SEEDS[0].to_json()  # then the hand-made seeds
+
+
+def test_cli_evolve_refuses_a_warm_start_that_is_not_a_report(tmp_path: Path) -> None:
+    (tmp_path / "policy.py").write_text("x = 1\n")
+    assert main(["--run-dir", str(tmp_path / "run"), "--warm-start", str(tmp_path / "policy.py")]) == 2
 
 
 def test_cli_evolve_prints_json_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
