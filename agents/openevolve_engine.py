@@ -43,7 +43,8 @@ EVALUATOR_SHIM = TEMPLATES / "evaluator.py"
 API_KEY_ENV = "GPUOS_LLM_API_KEY"
 _CHECKPOINT = re.compile(r"checkpoint_(\d+)$")
 # OpenEvolve's log line for each finished iteration (openevolve/process_parallel.py).
-_ITERATION_DONE = re.compile(r"Iteration (\d+)(?:: Program | error: (.*)| timed out )")
+# "Iteration 3 error: ..." in openevolve 0.4.0, "Iteration 3 error [diff]: ..." in 0.4.1.
+_ITERATION_DONE = re.compile(r"Iteration (\d+)(?:: Program | error(?: \[[^\]]*\])?: (.*)| timed out )")
 POLL_SECONDS = 0.5
 
 
@@ -207,15 +208,17 @@ def run(
             child.terminate()  # OpenEvolve shuts down gracefully on SIGTERM
             child.wait()
             raise
-    if status != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise EngineError(f"OpenEvolve exited with status {status}; see {log}:\n{tail}")
+    # Checked before the exit status: OpenEvolve 0.4.0 exits 0 when no iteration produced a
+    # candidate, 0.4.1 raises EvolutionFailedError and exits 1.
     errors = completed_iterations(log, start).values()
     if errors and all(e.startswith("LLM generation failed") for e in errors):
         raise EngineError(
             f"the model never answered ({next(iter(errors))}); check the endpoint and model "
             "(api_base, model) and start again in a new run directory"
         )
+    if status != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise EngineError(f"OpenEvolve exited with status {status}; see {log}:\n{tail}")
     return best_program(run_dir)
 
 
