@@ -496,8 +496,9 @@ def emit(report: dict[str, Any], config: RunConfig, run_dir: Path, command: str,
         f"Evolved policy {config.policy_name}: optimises {config.objective} ({OBJECTIVES[config.objective].description}).",
         "",
         f"Found by gpuos.agents ({config.engine} engine), run {run_dir.name}: {config.iterations} generations x "
-        f"{config.population}, seed {config.seed}; engine-made, seeded with hand-made rules (FIFO, SJF, SRTF, LAS,",
-        "smallest GPU-seconds, best-fit and spread placement, latency class first) as starting points"
+        f"{config.population}, seed {config.seed}.",
+        "Engine-made, seeded with hand-made rules (FIFO, SJF, SRTF, LAS, smallest GPU-seconds, best-fit and spread",
+        "placement, latency class first)"
         + (f" and {len(config.warm_start)} genome(s) from earlier runs' results (--warm-start)" if config.warm_start
            else "") + "; selected by training score only.",
         f"Command: {command}",
