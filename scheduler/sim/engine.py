@@ -27,9 +27,10 @@ import random
 from dataclasses import dataclass, field, replace
 
 from gpuos.scheduler.fragmentation import Fragmentation, workload
-from gpuos.scheduler.framework import _take, demand, gpu_fits, schedule
+from gpuos.scheduler.framework import _take, gpu_fits, schedule
 from gpuos.scheduler.index import NodeIndex
 from gpuos.scheduler.policy import Policy
+from gpuos.scheduler.preemption import release
 from gpuos.scheduler.sim.traces import Trace, TraceJob
 from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Preempt, Snapshot
 
@@ -287,33 +288,10 @@ class Simulator:
         assert place is not None
         self._advance(rec, now)
         rec.attained += (now - rec.started) * _share(place)
-        node = self.nodes[rec.node]
         job_id = rec.job.id
-        freed: dict[int, GpuView] = {}
-        for index in place.gpus:
-            gpu = node.gpus[index]
-            milli, memory = demand(rec.job.request, gpu)
-            instances = gpu.mig_instances
-            slices = 0
-            if place.mig_profile:
-                slices = next(p.slices for p in gpu.mig_profiles if p.name == place.mig_profile)
-                instances = tuple(i for i in instances if not (i.profile == place.mig_profile and i.start == place.mig_slot))
-            jobs = tuple(j for j in gpu.jobs if j != job_id)
-            freed[index] = replace(
-                gpu,
-                milli_free=gpu.milli_free + milli,
-                memory_free=gpu.memory_free + memory,
-                mig_slices_used=gpu.mig_slices_used - slices,
-                jobs=jobs,
-                sharing=gpu.sharing if jobs else "",
-                mig_instances=instances,
-            )
-        new_node = replace(
-            node,
-            gpus=tuple(freed.get(g.index, g) for g in node.gpus),
-            cpu_milli_free=node.cpu_milli_free + rec.job.cpu_milli,
-            host_memory_free=node.host_memory_free + rec.job.host_memory,
-        )
+        job = rec.job
+        new_node = release(self.nodes[rec.node], job_id, job.request, place.gpus, job.cpu_milli,
+                           job.host_memory, place.mig_slot)
         pos = rec.node
         self._set_node(pos, new_node)
         del self.running[job_id]
