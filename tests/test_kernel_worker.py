@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from gpuos.kernels.worker import Progress, main, read_progress
+from gpuos.kernels.worker import Progress, Yielder, main, read_progress
 
 # A stand-in for a kernel loop: each "kernel" is a short sleep, each boundary may yield.
 LOOP = """
@@ -64,6 +64,16 @@ def test_a_resume_that_overtakes_its_pause_request_does_not_stop_the_worker_late
         assert out.strip().splitlines()[-1].split()[0] == "199"
     finally:
         proc.kill()
+
+
+def test_a_resume_clears_a_pause_request_not_yet_honoured() -> None:
+    # The deterministic form of the race above: the request and the resume both land before a
+    # boundary, so the boundary must not stop the process (if it did, this test would hang).
+    yielder = Yielder()
+    yielder._ask(signal.SIGUSR1, None)
+    yielder._resumed(signal.SIGCONT, None)
+    yielder.boundary()
+    assert yielder.yields == 0 and not yielder.requested
 
 
 def test_progress_reports_steps_and_latency_quantiles(tmp_path: Path) -> None:
