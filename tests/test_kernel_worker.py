@@ -66,14 +66,19 @@ def test_a_resume_that_overtakes_its_pause_request_does_not_stop_the_worker_late
         proc.kill()
 
 
-def test_a_resume_clears_a_pause_request_not_yet_honoured() -> None:
+def test_a_resume_clears_a_pause_request_not_yet_honoured(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # The deterministic form of the race above: the request and the resume both land before a
-    # boundary, so the boundary must not stop the process (if it did, this test would hang).
+    # boundary, so the boundary must not stop the process.
+    stops: list[int] = []
+    monkeypatch.setattr("gpuos.kernels.worker.os.kill", lambda pid, sig: stops.append(sig))
     yielder = Yielder()
     yielder._ask(signal.SIGUSR1, None)
     yielder._resumed(signal.SIGCONT, None)
     yielder.boundary()
-    assert yielder.yields == 0 and not yielder.requested
+    assert yielder.yields == 0 and not yielder.requested and stops == []
+    yielder._ask(signal.SIGUSR1, None)
+    yielder.boundary()
+    assert stops == [signal.SIGSTOP] and yielder.yields == 1
 
 
 def test_progress_reports_steps_and_latency_quantiles(tmp_path: Path) -> None:
