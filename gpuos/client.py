@@ -46,13 +46,48 @@ def default_target(socket_path: str | None = None, addr: str | None = None) -> s
     return "unix:" + (socket_path or default_socket())
 
 
-class Client:
-    """A connection to gpuosd over its Unix socket (default) or a TCP address."""
+def read_token(path: str) -> str:
+    """The bearer token in ``path``: its first word (so a line of the daemon's token file works too)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            words = f.read().split()
+    except OSError as exc:
+        raise ValueError(f"token file {path} cannot be read: {exc.strerror}") from None
+    if not words:
+        raise ValueError(f"token file {path} is empty")
+    return words[0]
 
-    def __init__(self, socket: str | None = None, addr: str | None = None, timeout: float = 30.0) -> None:
+
+class Client:
+    """A connection to gpuosd over its Unix socket (default) or a TCP address.
+
+    Over TCP, ``tls_ca`` (with ``tls_cert`` and ``tls_key`` for mutual TLS) makes the channel
+    TLS, and ``token`` is sent as ``authorization: Bearer TOKEN`` with every call.
+    """
+
+    def __init__(self, socket: str | None = None, addr: str | None = None, timeout: float = 30.0, *,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 token: str | None = None) -> None:
         self.target = default_target(socket, addr)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.target)
+        # Per-call metadata, not call credentials: grpc refuses those on a plain channel, and a
+        # token over loopback TCP without TLS is a supported setup.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if tls_ca or tls_cert or tls_key:
+            pem = {}
+            for name, path in (("tls_ca", tls_ca), ("tls_cert", tls_cert), ("tls_key", tls_key)):
+                if path:
+                    try:
+                        with open(path, "rb") as f:
+                            pem[name] = f.read()
+                    except OSError as exc:
+                        raise ValueError(f"{name} {path} cannot be read: {exc.strerror}") from None
+            credentials = grpc.ssl_channel_credentials(root_certificates=pem.get("tls_ca"),
+                                                       private_key=pem.get("tls_key"),
+                                                       certificate_chain=pem.get("tls_cert"))
+            self._channel = grpc.secure_channel(self.target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(self.target)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)
         self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
@@ -69,7 +104,8 @@ class Client:
     def _call(self, method, request, timeout: float | None = None, retries: int = 0):  # type: ignore[no-untyped-def]
         for attempt in range(retries + 1):
             try:
-                return method(request, timeout=timeout or self.timeout, wait_for_ready=attempt > 0)
+                return method(request, timeout=timeout or self.timeout, wait_for_ready=attempt > 0,
+                              metadata=self._metadata)
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < retries:
@@ -80,7 +116,7 @@ class Client:
 
     def _stream(self, method, request, timeout: float | None = None) -> Iterator:  # type: ignore[no-untyped-def]
         try:
-            yield from method(request, timeout=timeout)
+            yield from method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
             if code == grpc.StatusCode.CANCELLED:
@@ -145,11 +181,31 @@ class Client:
     def get(self, job_id: str) -> jobs_pb2.Job:
         return self._call(self._jobs.Get, jobs_pb2.GetJobRequest(id=job_id))
 
-    def list(self, states: Sequence[str] = (), tenant: str = "", limit: int = 0) -> list[jobs_pb2.Job]:
+    def list(self, states: Sequence[str] = (), tenant: str = "", limit: int = 0) -> builtins.list[jobs_pb2.Job]:
+        """Every job (or the newest ``limit``) in submission order, fetched page by page."""
+        return builtins.list(self.iter_jobs(states, tenant, limit))
+
+    def iter_jobs(
+        self, states: Sequence[str] = (), tenant: str = "", limit: int = 0, page_size: int = 0
+    ) -> Iterator[jobs_pb2.Job]:
+        """Jobs in submission order, asking for the next page only when the last one is used up."""
+        token = ""
+        while True:
+            reply = self.list_page(states, tenant, limit, page_size, token)
+            yield from reply.jobs
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def list_page(
+        self, states: Sequence[str] = (), tenant: str = "", limit: int = 0, page_size: int = 0, page_token: str = ""
+    ) -> jobs_pb2.ListJobsResponse:
+        """One page of jobs; its ``next_page_token`` (empty on the last page) asks for the next."""
         request = jobs_pb2.ListJobsRequest(
-            states=[jobs_pb2.JobState.Value(s.upper()) for s in states], tenant=tenant, limit=limit
+            states=[jobs_pb2.JobState.Value(s.upper()) for s in states], tenant=tenant, limit=limit,
+            page_size=page_size, page_token=page_token,
         )
-        return list(self._call(self._jobs.List, request).jobs)
+        return self._call(self._jobs.List, request)
 
     def cancel(self, job_id: str) -> jobs_pb2.Job:
         return self._call(self._jobs.Cancel, jobs_pb2.CancelJobRequest(id=job_id))

@@ -24,12 +24,28 @@ class PermissionDenied(GpuosError):
     pass
 
 
+class Unauthenticated(GpuosError):
+    """A TCP caller sent no valid credentials (bearer token or client certificate)."""
+
+
 class ResourceExhausted(GpuosError):
     """The request is well formed but no device could ever satisfy it."""
 
 
 class FailedPrecondition(GpuosError):
     """The request is valid but not in the object's current state (e.g. cancelling a finished job)."""
+
+
+class StoreError(GpuosError):
+    """The job store cannot be opened or written as it is: damaged, read-only, not a database.
+
+    The message reads ``store <path>: <what>``, so gpuosd can print it as its one line.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"store {path}: {problem}")
 
 
 class BackendError(GpuosError):

@@ -4,27 +4,121 @@ Every write goes through one writer thread that commits batches of writes in one
 (group commit), so a write returns only once it is on disk and many concurrent submits share
 one fsync. Jobs that are not finished are also kept in memory for the scheduler's snapshots;
 SQLite stays the source of truth and the cache is rebuilt from it on start.
+
+The store is private: its directory is mode 0700 and its files 0600 (SQLite gives the -wal and
+-shm files the database file's mode). It refuses to open when it is damaged (a failed
+``PRAGMA quick_check``, not a database, read-only), naming what and where in one line.
+
+A torn write-ahead log is not an error SQLite reports: it replays the valid frames and drops the
+rest, so a WAL cut in half opens as a store with half its jobs. To catch that, after every
+committed batch the writer records the last job and event sequence numbers in ``gpuos.commit``,
+a file outside the database (written after the commit's fsync, so it is never ahead of what is
+durable); at open, a database whose sequence numbers are behind that record has lost commits.
+
+A write that fails (a full disk, an I/O error) fails only its batch: the writer rolls back,
+answers that batch's callers (RESOURCE_EXHAUSTED "state dir full: N bytes free" on a full disk)
+and carries on, so writes succeed again as soon as space returns.
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
+import fcntl
 import json
+import logging
+import os
 import queue
 import secrets
+import shutil
 import sqlite3
+import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreError
 from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Placement, Priority, Resources
+from gpuos.text import quote
 
 T = TypeVar("T")
+
+log = logging.getLogger("gpuos.store")
+
+LOCK_NAME = "gpuosd.lock"
+DB_NAME = "gpuos.db"
+# The last committed job and event sequence numbers, kept outside the database (see above).
+COMMIT_RECORD = "gpuos.commit"
+# Submits are refused below this much free space, so what is left goes to the writes gpuosd
+# itself needs (jobs' exits, cancels) rather than to more queued work.
+MIN_FREE_BYTES = 1 << 20
+# Purging deletes at most this many jobs per transaction, so submits never wait long behind it.
+PURGE_BATCH = 2000
+# SQLite's primary result codes (an error's code & 0xff) that mean the disk is full or failing.
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+_SQLITE_READONLY = 8
+_TERMINAL = tuple(s.value for s in JobState if s.terminal)
+
+
+def new_job_id() -> str:
+    """A fresh job id: 64 random bits as 16 lower-case hex characters."""
+    return secrets.token_hex(8)
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` mode 0700, or take group and other access away if it exists looser."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty and mode 0600 if it is missing; make it 0600 if it is looser."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a listing: its jobs in submission order, and where the next page starts."""
+
+    jobs: list[Job]
+    # The sequence number to continue after, or 0 when this was the last page.
+    next_after: int
+    # With a limit (the newest N): the lowest sequence number in the listing, else 0.
+    floor: int
+
+
+def encode_page_token(after: int, floor: int) -> str:
+    """An opaque List page token for "continue after job ``after``, not below ``floor``"."""
+    return base64.urlsafe_b64encode(f"v1:{after}:{floor}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[int, int]:
+    """(after, floor) from a token made by :func:`encode_page_token`; InvalidArgument otherwise."""
+    bad = InvalidArgument("page_token", "is not a token from an earlier List reply's next_page_token")
+    if len(token) > 64:
+        raise bad
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        version, after, floor = text.split(":")
+        values = int(after), int(floor)
+    except ValueError:
+        raise bad from None
+    if version != "v1" or min(values) < 0 or not all(v.isdigit() for v in (after, floor)):
+        raise bad
+    return values
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,6 +146,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -144,6 +240,34 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
     )
 
 
+def _free_bytes(path: Path) -> int:
+    """Bytes free for gpuosd's files under ``path`` (0 when that cannot even be asked)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def _os_problem(exc: OSError) -> str:
+    """An OSError at open in words, without Python's ``[Errno N]``."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def _job_filters(states: Iterable[JobState], tenant: str) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their arguments) for jobs in any of ``states`` and of ``tenant`` (either may be empty)."""
+    where: list[str] = []
+    args: list[Any] = []
+    values = [s.value for s in states]
+    if values:
+        where.append(f"state IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    if tenant:
+        where.append("tenant = ?")
+        args.append(tenant)
+    return where, args
+
+
 class _Write:
     """One write waiting for the writer thread: a function of the connection, and who waits for it."""
 
@@ -159,32 +283,170 @@ class Store:
 
     MAX_BATCH = 256
 
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "gpuos.db"
+    def __init__(self, state_dir: Path, *, max_pending_per_tenant: int = 0) -> None:
+        """Open (or create) the store in ``state_dir``; StoreError says why one cannot be opened.
+
+        ``max_pending_per_tenant`` caps each tenant's PENDING jobs (0: no cap).
+        """
+        self.state_dir = state_dir
+        self.path = state_dir / DB_NAME
+        self.max_pending_per_tenant = max_pending_per_tenant
+        self._record_path = state_dir / COMMIT_RECORD
         self._local = threading.local()
         self._queue: queue.Queue[_Write | None] = queue.Queue()
         self._events = threading.Condition()
         self._last_event = 0
         self._active: dict[str, Job] = {}
         self._placed: dict[str, Job] = {}  # the RUNNING and PAUSED subset of _active
+        # PENDING jobs per tenant, as committed; and submits of the batch being written.
+        self._pending: Counter[str] = Counter()
+        self._batch_submits: Counter[str] = Counter()
         self._active_lock = threading.Lock()
         self._closed = False
-        conn = self._connect()
-        conn.executescript(SCHEMA)
-        conn.commit()
-        rows = conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('PENDING','RUNNING','PAUSED') ORDER BY seq"
-        ).fetchall()
-        for row in rows:
-            job = _row_to_job(row)
-            self._active[job.id] = job
-            if job.state.active:
-                self._placed[job.id] = job
-        self._last_event = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        self._next_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0] + 1
+        self._recorded = (0, 0)
+        self._lock_fd = -1
+        try:
+            conn = self._open()
+        except BaseException:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+            raise
+        try:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('PENDING','RUNNING','PAUSED') ORDER BY seq"
+            ).fetchall()
+            for row in rows:
+                job = _row_to_job(row)
+                self._active[job.id] = job
+                if job.state.active:
+                    self._placed[job.id] = job
+                if job.state == JobState.PENDING:
+                    self._pending[job.spec.tenant] += 1
+        finally:
+            conn.close()
+        self._writer_conn: sqlite3.Connection | None = None
         self._writer = threading.Thread(target=self._write_loop, name="gpuos-store-writer", daemon=True)
         self._writer.start()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """Check the store's files and contents; a connection to it, or StoreError saying what is wrong."""
+        try:
+            private_dir(self.state_dir)
+            existed = self.path.exists()
+            self._check_files(existed)
+            self._lock_fd = self._take_lock()
+            _private_file(self.path)
+        except OSError as exc:
+            raise StoreError(self.path, _os_problem(exc)) from None
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, self._problem(exc)) from None
+        try:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+                raise StoreError(self.path, f"failed its integrity check: {problems[0]}{more}")
+            conn.executescript(SCHEMA)
+            self._last_event, self._next_seq = self._sequences(conn)
+            if existed:
+                self._check_record()
+            # A write at open: a store that cannot be written refuses to start rather than
+            # starting and failing every submit.
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (repr(time.time()),))
+            for suffix in ("-wal", "-shm"):
+                sidecar = self.path.with_name(self.path.name + suffix)
+                if sidecar.exists() and stat.S_IMODE(sidecar.stat().st_mode) & 0o077:
+                    os.chmod(sidecar, 0o600)  # left looser by an older gpuosd
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(self.path, self._problem(exc)) from None
+        except (OSError, StoreError) as exc:
+            conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(self.path, _os_problem(exc)) from None
+        return conn
+
+    def _check_files(self, existed: bool) -> None:
+        if existed and not self.path.is_file():
+            raise StoreError(self.path, "is not a regular file")
+        if os.statvfs(self.state_dir).f_flag & os.ST_RDONLY:
+            raise StoreError(self.path, f"is on a read-only file system ({self.state_dir} cannot be written)")
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):
+            raise StoreError(self.path, f"its directory {self.state_dir} is not writable by uid {os.getuid()}")
+        if existed and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StoreError(self.path, f"is read-only for uid {os.getuid()} (mode "
+                                        f"{stat.S_IMODE(self.path.stat().st_mode):04o})")
+
+    @staticmethod
+    def _sequences(conn: sqlite3.Connection) -> tuple[int, int]:
+        """(last event seq, next job seq) as committed; both survive the purge of every row."""
+        events = conn.execute(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), "
+            "COALESCE((SELECT MAX(seq) FROM events), 0))"
+        ).fetchone()[0]
+        row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        stored = int(row[0]) if row is not None and str(row[0]).isdigit() else 1
+        highest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0]
+        return events, max(stored, highest + 1)
+
+    def _check_record(self) -> None:
+        """Refuse a store that holds fewer commits than were acknowledged (a cut or damaged WAL)."""
+        try:
+            data = json.loads(self._record_path.read_text())
+            jobs, events = int(data["jobs"]), int(data["events"])
+        except FileNotFoundError:
+            return  # a store from before the record existed
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Written without an fsync, so a power loss may leave it empty: nothing to compare.
+            log.warning("ignoring %s, which cannot be read (%s)", self._record_path, exc)
+            return
+        have_jobs, have_events = self._next_seq - 1, self._last_event
+        if have_jobs < jobs or have_events < events:
+            what = (f"is missing the last {jobs - have_jobs} of {jobs} committed jobs" if have_jobs < jobs
+                    else f"is missing the last {events - have_events} of {events} committed events")
+            raise StoreError(self.path, f"{what}; its write-ahead log ({self.path.name}-wal) was cut or damaged. "
+                                        f"Restore the state dir from a backup, or delete {self._record_path} to "
+                                        "start with what is left")
+        self._recorded = (jobs, events)
+
+    def _record_commit(self) -> None:
+        """Note the last committed sequence numbers in the commit record (after the commit is durable)."""
+        now = (self._next_seq - 1, self._last_event)
+        if now == self._recorded:
+            return
+        tmp = self._record_path.with_name(COMMIT_RECORD + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps({"jobs": now[0], "events": now[1]}).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._record_path)
+        except OSError as exc:
+            # Behind is safe (the check at open only looks for a store behind the record).
+            log.debug("could not update %s: %s", self._record_path, exc)
+            return
+        self._recorded = now
+
+    def _problem(self, exc: sqlite3.Error) -> str:
+        """What a SQLite error at open says about the store, for a person."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        text = str(exc)
+        if "not a database" in text:
+            return f"is not a SQLite database ({text})"
+        if "malformed" in text or code == 11:  # SQLITE_CORRUPT
+            return f"is damaged ({text}); restore it from a backup"
+        if code == _SQLITE_READONLY or "readonly" in text:
+            return f"is read-only ({text})"
+        if code == _SQLITE_FULL:
+            return f"state dir full: {_free_bytes(self.state_dir)} bytes free ({self.state_dir})"
+        if code == 14:  # SQLITE_CANTOPEN
+            return f"cannot be opened ({text})"
+        return text
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -210,17 +472,35 @@ class Store:
         self._closed = True
         self._queue.put(None)
         self._writer.join(timeout=10)
+        os.close(self._lock_fd)  # releases the lock: another gpuosd may open the store now
+
+    def _take_lock(self) -> int:
+        """Hold ``gpuosd.lock`` for as long as this store is open: one gpuosd per state dir.
+
+        Two daemons on one state dir would each run the other's jobs again and clear each other's
+        private directory; the lock dies with the process, so a killed daemon never blocks a restart.
+        """
+        path = self.state_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(self.state_dir, f"is in use by another gpuosd (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     # -- the writer ----------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        conn = self._connect()
-        while True:
+        stop = False
+        while not stop:
             first = self._queue.get()
             if first is None:
                 break
             batch = [first]
-            stop = False
             while len(batch) < self.MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
@@ -230,41 +510,102 @@ class Store:
                     stop = True
                     break
                 batch.append(item)
-            results: list[tuple[_Write, Any, BaseException | None]] = []
+            try:
+                self._write_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - the writer outlives any one batch
+                log.exception("the store's writer failed a batch")
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(exc)
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+
+    def _write_batch(self, batch: builtins.list[_Write]) -> None:
+        """Write ``batch`` in one transaction and answer its callers; a failed commit fails them all."""
+        if self._writer_conn is None:
+            try:
+                self._writer_conn = self._connect()
+            except sqlite3.Error as exc:
+                failure = self._write_error(exc)
+                for write in batch:
+                    write.future.set_exception(failure)
+                return
+        conn = self._writer_conn
+        next_seq = self._next_seq
+        self._batch_submits.clear()
+        results: list[tuple[_Write, Any, BaseException | None]] = []
+        try:
             conn.execute("BEGIN IMMEDIATE")
             for write in batch:
                 # A savepoint per write: one write's error rolls back only that write.
                 conn.execute("SAVEPOINT w")
                 try:
                     value = write.fn(conn)
-                    conn.execute("RELEASE w")
-                    results.append((write, value, None))
                 except BaseException as caught:  # noqa: BLE001 - handed to the waiting caller
+                    if isinstance(caught, sqlite3.OperationalError) or not conn.in_transaction:
+                        raise  # the disk, not this write: the whole transaction is suspect
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     results.append((write, None, caught))
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as commit_error:
-                conn.execute("ROLLBACK")
-                for write, _, _ in results:
-                    write.future.set_exception(commit_error)
-                continue
-            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-            for _write, value, error in results:
-                if error is None:
-                    self._remember(value)
-            with self._events:
-                self._last_event = last
-                self._events.notify_all()
-            for write, value, error in results:
-                if error is None:
-                    write.future.set_result(value)
                 else:
-                    write.future.set_exception(error)
-            if stop:
-                break
-        conn.close()
+                    conn.execute("RELEASE w")
+                    results.append((write, value, None))
+            if self._next_seq != next_seq:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),))
+            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abandon(conn)
+            self._next_seq = next_seq
+            failure = self._write_error(exc)
+            for write in batch:
+                write.future.set_exception(failure)
+            return
+        except BaseException as exc:  # noqa: BLE001 - e.g. a write that ended the transaction itself
+            self._abandon(conn)
+            self._next_seq = next_seq
+            for write in batch:
+                write.future.set_exception(exc)
+            return
+        for _write, value, error in results:
+            if error is None:
+                self._remember(value)
+        with self._events:
+            self._last_event = max(self._last_event, last)
+            self._events.notify_all()
+        self._record_commit()
+        for write, value, error in results:
+            if error is None:
+                write.future.set_result(value)
+            else:
+                write.future.set_exception(error)
+
+    def _abandon(self, conn: sqlite3.Connection) -> None:
+        """Roll back a failed transaction; a connection that cannot even do that is replaced."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return
+        except sqlite3.Error as exc:
+            log.warning("rolling back a failed write failed too (%s); reconnecting to the store", exc)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+        self._writer_conn = None  # the next batch connects afresh
+
+    def _write_error(self, exc: sqlite3.Error) -> Exception:
+        """The error the callers of a failed batch get: a full disk is RESOURCE_EXHAUSTED."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (_SQLITE_FULL, _SQLITE_IOERR):
+            free = _free_bytes(self.state_dir)
+            if code == _SQLITE_FULL or free < MIN_FREE_BYTES:
+                log.warning("a write to the store failed: %s (%d bytes free in %s)", exc, free, self.state_dir)
+                return ResourceExhausted(f"state dir full: {free} bytes free ({self.state_dir})")
+        log.error("a write to the store failed: %s", exc)
+        if code == _SQLITE_READONLY:
+            return StoreError(self.path, f"cannot be written ({exc})")
+        return StoreError(self.path, f"a write failed ({exc})")
 
     def _remember(self, value: Any) -> None:
         """Keep the in-memory set of unfinished jobs in step with what was just committed."""
@@ -273,6 +614,11 @@ class Store:
             for job in jobs:
                 if not isinstance(job, Job):
                     continue
+                old = self._active.get(job.id)
+                if old is not None and old.state == JobState.PENDING:
+                    self._pending[old.spec.tenant] -= 1
+                if job.state == JobState.PENDING:
+                    self._pending[job.spec.tenant] += 1
                 if job.state.terminal:
                     self._active.pop(job.id, None)
                 else:
@@ -299,9 +645,17 @@ class Store:
         )
 
     def submit(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "") -> tuple[Job, bool]:
-        """Persist a new PENDING job. Returns (job, created); a repeated key returns the first job."""
+        """Persist a new PENDING job. Returns (job, created); a repeated key returns the first job.
 
+        Raises ResourceExhausted when the state dir is (nearly) full, or when the tenant already
+        has ``max_pending_per_tenant`` jobs waiting.
+        """
+        free = _free_bytes(self.state_dir)
+        if free < MIN_FREE_BYTES:
+            raise ResourceExhausted(f"state dir full: {free} bytes free ({self.state_dir}); gpuosd takes new jobs "
+                                    f"again once {MIN_FREE_BYTES} bytes are free")
         created: list[bool] = []
+        cap = self.max_pending_per_tenant
 
         def fn(conn: sqlite3.Connection) -> Job:
             if idempotency_key:
@@ -313,7 +667,15 @@ class Store:
                     if existing.owner_uid != owner_uid:
                         raise InvalidArgument("idempotency_key", "already used by another user")
                     return existing
-            job = Job(id=secrets.token_hex(5), spec=spec, owner_uid=owner_uid, created_at=time.time())
+            # Counted here, on the writer thread, from the committed count plus this batch's
+            # submits: concurrent submits cannot slip past the cap together.
+            waiting = self._pending[spec.tenant] + self._batch_submits[spec.tenant]
+            if cap and waiting >= cap:
+                raise ResourceExhausted(
+                    f"tenant {quote(spec.tenant)} already has {waiting} jobs pending, the most allowed "
+                    f"(max_pending_per_tenant = {cap}); wait for some to start or cancel some"
+                )
+            job = Job(id=self._unused_id(conn), spec=spec, owner_uid=owner_uid, created_at=time.time())
             job.seq = self._next_seq
             conn.execute(
                 "INSERT INTO jobs (id, seq, spec, owner_uid, tenant, state, created_at, idempotency_key) "
@@ -321,13 +683,23 @@ class Store:
                 (job.id, job.seq, spec_to_json(spec), owner_uid, spec.tenant, job.state.value, job.created_at,
                  idempotency_key or None),
             )
-            self._next_seq += 1
             self._event(conn, job, "submitted")
+            self._next_seq += 1
+            self._batch_submits[spec.tenant] += 1
             created.append(True)
             return job
 
         job = self._write(fn)
         return job, bool(created)
+
+    @staticmethod
+    def _unused_id(conn: sqlite3.Connection) -> str:
+        """A new job id no job has (64 random bits collide rarely, but must never fail a submit)."""
+        for _ in range(100):
+            candidate = new_job_id()
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (candidate,)).fetchone() is None:
+                return candidate
+        raise RuntimeError("100 fresh job ids in a row were taken: the id generator is broken")
 
     def update(
         self,
@@ -375,21 +747,26 @@ class Store:
         row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
-    def get(self, job_id: str) -> Job:
-        """A job by id or by a unique prefix of its id."""
+    def get(self, job_id: str, tenant: str = "") -> Job:
+        """A job by id or by a unique prefix of its id; with ``tenant``, only among that tenant's jobs.
+
+        Other tenants' jobs are then as good as absent: a prefix they share is no ambiguity.
+        """
         if not job_id or not all(c in "0123456789abcdef" for c in job_id):
-            raise InvalidArgument("id", f"{job_id!r} is not a job id (job ids are lower-case hex)")
-        rows = self._reader().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
-            (job_id, job_id + "g"),
-        ).fetchall()
+            raise InvalidArgument("id", f"{quote(job_id)} is not a job id (job ids are lower-case hex)")
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ?"
+        args: builtins.list[Any] = [job_id, job_id + "g"]
+        if tenant:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        rows = self._reader().execute(sql + " ORDER BY id LIMIT 2", args).fetchall()
         exact = [r for r in rows if r[0] == job_id]
         if exact:
             return _row_to_job(exact[0])
         if not rows:
-            raise NotFound(f"no job with id {job_id}")
+            raise NotFound(f"no job with id {quote(job_id)}")
         if len(rows) > 1:
-            raise InvalidArgument("id", f"{job_id!r} matches more than one job; give more of the id")
+            raise InvalidArgument("id", f"{quote(job_id)} matches more than one job; give more of the id")
         return _row_to_job(rows[0])
 
     def list(
@@ -399,15 +776,7 @@ class Store:
         owner_uid: int | None = None,
         limit: int = 0,
     ) -> builtins.list[Job]:
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        states = list(states)
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(s.value for s in states)
-        if tenant:
-            where.append("tenant = ?")
-            args.append(tenant)
+        where, args = _job_filters(states, tenant)
         if owner_uid is not None:
             where.append("owner_uid = ?")
             args.append(owner_uid)
@@ -421,6 +790,84 @@ class Store:
         else:
             rows = self._reader().execute(sql + " ORDER BY seq", args).fetchall()
         return [_row_to_job(r) for r in rows]
+
+    def page(
+        self,
+        states: Iterable[JobState] = (),
+        tenant: str = "",
+        *,
+        after: int = 0,
+        size: int = 500,
+        newest: int = 0,
+        floor: int = 0,
+    ) -> JobPage:
+        """Up to ``size`` jobs with a sequence number above ``after``, in submission order.
+
+        ``newest`` limits the whole listing to the newest N jobs (its lowest sequence number is
+        returned as ``floor``; pass it back with later pages so the listing does not shift).
+        """
+        filters, filter_args = _job_filters(states, tenant)
+        where = ["seq > ?", *filters]
+        args: builtins.list[Any] = [after, *filter_args]
+        reader = self._reader()
+        if newest and not floor:
+            row = reader.execute(
+                f"SELECT seq FROM jobs WHERE {' AND '.join(filters) or '1'} ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                [*filter_args, newest - 1],
+            ).fetchone()
+            floor = row[0] if row is not None else 1
+        if floor:
+            where.append("seq >= ?")
+            args.append(floor)
+        rows = reader.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", [*args, size + 1]
+        ).fetchall()
+        jobs = [_row_to_job(r) for r in rows[:size]]
+        return JobPage(jobs=jobs, next_after=jobs[-1].seq if len(rows) > size else 0, floor=floor)
+
+    def purge_finished(self, now: float, max_age: float, max_count: int) -> builtins.list[str]:
+        """Delete finished jobs (and their events) older than ``max_age`` seconds or beyond the
+        newest ``max_count`` finished ones (0: no such bound). Returns the ids deleted.
+
+        At most PURGE_BATCH jobs go per call, so a long backlog never holds up other writes;
+        call again while it returns a full batch.
+        """
+        marks = ",".join("?" * len(_TERMINAL))
+
+        def fn(conn: sqlite3.Connection) -> builtins.list[str]:
+            ids: builtins.list[str] = []
+            if max_count:
+                finished = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", _TERMINAL).fetchone()[0]
+                if finished > max_count:
+                    ids += [r[0] for r in conn.execute(
+                        f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY COALESCE(finished_at, created_at), "
+                        "seq LIMIT ?", [*_TERMINAL, min(PURGE_BATCH, finished - max_count)],
+                    )]
+            if max_age and len(ids) < PURGE_BATCH:
+                ids += [r[0] for r in conn.execute(
+                    f"SELECT id FROM jobs WHERE state IN ({marks}) AND COALESCE(finished_at, created_at) < ? "
+                    "ORDER BY COALESCE(finished_at, created_at) LIMIT ?", [*_TERMINAL, now - max_age, PURGE_BATCH],
+                )]
+            ids = builtins.list(dict.fromkeys(ids))[:PURGE_BATCH]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks_ids = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM events WHERE job_id IN ({marks_ids})", chunk)
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({marks_ids}) AND state IN ({marks})",
+                             [*chunk, *_TERMINAL])
+            return ids
+
+        return self._write(fn)
+
+    def known_ids(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` that are jobs in the store."""
+        wanted = builtins.list(ids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            found.update(r[0] for r in self._reader().execute(
+                f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def active(self) -> builtins.list[Job]:
         """Every job not yet finished, in submission order (from memory: cheap)."""

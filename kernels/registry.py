@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuos import extras
 from gpuos.errors import InvalidArgument
+from gpuos.text import quote
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Param:
         field_name = f"params.{self.name}"
         if self.kind == "choice":
             if raw not in self.choices:
-                raise InvalidArgument(field_name, f"{raw!r} is not one of {', '.join(self.choices)}")
+                raise InvalidArgument(field_name, f"{quote(raw)} is not one of {', '.join(self.choices)}")
             return raw
         if self.kind == "bool":
             lowered = raw.strip().lower()
@@ -37,17 +39,18 @@ class Param:
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
-            raise InvalidArgument(field_name, f"{raw!r} is not a boolean (true/false)")
+            raise InvalidArgument(field_name, f"{quote(raw)} is not a boolean (true/false)")
         try:
             value: float = int(raw) if self.kind == "int" else float(raw)
         except ValueError:
-            raise InvalidArgument(field_name, f"{raw!r} is not a{'n integer' if self.kind == 'int' else ' number'}") from None
+            raise InvalidArgument(field_name, f"{quote(raw)} is not a{'n integer' if self.kind == 'int' else ' number'}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidArgument(field_name, f"{raw!r} is not a finite number")
+            raise InvalidArgument(field_name, f"{quote(raw)} is not a finite number")
+        shown = raw if len(raw) <= 40 else quote(raw)  # a number as written, unless it is absurdly long
         if self.minimum is not None and value < self.minimum:
-            raise InvalidArgument(field_name, f"{raw} is below the minimum {self.minimum:g}")
+            raise InvalidArgument(field_name, f"{shown} is below the minimum {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
-            raise InvalidArgument(field_name, f"{raw} is above the maximum {self.maximum:g}")
+            raise InvalidArgument(field_name, f"{shown} is above the maximum {self.maximum:g}")
         return value
 
 
@@ -84,7 +87,7 @@ class KernelSpec:
         if unknown:
             raise InvalidArgument(
                 f"params.{unknown[0]}",
-                f"kernel {self.name!r} has no parameter {unknown[0]!r}; it takes {', '.join(sorted(declared))}",
+                f"kernel {self.name!r} has no parameter {quote(unknown[0])}; it takes {', '.join(sorted(declared))}",
             )
         values = {name: p.default for name, p in declared.items()}
         for name, text in raw.items():
@@ -93,6 +96,21 @@ class KernelSpec:
 
 
 _KERNELS: dict[str, KernelSpec] = {}
+
+# What every built-in kernel imports when it runs (the worker runs on gpuosd's Python), and the
+# extra that installs them. Checked once per process: a later install needs a restart of gpuosd.
+RUNTIME_MODULES = ("torch", "triton")
+RUNTIME_EXTRA = "kernels"
+
+
+def missing_runtime() -> tuple[str, ...]:
+    """The modules kernel jobs need that this Python cannot import; empty when they can run here."""
+    return extras.missing(RUNTIME_MODULES)
+
+
+def require_runtime() -> None:
+    """Raise FailedPrecondition (MissingExtra), naming ``gpuos[kernels]``, if kernels cannot run here."""
+    extras.require("a kernel job", RUNTIME_EXTRA, RUNTIME_MODULES)
 
 
 def register(spec: KernelSpec) -> KernelSpec:
@@ -122,5 +140,5 @@ def get_kernel(name: str) -> KernelSpec:
     spec = _KERNELS.get(name)
     if spec is None:
         known = ", ".join(sorted(_KERNELS)) or "none installed"
-        raise InvalidArgument("kernel", f"unknown kernel {name!r}; built-in kernels: {known}")
+        raise InvalidArgument("kernel", f"unknown kernel {quote(name)}; built-in kernels: {known}")
     return spec

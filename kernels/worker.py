@@ -11,8 +11,11 @@ for a kernel job (``gpuos.daemon.controller.kernel_command``). The worker
 - without a GPU, runs the Triton kernels on the CPU under ``TRITON_INTERPRET=1``;
 - yields its time-slice turn at kernel boundaries: SIGUSR1 asks it to pause, and at the next
   step boundary it stops itself (SIGSTOP) until the daemon's SIGCONT;
-- writes its progress (steps done, per-step latency) atomically to ``GPUOS_PROGRESS_FILE`` after
-  every step, and a line per step to stdout, which the daemon captures as the job's log.
+- writes its progress (steps done, per-step latency) atomically after every step, and a line per
+  step to stdout, which the daemon captures as the job's log. Under gpuosd it writes
+  ``progress.json`` in the directory open as descriptor ``GPUOS_PROGRESS_DIR_FD`` (the job's own
+  directory is private to the daemon, so the worker, maybe another uid, cannot reach it by path);
+  started by hand, to the path ``GPUOS_PROGRESS_FILE``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any
 from gpuos.errors import GpuosError
 from gpuos.kernels.context import KernelContext
 from gpuos.kernels.registry import KernelSpec, get_kernel
+
+PROGRESS_FILE = "progress.json"
 
 # torch's CUDA stream priorities: lower numbers run first; 0 is the default priority.
 STREAM_PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -65,8 +70,10 @@ class Yielder:
 class Progress:
     """Steps done and their latencies, written where the daemon reads them."""
 
-    def __init__(self, path: str, kernel: str, steps_total: int) -> None:
+    def __init__(self, path: str, kernel: str, steps_total: int, dir_fd: int | None = None) -> None:
         self.path = path
+        # With a directory descriptor, ``path`` is a name in that directory.
+        self.dir_fd = dir_fd
         self.kernel = kernel
         self.steps_total = steps_total
         self.latencies: list[float] = []
@@ -95,9 +102,10 @@ class Progress:
         if not self.path:
             return
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd)
+        with os.fdopen(fd, "w") as f:
             json.dump(self.as_dict(), f)
-        os.replace(tmp, self.path)
+        os.replace(tmp, self.path, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -109,7 +117,9 @@ def _quantile(ordered: list[float], q: float) -> float:
 def read_progress(path: str) -> dict[str, Any] | None:
     """The progress a worker wrote at ``path``, or None when it wrote none (yet)."""
     try:
-        with open(path) as f:
+        # gpuosd reads this as root from a directory the job's uid owns: a symlink planted
+        # there (to another tenant's env.json, say) must not be followed.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW)) as f:
             data = json.load(f)
     except (OSError, ValueError):
         return None
@@ -170,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuos-kernel-worker: {exc}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else int(time.time_ns() % (2**31))
-    progress = Progress(os.environ.get("GPUOS_PROGRESS_FILE", ""), spec.name, int(params.get("steps", 0)))
+    steps = int(params.get("steps", 0))
+    if os.environ.get("GPUOS_PROGRESS_DIR_FD"):
+        progress = Progress(PROGRESS_FILE, spec.name, steps, dir_fd=int(os.environ["GPUOS_PROGRESS_DIR_FD"]))
+    else:
+        progress = Progress(os.environ.get("GPUOS_PROGRESS_FILE", ""), spec.name, steps)
     progress.write()
     yielder = Yielder()
     yielder.install()

@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 
 from gpuos.errors import InvalidArgument
 from gpuos.scheduler.policy import Policy
+from gpuos.text import quote
 
 _REGISTRY: dict[str, type[Policy]] = {}
 _loaded = False
@@ -48,5 +49,5 @@ def get_policy(name: str) -> Policy:
     cls = _REGISTRY.get(name)
     if cls is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise InvalidArgument("policy", f"unknown policy {name!r}; known policies: {known}")
+        raise InvalidArgument("policy", f"unknown policy {quote(name)}; known policies: {known}")
     return cls()

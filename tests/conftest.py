@@ -47,14 +47,19 @@ def make_config(base: Path, **overrides: object) -> DaemonConfig:
     return DaemonConfig.load(None, values)
 
 
-@pytest.fixture
-def daemon(short_dir: Path) -> Iterator[Daemon]:
-    d = Daemon(make_config(short_dir))
+def serve(base: Path, **settings: object) -> Iterator[Daemon]:
+    """An in-process gpuosd under ``base`` with ``settings``, stopped (and its jobs killed) after."""
+    d = Daemon(make_config(base, **settings))
     d.controller.tick = 0.05
     d.start()
     yield d
     d.stop()
-    _kill_leftover_jobs(short_dir / "state")
+    _kill_leftover_jobs(base / "state")
+
+
+@pytest.fixture
+def daemon(short_dir: Path) -> Iterator[Daemon]:
+    yield from serve(short_dir)
 
 
 @pytest.fixture
@@ -86,8 +91,9 @@ def _kill_leftover_jobs(state: Path) -> None:
 class DaemonProcess:
     """gpuosd as a separate process, for the CLI and crash tests."""
 
-    def __init__(self, base: Path, *extra: str) -> None:
+    def __init__(self, base: Path, *extra: str, user: int | None = None) -> None:
         self.base = base
+        self.user = user  # run gpuosd as this uid (tests/as_user_daemon.py); None: as root
         self.socket = str(base / "gpuos.sock")
         self.state = base / "state"
         self.extra = extra
@@ -95,8 +101,10 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         log = open(self.base / "gpuosd.log", "ab")
+        launcher = (["-m", "gpuos.daemon.main"] if self.user is None
+                    else [str(ROOT / "tests" / "as_user_daemon.py"), str(self.user)])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuos.daemon.main", "--socket", self.socket, "--state-dir", str(self.state),
+            [sys.executable, *launcher, "--socket", self.socket, "--state-dir", str(self.state),
              "--backend", "sim", "--sim-gpus", "2xH100-80GB", *self.extra],
             stdout=log, stderr=log,
         )

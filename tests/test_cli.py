@@ -88,9 +88,10 @@ def test_policy_list_marks_the_active_policy(gpuosd: DaemonProcess) -> None:
 
 
 def test_a_refused_request_exits_non_zero_with_one_line(gpuosd: DaemonProcess) -> None:
-    result = gpuosd.ctl("submit", "--gpu-fraction", "2", "--", "true")
+    # The daemon refuses it (this machine has 2 GPUs); a value argparse can refuse exits 2 instead.
+    result = gpuosd.ctl("submit", "--gpus", "3", "--", "true")
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "gpu_fraction" in result.stderr
+    assert result.stderr.count("\n") == 1 and "resources.gpus" in result.stderr
 
 
 def test_an_unknown_job_exits_non_zero(gpuosd: DaemonProcess) -> None:

@@ -14,13 +14,30 @@ from gpuos.errors import InvalidArgument
 from gpuos.jobs import TIMESLICE, Event, Job, JobKind, JobSpec, JobState, Priority, Resources
 from gpuos.kernels.registry import get_kernel
 from gpuos.scheduler.snapshot import MILLI
+from gpuos.text import escape, quote, require_printable
 from gpuos.v1 import common_pb2, jobs_pb2
 
 MAX_NAME = 128
+MAX_TENANT = 64
+MAX_KERNEL = 64
 MAX_ARGS = 4096
 MAX_COMMAND_BYTES = 1 << 20
 MAX_ENV = 4096
+MAX_ENV_KEY = 128
+MAX_PARAMS = 64
+MAX_GPU_TYPES = 16
 MAX_GPUS = 64
+# Linux refuses (E2BIG) any one argument or KEY=VALUE string longer than MAX_ARG_STRLEN,
+# 32 pages of 4 KiB, counting its NUL.
+MAX_EXEC_STRING = 32 * 4096
+# Room left under ARG_MAX for what gpuosd adds to a job's environment (CUDA_VISIBLE_DEVICES,
+# the MPS pipe and limits, GPUOS_* with the job's name and paths) and for the supervisor's own
+# arguments, which precede the command on its exec.
+EXEC_HEADROOM = 16 * 1024
+# Where sysconf cannot say; also the most gpuos keeps per job even where the stack rlimit
+# (and with it ARG_MAX) is larger: a gRPC request is at most 4 MiB anyway.
+DEFAULT_ARG_MAX = 2 * 1024 * 1024
+MAX_ARG_MAX = 4 * 1024 * 1024
 # No GPU has a petabyte; a value this large is a typo or garbage, not a request.
 ABSURD_MEMORY = 1 << 50
 QOS_CLASSES = ("LS", "BE")
@@ -42,11 +59,56 @@ STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
 
 
 def _text(value: str, field: str, limit: int = 4096) -> str:
-    if "\x00" in value:
-        raise InvalidArgument(field, "contains a NUL character")
     if len(value) > limit:
         raise InvalidArgument(field, f"is {len(value)} characters long; the limit is {limit}")
+    if "\x00" in value:
+        raise InvalidArgument(field, "contains a NUL character")
     return value
+
+
+def _label(value: str, field: str, limit: int) -> str:
+    """A short text that tables show (a name, a tenant, a GPU type): bounded and printable."""
+    return require_printable(_text(value, field, limit), field)
+
+
+def _default_name(command: tuple[str, ...], kernel: str) -> str:
+    # A program's path may hold any byte but NUL; the name derived from it is shown in tables.
+    base = os.path.basename(command[0]) if command else kernel
+    return escape(base)[:MAX_NAME] or "job"
+
+
+def arg_max() -> int:
+    """The OS's limit on an exec's arguments plus environment, in bytes."""
+    try:
+        limit = os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        limit = -1
+    return min(limit, MAX_ARG_MAX) if limit > 0 else DEFAULT_ARG_MAX
+
+
+def _exec_size(strings: list[str]) -> int:
+    # What execve copies: each string's bytes and its NUL, plus one pointer per string.
+    return sum(len(s.encode("utf-8", "surrogateescape")) + 1 + 8 for s in strings)
+
+
+def check_exec_size(command: tuple[str, ...], env: list[tuple[str, str]]) -> None:
+    """Refuse a command and environment that exec would refuse (E2BIG) once gpuosd adds its own."""
+    for i, arg in enumerate(command):
+        if len(arg.encode("utf-8", "surrogateescape")) + 1 > MAX_EXEC_STRING:
+            raise InvalidArgument(f"command[{i}]", f"is longer than one argument may be ({MAX_EXEC_STRING - 1} bytes)")
+    for key, value in env:
+        if len(key.encode()) + 1 + len(value.encode("utf-8", "surrogateescape")) + 1 > MAX_EXEC_STRING:
+            raise InvalidArgument(
+                f"env.{key}", f"KEY=VALUE is longer than one variable may be ({MAX_EXEC_STRING - 1} bytes)"
+            )
+    limit = arg_max() - EXEC_HEADROOM
+    total = _exec_size(list(command)) + _exec_size([f"{k}={v}" for k, v in env])
+    if total > limit:
+        raise InvalidArgument(
+            "env" if _exec_size([f"{k}={v}" for k, v in env]) > limit // 2 else "command",
+            f"command and environment take {total} bytes; the limit is {limit} (ARG_MAX {arg_max()} less "
+            f"{EXEC_HEADROOM} for what gpuosd adds); pass large data in a file instead",
+        )
 
 
 def resources_from_pb(r: common_pb2.Resources) -> Resources:
@@ -54,7 +116,7 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
         raise InvalidArgument("resources", "set gpus or gpu_fraction, not both")
     mig = _text(r.mig_profile.strip(), "resources.mig_profile", 32)
     if mig and not _MIG.match(mig):
-        raise InvalidArgument("resources.mig_profile", f"{mig!r} is not a MIG profile name such as 1g.10gb or 3g.40gb")
+        raise InvalidArgument("resources.mig_profile", f"{quote(mig)} is not a MIG profile name such as 1g.10gb or 3g.40gb")
     gpus = 1
     milli = 0
     if r.HasField("gpus"):
@@ -81,12 +143,14 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
         if r.memory_bytes >= ABSURD_MEMORY:
             raise InvalidArgument("resources.memory_bytes", f"{r.memory_bytes} bytes is absurd for one GPU")
         memory = r.memory_bytes
-    types = tuple(_text(t, "resources.gpu_types", 64) for t in r.gpu_types)
+    if len(r.gpu_types) > MAX_GPU_TYPES:
+        raise InvalidArgument("resources.gpu_types", f"names {len(r.gpu_types)} GPU types; the limit is {MAX_GPU_TYPES}")
+    types = tuple(_label(t, "resources.gpu_types", 64) for t in r.gpu_types)
     if any(not t for t in types):
         raise InvalidArgument("resources.gpu_types", "contains an empty name")
     sharing = r.sharing.strip().lower()
     if sharing not in SHARING_MODES:
-        raise InvalidArgument("resources.sharing", f"{r.sharing!r} is not one of mps, timeslice (or empty)")
+        raise InvalidArgument("resources.sharing", f"{quote(r.sharing)} is not one of mps, timeslice (or empty)")
     if sharing == "mps":
         if not milli:
             raise InvalidArgument("resources.sharing", "mps shares a GPU by fraction; also set a gpu_fraction below 1")
@@ -101,11 +165,11 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
 
 def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
     """Validate a submitted spec. ``tenant`` is the one the caller is allowed to act as."""
-    name = _text(spec.name.strip(), "name", MAX_NAME)
+    name = _label(spec.name.strip(), "name", MAX_NAME)
     if name and not _NAME.match(name):
-        raise InvalidArgument("name", f"{name!r} may hold only letters, digits and . _ @ : + = -")
+        raise InvalidArgument("name", f"{quote(name)} may hold only letters, digits and . _ @ : + = -")
     command = tuple(spec.command)
-    kernel = spec.kernel.strip()
+    kernel = _label(spec.kernel.strip(), "kernel", MAX_KERNEL)
     kind = spec.kind
     if kind == jobs_pb2.EXTERNAL:
         raise InvalidArgument("kind", "external jobs are made with DeviceService.Reserve, not submitted")
@@ -113,7 +177,9 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
         raise InvalidArgument("kind", f"unknown job kind {kind}")
     if kind == jobs_pb2.JOB_KIND_UNSPECIFIED:
         kind = jobs_pb2.KERNEL if kernel and not command else jobs_pb2.PROCESS
-    params = tuple(sorted((_text(k, "params", 64), _text(v, f"params.{k}", 1024)) for k, v in spec.params.items()))
+    if len(spec.params) > MAX_PARAMS:
+        raise InvalidArgument("params", f"has {len(spec.params)} parameters; the limit is {MAX_PARAMS}")
+    params = tuple(sorted((_label(k, "params", 64), _label(v, f"params.{k}", 1024)) for k, v in spec.params.items()))
     if kind == jobs_pb2.PROCESS:
         if kernel or params:
             raise InvalidArgument("kernel", "a process job takes a command, not a kernel or params")
@@ -137,22 +203,25 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
         raise InvalidArgument("priority", f"unknown priority {spec.priority}; use LOW, NORMAL or HIGH")
     qos = spec.qos.strip().upper() or "BE"
     if qos not in QOS_CLASSES:
-        raise InvalidArgument("qos", f"{spec.qos!r} is not one of LS (latency-sensitive), BE (best-effort)")
+        raise InvalidArgument("qos", f"{quote(spec.qos)} is not one of LS (latency-sensitive), BE (best-effort)")
     if len(spec.env) > MAX_ENV:
         raise InvalidArgument("env", f"has {len(spec.env)} variables; the limit is {MAX_ENV}")
     env = []
     for key, value in sorted(spec.env.items()):
+        if len(key) > MAX_ENV_KEY:
+            raise InvalidArgument("env", f"a variable name is {len(key)} characters long; the limit is {MAX_ENV_KEY}")
         if not _ENV_KEY.match(key):
-            raise InvalidArgument("env", f"{key!r} is not a valid environment variable name")
+            raise InvalidArgument("env", f"{quote(key)} is not a valid environment variable name")
         env.append((key, _text(value, f"env.{key}", 1 << 17)))
+    check_exec_size(command, env)
     cwd = _text(spec.cwd, "cwd")
     if cwd and not os.path.isabs(cwd):
-        raise InvalidArgument("cwd", f"{cwd!r} is not an absolute path")
+        raise InvalidArgument("cwd", f"{quote(cwd)} is not an absolute path")
     estimate = spec.estimated_seconds
     if not math.isfinite(estimate) or estimate < 0:
         raise InvalidArgument("estimated_seconds", f"{estimate} is not a non-negative number of seconds")
     return JobSpec(
-        name=name or (os.path.basename(command[0]) if command else kernel),
+        name=name or _default_name(command, kernel),
         kind=job_kind,
         resources=resources_from_pb(spec.resources),
         command=command,

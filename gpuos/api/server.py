@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gpuos.api import convert
-from gpuos.api.identity import Identity, PeerGateway, user_name
+from gpuos.api.identity import Authenticator, Identity
 from gpuos.daemon.admission import admit
 from gpuos.errors import (
     BackendError,
@@ -33,9 +33,12 @@ from gpuos.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
 )
 from gpuos.jobs import Job, JobKind, JobSpec, JobState
 from gpuos.scheduler import available, get_policy
+from gpuos.store import decode_page_token, encode_page_token
+from gpuos.text import clip_utf8, quote
 from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
 
 if TYPE_CHECKING:
@@ -47,12 +50,13 @@ _STATUS: list[tuple[type[GpuosError], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (BackendError, grpc.StatusCode.UNAVAILABLE),
 ]
-NOBODY_UID = 65534
 LOG_CHUNK = 1 << 16
+MAX_STATUS_MESSAGE = 1024
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -67,10 +71,13 @@ def _handled(fn: F) -> F:
     """Map gpuos errors raised by a handler (unary or streaming) to a gRPC status with its message."""
 
     def fail(context: grpc.ServicerContext, exc: Exception) -> None:
+        # Messages quote input through gpuos.text.quote; the cap is the backstop for any that
+        # does not, so no status outgrows what clients accept.
         if isinstance(exc, GpuosError):
-            context.abort(status_of(exc), str(exc))
+            context.abort(status_of(exc), clip_utf8(str(exc), MAX_STATUS_MESSAGE))
         log.exception("unexpected error in %s", fn.__name__)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        context.abort(grpc.StatusCode.INTERNAL,
+                      clip_utf8(f"internal error: {type(exc).__name__}: {exc}", MAX_STATUS_MESSAGE))
 
     if fn.__name__ in ("Watch", "Logs"):
 
@@ -96,6 +103,11 @@ def _handled(fn: F) -> F:
 
 # Event sequence numbers are SQLite integers (signed 64-bit); the API's field is unsigned.
 MAX_SEQ = 2**63 - 1
+# List pages: jobs per page by default and at most, and the bytes after which a page ends early
+# (a job's spec can be as large as ARG_MAX; gRPC's default message limit is 4 MiB).
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+MAX_PAGE_BYTES = 2 << 20
 
 
 class _Base:
@@ -103,7 +115,7 @@ class _Base:
         self.daemon = daemon
 
     def identity(self, context: grpc.ServicerContext) -> Identity:
-        return self.daemon.identify(context.peer())
+        return self.daemon.identify(context)
 
 
 class JobServicer(_Base):
@@ -112,20 +124,22 @@ class JobServicer(_Base):
         who = self.identity(context)
         tenant = request.spec.tenant.strip() or who.name
         if tenant != who.name and not who.admin:
-            raise PermissionDenied(f"tenant: {who.name} may submit only as tenant {who.name!r}, not {tenant!r}")
+            raise PermissionDenied(f"tenant: {who.name} may submit only as tenant {who.name!r}, not {quote(tenant)}")
         if len(request.idempotency_key) > 128:
             raise InvalidArgument("idempotency_key", "is longer than 128 characters")
-        spec = convert.spec_from_pb(request.spec, convert._text(tenant, "tenant", 64))
+        spec = convert.spec_from_pb(request.spec, convert._label(tenant, "tenant", convert.MAX_TENANT))
         spec = admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
         job, _ = self.daemon.store.submit(spec, who.uid, request.idempotency_key)
         self.daemon.controller.wake()
         return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job))
 
     def _visible(self, job_id: str, who: Identity) -> Job:
-        job = self.daemon.store.get(job_id)
+        # Prefixes resolve among the caller's own jobs only: another tenant's job sharing the
+        # prefix must not make it ambiguous (that would reveal that the job exists).
+        job = self.daemon.store.get(job_id, "" if who.admin else who.name)
         if not who.may_see(job.spec.tenant):
             # The same answer as for a job that does not exist: ids of others' jobs are not revealed.
-            raise NotFound(f"no job with id {job_id}")
+            raise NotFound(f"no job with id {quote(job_id)}")
         return job
 
     def _job_pb(self, job: Job) -> jobs_pb2.Job:
@@ -141,11 +155,27 @@ class JobServicer(_Base):
         who = self.identity(context)
         tenant = request.tenant.strip()
         if tenant and not who.may_see(tenant):
-            raise PermissionDenied(f"tenant: {who.name} may not list the jobs of tenant {tenant!r}")
+            raise PermissionDenied(f"tenant: {who.name} may not list the jobs of tenant {quote(tenant)}")
         if not who.admin:
             tenant = who.name
-        jobs = self.daemon.store.list(convert.states_from_pb(list(request.states)), tenant, None, request.limit)
-        return jobs_pb2.ListJobsResponse(jobs=[self._job_pb(j) for j in jobs])
+        after, floor = decode_page_token(request.page_token) if request.page_token else (0, 0)
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = self.daemon.store.page(convert.states_from_pb(list(request.states)), tenant, after=after, size=size,
+                                      newest=request.limit, floor=floor)
+        reply = jobs_pb2.ListJobsResponse()
+        used = 0
+        for i, job in enumerate(page.jobs):
+            message = self._job_pb(job)
+            used += message.ByteSize()
+            if used > MAX_PAGE_BYTES and i:
+                # Big specs (environments up to ARG_MAX) end the page early instead of the reply
+                # outgrowing what clients accept; the rest follows on the next page.
+                reply.next_page_token = encode_page_token(page.jobs[i - 1].seq, page.floor)
+                return reply
+            reply.jobs.append(message)
+        if page.next_after:
+            reply.next_page_token = encode_page_token(page.next_after, page.floor)
+        return reply
 
     @_handled
     def Cancel(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
@@ -269,10 +299,10 @@ class DeviceServicer(_Base):
                 raise InvalidArgument("gpu_uuids", "a share or a MIG slice is on exactly one GPU")
         else:
             resources = replace(resources, gpus=len(uuids))
-        keys = [convert._text(k, "keys", 128) for k in request.keys]
+        keys = [convert._label(k, "keys", 128) for k in request.keys]
         if any("," in k or not k for k in keys):
             raise InvalidArgument("keys", "keys are non-empty and hold no commas")
-        name = convert._text(request.name.strip() or "reservation", "name", convert.MAX_NAME)
+        name = convert._label(request.name.strip() or "reservation", "name", convert.MAX_NAME)
         spec = JobSpec(name=name, kind=JobKind.EXTERNAL, resources=resources, params=(("keys", ",".join(keys)),),
                        tenant=who.name)
         admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
@@ -377,11 +407,65 @@ SERVICE_NAMES = (
 )
 
 
-def _register(server: grpc.Server, servicer: object, service: ServiceDescriptor) -> None:
+class StreamGate:
+    """Counts open server streams (Watch, Logs) per tenant and in all.
+
+    A follow stream holds a worker thread for as long as it is open, so without caps one tenant's
+    streams could take every thread and leave no one's unary calls an answer. The total stays
+    below the thread pool's size, keeping threads for unary calls whatever the streams do.
+    """
+
+    def __init__(self, per_tenant: int, total: int) -> None:
+        self.per_tenant = per_tenant
+        self.total = total
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+        self._all = 0
+
+    def open_streams(self, tenant: str) -> int:
+        with self._lock:
+            return self._open.get(tenant, 0)
+
+    def enter(self, tenant: str) -> Callable[[], None]:
+        """Count one more stream of ``tenant``; the returned function (idempotent) ends it."""
+        with self._lock:
+            held = self._open.get(tenant, 0)
+            if held >= self.per_tenant:
+                raise ResourceExhausted(
+                    f"{tenant} has {held} streams (watch, logs, events -f) open, the most max_streams_per_tenant "
+                    f"({self.per_tenant}) allows; close one first"
+                )
+            if self._all >= self.total:
+                raise ResourceExhausted(
+                    f"gpuosd has {self._all} streams open, the most it serves at once ({self.total}, keeping "
+                    f"threads for other calls); try again later"
+                )
+            self._open[tenant] = held + 1
+            self._all += 1
+        done = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if done.is_set():
+                    return
+                done.set()
+                self._all -= 1
+                left = self._open[tenant] - 1
+                if left:
+                    self._open[tenant] = left
+                else:
+                    del self._open[tenant]
+
+        return release
+
+
+def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, streams: StreamGate) -> None:
     """Serve ``service`` with ``servicer``, parsing requests ourselves.
 
     grpcio answers a request it cannot parse with INTERNAL; a malformed request is the caller's
-    error, so the handlers take raw bytes and answer INVALID_ARGUMENT instead.
+    error, so the handlers take raw bytes and answer INVALID_ARGUMENT instead. Every call is
+    identified here first, so a caller who may not call at all (another user of a non-root
+    gpuosd, a TCP caller without credentials) is refused by every method alike.
     """
     handlers = {}
     for method in service.methods:
@@ -396,22 +480,41 @@ def _register(server: grpc.Server, servicer: object, service: ServiceDescriptor)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
 
+        def caller(context: grpc.ServicerContext) -> Identity:
+            try:
+                return servicer.identity(context)
+            except GpuosError as exc:
+                context.abort(status_of(exc), str(exc))
+                raise  # abort raises; this line only tells type checkers so
+
         if method.server_streaming:
             def stream(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
-                return impl(parse(raw, context), context)
+                request = parse(raw, context)
+                try:
+                    release = streams.enter(caller(context).name)
+                except ResourceExhausted as exc:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                # The callback runs when the call ends however it ends (the client gone included);
+                # the finally, when the handler returns first.
+                context.add_callback(release)
+                try:
+                    yield from impl(request, context)
+                finally:
+                    release()
 
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 stream, response_serializer=response_cls.SerializeToString
             )
         else:
             def unary(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
-                return impl(parse(raw, context), context)
+                request = parse(raw, context)
+                caller(context)
+                return impl(request, context)
 
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 unary, response_serializer=response_cls.SerializeToString
             )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-
 
 SERVICES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
@@ -421,15 +524,21 @@ SERVICES = (
 SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 
 
-def build_server(daemon: Daemon, max_workers: int = 128) -> tuple[grpc.Server, health.HealthServicer]:
+# Worker threads of the gRPC server, and how many of them streams may never take.
+MAX_WORKERS = 256
+UNARY_RESERVE = 32
+
+
+def build_server(daemon: Daemon, max_workers: int = MAX_WORKERS) -> tuple[grpc.Server, health.HealthServicer]:
     """A gRPC server with gpuos's services, the standard health service and reflection."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpuos-rpc"),
         options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)],
     )
+    streams = StreamGate(daemon.config.max_streams_per_tenant, max(1, max_workers - UNARY_RESERVE))
     for service, servicer in zip(SERVICES, (JobServicer(daemon), DeviceServicer(daemon), PolicyServicer(daemon)),
                                  strict=True):
-        _register(server, servicer, service)
+        _register(server, servicer, service, streams)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -440,16 +549,14 @@ def build_server(daemon: Daemon, max_workers: int = 128) -> tuple[grpc.Server, h
     return server, health_servicer
 
 
-def identify(peer: str, gateway: PeerGateway | None, admins: list[str], tcp_tenant: str) -> Identity:
-    """Map a gRPC peer string to the caller's identity."""
-    uid = gateway.uid_of_peer(peer) if gateway is not None else None
-    if uid is None and peer.startswith("unix:"):
-        # Only the daemon's own user can reach the private socket directly.
-        uid = os.getuid()
-    if uid is not None:
-        name = user_name(uid)
-        admin = uid == 0 or uid == os.getuid() or name in admins or str(uid) in admins
-        return Identity(uid, name, admin)
+def identify(context: grpc.ServicerContext, auth: Authenticator) -> Identity:
+    """The caller of the RPC in ``context``: what gRPC knows of it, handed to ``auth``."""
+    peer = context.peer()
+    common_name = bearer = None
     if peer.startswith(("ipv4:", "ipv6:")):
-        return Identity(NOBODY_UID, tcp_tenant, tcp_tenant in admins)
-    raise PermissionDenied(f"cannot identify the caller ({peer}); connect through the Unix socket")
+        names = context.auth_context().get("x509_common_name") or []
+        common_name = names[0].decode("utf-8", "replace") if names else None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                bearer = value[len("Bearer "):].strip()
+    return auth.identify(peer, common_name, bearer)

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpuos.cli.args import Parser, non_negative_int, positive_int, seed
+
 
 def add_evolve_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -28,10 +30,10 @@ def add_evolve_parser(sub: Any) -> None:
     p.add_argument("--traces", default="training", help="training traces (default: the built-in training set)")
     p.add_argument("--held-out", default="held-out", help="held-out traces for the report ('' to skip)")
     p.add_argument("--engine", choices=("gp", "tune", "openevolve"), default="gp")
-    p.add_argument("--iterations", type=int, default=10, help="generations (gp, tune) or LLM iterations")
-    p.add_argument("--population", type=int, default=16, help="candidates per generation (gp, tune)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=0, help="parallel evaluations (default: all local cores)")
+    p.add_argument("--iterations", type=positive_int, default=10, help="generations (gp, tune) or LLM iterations")
+    p.add_argument("--population", type=positive_int, default=16, help="candidates per generation (gp, tune)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--jobs", type=non_negative_int, default=0, help="parallel evaluations (default: all local cores)")
     p.add_argument("--backend", choices=("process", "ray"), default="process")
     p.add_argument("--tune-policy", default="tiresias", help="policy whose constants --engine tune searches")
     p.add_argument("--name", default="", help="name of the resulting policy (default evolved-<objective>)")
@@ -55,9 +57,21 @@ def _traces(text: str, default: tuple[str, ...], builtin: dict[str, tuple[str, .
     return [t.strip() for t in text.split(",") if t.strip()] or list(default)
 
 
+# Every engine scores candidates in the simulator (numpy); openevolve also drives an LLM.
+SEARCH_NEEDS = {"gp": ("sim", ("numpy",)), "tune": ("sim", ("numpy",)), "openevolve": ("adrs", ("openevolve", "numpy"))}
+
+
 def run_evolve(args: argparse.Namespace) -> int:
     import os
 
+    from gpuos import extras
+
+    extra, modules = SEARCH_NEEDS["gp" if args.verify else args.engine]
+    try:
+        extras.require("the policy search" if extra == "sim" else "--engine openevolve", extra, modules)
+    except extras.MissingExtra as exc:
+        print(f"gpuosctl evolve: {exc}", file=sys.stderr)
+        return 1
     from gpuos.agents.objectives import OBJECTIVES
     from gpuos.agents.workloads import HELD_OUT, TRAINING
 
@@ -150,7 +164,7 @@ def _run_openevolve(args: argparse.Namespace, traces: list[str], held_out: list[
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m gpuos.cli.evolve ...``: the same as ``gpuosctl evolve ...``."""
-    parser = argparse.ArgumentParser(prog="gpuosctl")
+    parser = Parser(prog="gpuosctl")
     add_evolve_parser(parser.add_subparsers(dest="cmd", required=True))
     return run_evolve(parser.parse_args(["evolve", *(sys.argv[1:] if argv is None else argv)]))
 

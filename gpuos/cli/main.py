@@ -1,7 +1,10 @@
 """``gpuosctl``: submit and follow GPU jobs, inspect devices, choose the scheduling policy.
 
-Exit codes: 0 success; 1 the daemon refused or failed the request (a one-line reason is
-printed); 2 the command line was wrong; ``wait`` exits with the job's own exit code.
+Exit codes: 0 success; 1 the daemon refused or failed the request, or a feature's optional
+dependencies are missing (a one-line reason is printed); 2 the command line was wrong (one line:
+``gpuosctl: --flag: problem``); ``wait`` exits with the job's own exit code; 141 the output was
+cut short by a closed pipe (``gpuosctl list | head -1``), quietly, as for a process that SIGPIPE
+ended, so ``set -o pipefail`` still sees it.
 """
 
 from __future__ import annotations
@@ -9,12 +12,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 
 from gpuos.cli import output
+from gpuos.cli.args import (
+    Parser,
+    byte_size,
+    fail,
+    fraction,
+    key_value,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    sequence_number,
+)
 from gpuos.cli.evolve import add_evolve_parser, run_evolve
 from gpuos.cli.sim import add_sim_parser, run_sim
 from gpuos.errors import GpuosError
+from gpuos.text import escape
 
 STATES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
 
@@ -28,19 +43,24 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuosctl", description="Talk to gpuosd, the gpuos daemon.")
+    parser = Parser(prog="gpuosctl", description="Talk to gpuosd, the gpuos daemon.")
     parser.add_argument("--socket", help="gpuosd's Unix socket (default $GPUOS_SOCKET, $XDG_RUNTIME_DIR/gpuos.sock, "
                                          "/run/gpuos/gpuos.sock)")
     parser.add_argument("--addr", help="gpuosd's TCP address HOST:PORT instead of the socket")
+    parser.add_argument("--tls-ca", help="TCP: the CA that signs gpuosd's certificate (makes the connection TLS)")
+    parser.add_argument("--tls-cert", help="TCP: your client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", help="TCP: your client certificate's private key (PEM)")
+    parser.add_argument("--token-file", default=os.environ.get("GPUOS_TOKEN_FILE") or None,
+                        help="TCP: a file holding your bearer token (default $GPUOS_TOKEN_FILE)")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("submit", help="submit a job: gpuosctl submit [options] -- CMD ARGS...")
     p.add_argument("--name", default="")
     share = p.add_mutually_exclusive_group()
-    share.add_argument("--gpus", type=int, help="whole GPUs (default 1)")
-    share.add_argument("--gpu-fraction", type=float, help="a share of one GPU in (0, 1]")
-    p.add_argument("--memory", help="GPU memory per GPU, e.g. 8GiB")
+    share.add_argument("--gpus", type=positive_int, help="whole GPUs (default 1)")
+    share.add_argument("--gpu-fraction", type=fraction, help="a share of one GPU in (0, 1]")
+    p.add_argument("--memory", type=byte_size, help="GPU memory per GPU, e.g. 8GiB")
     p.add_argument("--mig-profile", default="", help="a MIG slice, e.g. 1g.10gb")
     p.add_argument("--gpu-type", action="append", default=[], help="allowed GPU model (repeatable)")
     p.add_argument("--share", default="", choices=["", "mps", "timeslice"],
@@ -48,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
     p.add_argument("--tenant", default="", help="submit for this tenant (admins only; default: you)")
     p.add_argument("--qos", default="", choices=["", "LS", "BE", "ls", "be"], help="LS latency-sensitive, BE best-effort")
-    p.add_argument("--estimate", type=float, default=0.0, help="your estimate of the run time, in seconds")
-    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the job (repeatable)")
+    p.add_argument("--estimate", type=non_negative_float, default=0.0, help="your estimate of the run time, in seconds")
+    p.add_argument("--env", action="append", type=key_value, default=[], help="KEY=VALUE for the job (repeatable)")
     p.add_argument("--no-env", action="store_true", help="do not pass your environment on to the job")
     p.add_argument("--kernel", default="", help="a built-in kernel instead of a command (see `gpuosctl kernels`)")
-    p.add_argument("--param", action="append", default=[], help="kernel parameter KEY=VALUE (repeatable)")
+    p.add_argument("--param", action="append", type=key_value, default=[],
+                   help="kernel parameter KEY=VALUE (repeatable)")
     p.add_argument("--wait", action="store_true", help="wait for the job and exit with its exit code")
 
     p = sub.add_parser("get", help="show one job")
@@ -60,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list jobs")
     p.add_argument("--state", action="append", default=[], choices=STATES + tuple(s.upper() for s in STATES))
     p.add_argument("--tenant", default="")
-    p.add_argument("--limit", type=int, default=0, help="only the newest N")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="only the newest N")
     p = sub.add_parser("cancel", help="cancel jobs")
     p.add_argument("jobs", nargs="+")
     p = sub.add_parser("logs", help="print a job's output")
@@ -68,15 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p = sub.add_parser("wait", help="wait for a job; exit with its exit code")
     p.add_argument("job")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=non_negative_float, default=None, help="give up after this many seconds")
     p = sub.add_parser("events", help="print job events")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--job", default="")
-    p.add_argument("--since", type=int, default=0, help="only events after this sequence number")
+    p.add_argument("--since", type=sequence_number, default=0, help="only events after this sequence number")
     sub.add_parser("devices", help="show GPUs and who holds what")
     p = sub.add_parser("top", help="a live view of GPUs, partitions and jobs, refreshed in place")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+    p.add_argument("--interval", type=positive_float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--iterations", type=non_negative_int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
     p = sub.add_parser("policy", help="list or set the scheduling policy")
     psub = p.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     psub.add_parser("list", help="available policies")
@@ -87,22 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_evolve_parser(sub)
     p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
     p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
-    p.add_argument("gpu", type=int)
+    p.add_argument("gpu", type=non_negative_int)
     return parser
 
 
-def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"gpuosctl: {flag} {item!r} is not KEY=VALUE")
-        out[key] = value
-    return out
-
-
 def run(args: argparse.Namespace, command: list[str]) -> int:
-    from gpuos.client import ApiError, Client, current_env
+    from gpuos.client import ApiError, Client, current_env, read_token
 
     as_json = args.output == "json"
     if args.cmd == "sim":
@@ -110,11 +121,15 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     if args.cmd == "evolve":
         return run_evolve(args)
     if args.cmd == "kernels":
-        from gpuos.kernels.registry import available
+        from gpuos.extras import install_hint
+        from gpuos.kernels.registry import RUNTIME_EXTRA, available, missing_runtime
 
         kernels = available()
+        # What this Python lacks to run them; gpuosd checks the same on its own Python at submit.
+        missing = list(missing_runtime())
         if as_json:
-            print(output.dumps({n: {"description": k.description, "params": [p.name for p in k.params]}
+            print(output.dumps({n: {"description": k.description, "params": [p.name for p in k.params],
+                                    "runnable": not missing, "missing": missing}
                                 for n, k in kernels.items()}))
         else:
             for name, spec in kernels.items():
@@ -123,17 +138,27 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                     bounds = f" [{prm.minimum:g}..{prm.maximum:g}]" if prm.minimum is not None and prm.maximum is not None else ""
                     choices = f" {{{','.join(prm.choices)}}}" if prm.choices else ""
                     print(f"  --param {prm.name}=<{prm.kind}> default {prm.default}{bounds}{choices}  {prm.help}")
+            if missing:
+                print(f"kernels cannot run here: {' and '.join(missing)} not installed "
+                      f"({install_hint(RUNTIME_EXTRA)})")
+            else:
+                print("kernels can run here (torch and triton are installed)")
         return 0
 
-    client = Client(socket=args.socket, addr=args.addr)
+    try:
+        token = read_token(args.token_file) if args.token_file else None
+        client = Client(socket=args.socket, addr=args.addr, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                        tls_key=args.tls_key, token=token)
+    except ValueError as exc:
+        return fail(str(exc))
     try:
         if args.cmd == "submit":
             if bool(command) == bool(args.kernel):
-                raise SystemExit("gpuosctl: give either a command after -- or --kernel NAME")
+                return fail("submit: give either a command after -- or --kernel NAME")
             env = {} if args.no_env or args.kernel else current_env()
-            env.update(_pairs(args.env, "--env"))
+            env.update(dict(args.env))
             job = client.submit(
-                command, kernel=args.kernel, params=_pairs(args.param, "--param"), name=args.name,
+                command, kernel=args.kernel, params=dict(args.param), name=args.name,
                 gpus=args.gpus, gpu_fraction=args.gpu_fraction, memory=args.memory, mig_profile=args.mig_profile,
                 gpu_types=args.gpu_type, sharing=args.share, priority=args.priority, tenant=args.tenant, qos=args.qos.upper(),
                 env=env, cwd=os.getcwd() if not args.kernel else "", estimated_seconds=args.estimate,
@@ -148,7 +173,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
             else:
                 print(output.jobs_table([job]))
                 if job.message:
-                    print(f"message: {job.message}")
+                    print(f"message: {escape(job.message)}")
                 if job.HasField("progress"):
                     p = job.progress
                     print(f"progress: {p.steps_done}/{p.steps_total} steps, last {p.last_latency_ms:.3f} ms, "
@@ -201,19 +226,23 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         hint = ""
         if exc.code.name == "UNAVAILABLE":
             hint = f" (is gpuosd running at {client.target}? --socket or GPUOS_SOCKET names another)"
-        print(f"gpuosctl: {exc.code.name}: {exc.details}{hint}", file=sys.stderr)
+        print(f"gpuosctl: {exc.code.name}: {escape(exc.details)}{hint}", file=sys.stderr)
         return 1
     except TimeoutError as exc:
         print(f"gpuosctl: timed out: {exc}", file=sys.stderr)
         return 1
-    except GpuosError as exc:
-        print(f"gpuosctl: {exc}", file=sys.stderr)
-        return 2
+    except (GpuosError, ValueError) as exc:
+        # The client checks values before it sends them (a priority, a size, a field's range).
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     finally:
         client.close()
     return 0
+
+
+# Jobs per state group that `top` asks for (one page each: it never lists the whole queue).
+TOP_PAGE = 1000
 
 
 def _top(client, interval: float, iterations: int) -> None:  # type: ignore[no-untyped-def]
@@ -224,9 +253,15 @@ def _top(client, interval: float, iterations: int) -> None:  # type: ignore[no-u
     shown = 0
     while iterations == 0 or shown < iterations:
         devices = client.devices()
-        jobs = client.list(["running", "paused", "pending"])
+        # One page of each, however long the queue: placed jobs first, so a long queue never
+        # pushes the running ones off the screen. A full page shows its count as "N+".
+        placed = client.list_page(["running", "paused"], page_size=TOP_PAGE)
+        pending = client.list_page(["pending"], page_size=TOP_PAGE)
+        jobs = [*placed.jobs, *pending.jobs]
         policy = next((p.name for p in client.policies() if p.active), "?")
-        counts = {s: sum(1 for j in jobs if output.job_dict(j)["state"] == s) for s in ("RUNNING", "PAUSED", "PENDING")}
+        counts = {s: f"{sum(1 for j in page.jobs if output.job_dict(j)['state'] == s)}"
+                     f"{'+' if page.next_page_token else ''}"
+                  for s, page in (("RUNNING", placed), ("PAUSED", placed), ("PENDING", pending))}
         screen = [
             f"gpuos  {time.strftime('%H:%M:%S')}  backend {devices.backend}  policy {policy}  "
             f"running {counts['RUNNING']}  paused {counts['PAUSED']}  pending {counts['PENDING']}",
@@ -236,7 +271,8 @@ def _top(client, interval: float, iterations: int) -> None:  # type: ignore[no-u
             output.jobs_table(jobs[:40]),
         ]
         if len(jobs) > 40:
-            screen.append(f"... and {len(jobs) - 40} more")
+            more = "+" if placed.next_page_token or pending.next_page_token else ""
+            screen.append(f"... and {len(jobs) - 40}{more} more")
         # Home the cursor and clear below it, so the view refreshes in place without flicker.
         sys.stdout.write(("\x1b[H\x1b[J" if tty else "") + "\n".join(screen) + "\n")
         sys.stdout.flush()
@@ -260,7 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(options)
     if command and args.cmd != "submit":
         parser.error("a command after -- is only for submit")
-    return run(args, command)
+    try:
+        code = run(args, command)
+        # Flush here, not at exit, so a closed pipe is caught below and not reported by Python.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`gpuosctl list | head -1`): stop quietly. Later writes, including
+        # the interpreter's own flush at exit, go to /dev/null instead of raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""How gpuosctl shows things: compact tables for people, JSON for scripts."""
+"""How gpuosctl shows things: compact tables for people, JSON for scripts.
+
+Text in a table or a line may come from any user (job names, commands, messages, tenants), so
+every cell is passed through :func:`gpuos.text.escape`: a terminal never receives a raw escape
+sequence or newline. JSON escapes such characters itself.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gpuos.text import escape
 from gpuos.units import format_bytes
 from gpuos.v1 import common_pb2, devices_pb2, jobs_pb2
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    cells = [[escape(str(c)) for c in headers]] + [[escape(str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -135,7 +141,7 @@ def event_dict(e: jobs_pb2.Event) -> dict[str, Any]:
 def event_line(e: jobs_pb2.Event) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e.time.seconds))
     extra = " ".join(x for x in (e.reason and f"reason={e.reason}", e.message) if x)
-    return f"{stamp}  {e.job_id}  {e.kind:<16} {jobs_pb2.JobState.Name(e.state):<9} {extra}".rstrip()
+    return escape(f"{stamp}  {e.job_id}  {e.kind:<16} {jobs_pb2.JobState.Name(e.state):<9} {extra}".rstrip())
 
 
 def device_dict(d: devices_pb2.Device) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuos.cli import output
+from gpuos.cli.args import non_negative_float, positive_float, seed
 
 
 def add_sim_parser(sub: Any) -> None:
@@ -25,13 +26,15 @@ def add_sim_parser(sub: Any) -> None:
     p.add_argument("--trace", required=True, help="trace name or CSV path")
     p.add_argument("--policy", action="append", default=[], help="policy name (repeatable; default fifo)")
     p.add_argument("--gpus", default=None, help="cluster instead of the trace's, e.g. 4x8xH100-80GB,2x2xT4")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--plot", default="", help="PNG path (default sim-<trace>-<policy>.png); with several "
                                               "policies, the policy name is added")
     p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
-    p.add_argument("--interference", type=float, default=None, help="MPS colocation slowdown per GPU of neighbours")
-    p.add_argument("--failures-per-gpu-hour", type=float, default=None, help="inject GPU failures at this rate")
-    p.add_argument("--horizon", type=float, default=None, help="stop at this simulated time, in seconds")
+    p.add_argument("--interference", type=non_negative_float, default=None,
+                   help="MPS colocation slowdown per GPU of neighbours")
+    p.add_argument("--failures-per-gpu-hour", type=non_negative_float, default=None,
+                   help="inject GPU failures at this rate")
+    p.add_argument("--horizon", type=positive_float, default=None, help="stop at this simulated time, in seconds")
 
 
 def _slug(text: str) -> str:
@@ -44,7 +47,22 @@ def result_dict(result: Any) -> dict[str, Any]:
     return data
 
 
+# The simulator's metrics use numpy; only the plot needs matplotlib (--no-plot runs without it).
+SIM_MODULES = ("numpy",)
+PLOT_MODULES = ("matplotlib",)
+
+
 def run_sim(args: argparse.Namespace) -> int:
+    from gpuos import extras
+
+    try:
+        extras.require("the simulator", "sim", SIM_MODULES)
+        if not args.no_plot:
+            extras.require("the plot", "sim", PLOT_MODULES)
+    except extras.MissingExtra as exc:
+        hint = " (or pass --no-plot)" if exc.modules == PLOT_MODULES else ""
+        print(f"gpuosctl sim: {exc}{hint}", file=sys.stderr)
+        return 1
     from gpuos.errors import GpuosError
     from gpuos.scheduler.registry import get_policy
     from gpuos.scheduler.sim import SimConfig, SimulationError, load_trace, run_simulation

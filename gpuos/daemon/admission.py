@@ -6,7 +6,9 @@ from dataclasses import replace
 
 from gpuos.devices.backend import DeviceInfo
 from gpuos.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from gpuos.jobs import JobSpec
+from gpuos.jobs import JobKind, JobSpec
+from gpuos.kernels.registry import require_runtime
+from gpuos.text import quote
 from gpuos.units import format_bytes
 
 
@@ -16,6 +18,9 @@ def admit(spec: JobSpec, devices: list[DeviceInfo], mps_available: bool = True) 
     Returns the spec with GPU type names spelled as the devices spell them.
     """
     request = spec.resources
+    if spec.kind == JobKind.KERNEL:
+        # Refused now, not accepted and then failed with an import traceback in the job's log.
+        require_runtime()
     if not devices:
         raise ResourceExhausted("this machine has no GPUs under gpuos")
     if request.gpu_milli and not request.timeslice and not mps_available:
@@ -30,7 +35,8 @@ def admit(spec: JobSpec, devices: list[DeviceInfo], mps_available: bool = True) 
         if not candidates:
             here = ", ".join(sorted({d.model for d in devices}))
             raise InvalidArgument(
-                "resources.gpu_types", f"no GPU here is one of {', '.join(request.gpu_types)}; GPUs here: {here}"
+                "resources.gpu_types",
+                f"no GPU here is one of {quote(', '.join(request.gpu_types))}; GPUs here: {here}",
             )
         spelled = tuple(sorted({d.model for d in candidates}))
         spec = replace(spec, resources=replace(request, gpu_types=spelled))
@@ -46,7 +52,7 @@ def admit(spec: JobSpec, devices: list[DeviceInfo], mps_available: bool = True) 
                 for d in {d.model: d for d in capable}.values()
             )
             raise InvalidArgument(
-                "resources.mig_profile", f"{request.mig_profile!r} is not a MIG profile of any GPU here ({menus})"
+                "resources.mig_profile", f"{quote(request.mig_profile)} is not a MIG profile of any GPU here ({menus})"
             )
         largest = max(p.memory_bytes for d in offering for p in d.mig_profiles if p.name == request.mig_profile)
         if request.memory_bytes > largest:

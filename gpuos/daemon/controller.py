@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus
-from gpuos.errors import BackendError, FailedPrecondition
+from gpuos.errors import BackendError, FailedPrecondition, GpuosError
 from gpuos.jobs import Job, JobKind, JobSpec, JobState, Placement, Reason, Resources
 from gpuos.partitions.memory import overruns, usage_by_group
 from gpuos.partitions.mig import Instance
@@ -102,6 +102,7 @@ class Controller:
         tick: float = 0.25,
         kill_grace: float = 5.0,
         metrics: DaemonMetrics | None = None,
+        health_failures_before_lost: int = 3,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -114,11 +115,15 @@ class Controller:
         self.devices: list[DeviceInfo] = backend.devices()
         self.mps = self._mps_manager(state_dir / "mps")
         self._healthy = {d.index: True for d in self.devices}
+        # Failed health samples in a row, per GPU: one NVML hiccup must not drain a GPU.
+        self.health_failures_before_lost = health_failures_before_lost
+        self._failed_samples = {d.index: 0 for d in self.devices}
         self._statuses: list[DeviceStatus] = []
         self._foreign_slices: dict[int, list[Instance]] = {}
         self._last_health = 0.0
         self._stopping: dict[str, _Stopping] = {}
         self._attached: dict[str, int] = {}
+        self._unrecorded: set[str] = set()  # jobs whose end the store could not record yet
         self._turns: dict[int, Turn] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -221,16 +226,23 @@ class Controller:
                 handle = self.runtime.recorded_shim(job.id) or (
                     Handle(job.shim_pid, job.shim_started) if job.shim_pid else None
                 )
-                if handle is None:
-                    # Marked RUNNING but the daemon died before starting it: it never ran.
+                if handle is None or not self.runtime.shim_alive(job.id, handle):
+                    # The daemon may have died after spawning the shim but before recording it:
+                    # the shim's lock (or its command line, while it starts) says whether one runs.
+                    handle = self.runtime.live_supervisor(job.id) or handle
+                alive = handle is not None and self.runtime.shim_alive(job.id, handle)
+                if not alive and self.runtime.exit_status(job.id) is None \
+                        and not self.runtime.command_started(job.id):
+                    # No supervisor runs it and its command was never exec'd: it never ran.
                     self._release(job)
                     self.store.update(
                         job.id, state=JobState.PENDING, placement=None, started_at=None, run_since=None,
+                        shim_pid=0, shim_started=0.0, child_pid=0,
                         reason=Reason.DAEMON_RESTART, message="requeued: gpuosd stopped before starting it",
                         event="requeued",
                     )
                     continue
-                if self.runtime.shim_alive(job.id, handle):
+                if alive and handle is not None:
                     self._readopt_partition(job)
                     self.store.update(job.id, shim_pid=handle.shim_pid, shim_started=handle.shim_started,
                                       event="reattached", event_message="gpuosd restarted; job still running")
@@ -244,6 +256,12 @@ class Controller:
                     self._finalize(job, JobState.FAILED, Reason.DAEMON_RESTART,
                                    "gpuosd restarted and the job's supervisor was gone; its exit status is unknown",
                                    None)
+            if self.mps is not None:
+                # Control daemons whose clients all ended while gpuosd was down serve nobody now.
+                self.mps.stop_unused({
+                    i for j in self.store.placed() if j.placement and j.placement.sharing == "mps"
+                    for i in j.placement.devices
+                })
 
     def _readopt_partition(self, job: Job) -> None:
         """Make sure a re-attached job's MIG instance and MPS daemon still exist."""
@@ -263,18 +281,31 @@ class Controller:
 
     def _reap(self) -> None:
         for job in self.store.placed():
-            if job.spec.kind == JobKind.EXTERNAL:
-                continue  # no process of ours: it ends when it is released
-            status = self.runtime.exit_status(job.id)
-            if status is None:
-                self._attach(job)
-                if job.shim_pid and not self.runtime.shim_alive(job.id, Handle(job.shim_pid, job.shim_started)):
-                    status = self.runtime.exit_status(job.id)
-                    if status is None:
-                        self._finalize(job, JobState.FAILED, Reason.SUPERVISOR_LOST,
-                                       "the job's supervisor died without recording an exit status", None)
-                continue
-            self._finish(job, status.exit_code, status.signal, status.spawn_error)
+            try:
+                self._reap_one(job)
+            except GpuosError as exc:
+                # The store could not record it (a full disk): the job stays as it is in the
+                # store and the next round tries again; the other jobs and the round go on.
+                if job.id not in self._unrecorded:
+                    log.warning("job %s ended but its end cannot be recorded yet (retrying each round): %s",
+                                job.id, exc)
+                self._unrecorded.add(job.id)
+            else:
+                self._unrecorded.discard(job.id)
+
+    def _reap_one(self, job: Job) -> None:
+        if job.spec.kind == JobKind.EXTERNAL:
+            return  # no process of ours: it ends when it is released
+        status = self.runtime.exit_status(job.id)
+        if status is None:
+            self._attach(job)
+            if job.shim_pid and not self.runtime.shim_alive(job.id, Handle(job.shim_pid, job.shim_started)):
+                status = self.runtime.exit_status(job.id)
+                if status is None:
+                    self._finalize(job, JobState.FAILED, Reason.SUPERVISOR_LOST,
+                                   "the job's supervisor died without recording an exit status", None)
+            return
+        self._finish(job, status.exit_code, status.signal, status.spawn_error)
 
     def _attach(self, job: Job) -> None:
         if job.id in self._attached or job.placement is None:
@@ -319,8 +350,12 @@ class Controller:
                 self.mps.stop(index)
 
     def _finish(self, job: Job, exit_code: int, sig: int, spawn_error: str) -> None:
-        """The job's process ended; decide what that means."""
-        stopping = self._stopping.pop(job.id, None)
+        """The job's process ended; decide what that means.
+
+        Safe to repeat: when the store cannot record the end (a full disk), the job stays RUNNING
+        in the store, its exit.json stays on disk, and the next round decides the same again.
+        """
+        stopping = self._stopping.get(job.id)
         if stopping is not None:
             self._finalize(job, stopping.state, stopping.reason, stopping.message, exit_code)
         elif job.cancel_requested:
@@ -332,6 +367,8 @@ class Controller:
         else:
             message = f"killed by {signal.Signals(sig).name}" if sig else f"exited with code {exit_code}"
             self._finalize(job, JobState.FAILED, Reason.EXIT_NONZERO, message, exit_code)
+        # Only once recorded: a retry must still know why the job was being stopped.
+        self._stopping.pop(job.id, None)
 
     def _finalize(self, job: Job, state: JobState, reason: str, message: str, exit_code: int | None) -> None:
         self._detach(job)
@@ -399,11 +436,12 @@ class Controller:
         }
         for status in self._statuses:
             was = self._healthy.get(status.index, True)
-            self._healthy[status.index] = status.healthy
-            if was != status.healthy:
+            healthy = self._judge(status)
+            self._healthy[status.index] = healthy
+            if was != healthy:
                 self._dirty = True
-                log.warning("GPU %d is %s", status.index, "healthy again" if status.healthy else "failed; draining it")
-            if status.healthy:
+                log.warning("GPU %d is %s", status.index, "healthy again" if healthy else "failed; draining it")
+            if healthy:
                 continue
             for job in active:
                 if status.index in job.placement.devices:  # type: ignore[union-attr]
@@ -416,6 +454,25 @@ class Controller:
                     if job.placement.sharing == "mps" and index in job.placement.devices:  # type: ignore[union-attr]
                         self._stop_for_fault(job, MPS_DAEMON_LOST, f"the MPS control daemon of GPU {index} died")
         self._enforce_memory(active)
+
+    def _judge(self, status: DeviceStatus) -> bool:
+        """Whether GPU ``status.index`` counts as healthy after this sample.
+
+        A sample that could not be read (``sample_error``) counts against the GPU only after
+        ``health_failures_before_lost`` of them in a row; a backend that knows the GPU is gone
+        (the simulator's injected failure) reports it unhealthy without a sample error, and
+        that counts at once.
+        """
+        index = status.index
+        if status.sample_error:
+            self._failed_samples[index] = self._failed_samples.get(index, 0) + 1
+            if self._failed_samples[index] < self.health_failures_before_lost:
+                log.info("GPU %d: health sample failed (%d of %d before it counts as lost): %s", index,
+                         self._failed_samples[index], self.health_failures_before_lost, status.sample_error)
+                return self._healthy.get(index, True)
+            return False
+        self._failed_samples[index] = 0
+        return status.healthy
 
     def check_now(self) -> None:
         """Look at the devices at once (after an injected fault) instead of at the next interval."""
@@ -638,9 +695,9 @@ class Controller:
             GPUOS_PRIORITY=job.spec.priority.name.lower(),
         )
         command = job.spec.command
-        if job.spec.kind == JobKind.KERNEL:
+        kernel = job.spec.kind == JobKind.KERNEL
+        if kernel:
             command = kernel_command(job)
-            env["GPUOS_PROGRESS_FILE"] = str(self.progress_path(job.id))
         cwd = job.spec.cwd if job.spec.cwd and os.path.isdir(job.spec.cwd) else self.default_cwd
         uid = job.owner_uid if os.getuid() == 0 else -1
         gid = -1
@@ -649,11 +706,13 @@ class Controller:
                 gid = pwd.getpwuid(uid).pw_gid
             except KeyError:
                 gid = uid
-        return Launch(job.id, command, env, cwd, uid, gid)
+        return Launch(job.id, command, env, cwd, uid, gid, kill_grace=self.kill_grace, progress=kernel)
 
     def progress_path(self, job_id: str) -> Path:
         """Where a kernel job's worker writes its progress (steps done, per-step latency)."""
-        return self.runtime.job_dir(job_id) / "progress.json"
+        from gpuos.kernels.worker import PROGRESS_FILE
+
+        return self.runtime.progress_dir(job_id) / PROGRESS_FILE
 
     def kernel_progress(self, job_id: str) -> dict[str, Any] | None:
         """A kernel job's latest progress as its worker wrote it; None before its first write."""
@@ -766,8 +825,8 @@ class Controller:
         # The kernel worker finishes the kernel in flight, then stops itself; a process job's
         # whole group stops at once. Until the job's process exists there is nothing to pause,
         # and the job keeps its state until a later round can.
-        sig = signal.SIGUSR1 if job.spec.kind == JobKind.KERNEL else signal.SIGSTOP
-        if not self.runtime.signal(job.id, sig):
+        kernel = job.spec.kind == JobKind.KERNEL
+        if not self.runtime.signal(job.id, signal.SIGUSR1 if kernel else signal.SIGSTOP, tree=not kernel):
             return
         attained = job.attained_service
         if job.run_since is not None:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
-import tempfile
 import threading
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from prometheus_client import start_http_server
 
-from gpuos.api.identity import Identity, PeerGateway
+from gpuos.api.identity import Authenticator, Identity, PeerGateway, check_tcp_auth, load_tokens, user_name
 from gpuos.api.server import build_server, identify
 from gpuos.daemon.config import DaemonConfig
 from gpuos.daemon.controller import Controller
 from gpuos.daemon.metrics import DaemonMetrics
+from gpuos.daemon.retention import Purger, report_orphans
+from gpuos.daemon.rundir import SOCKET_NAME, make_private_dir
 from gpuos.devices.select import open_backend
 from gpuos.errors import InvalidArgument
 from gpuos.runtime.process import ProcessRuntime
@@ -30,24 +33,30 @@ POLICY_KEY = "policy"
 class Daemon:
     """A running gpuosd. ``start()`` returns once it serves; ``stop()`` leaves jobs running."""
 
+    # Set by start(), once the TCP credentials have been read.
+    auth: Authenticator
+
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         state = config.state_path
-        state.mkdir(parents=True, exist_ok=True)
-        self.store = Store(state)
+        # The store makes the state dir (0700) and refuses a damaged one before anything starts.
+        self.store = Store(state, max_pending_per_tenant=config.max_pending_per_tenant)
         self.backend, self.backend_reason = open_backend(config.backend, config.sim_gpus)
         log.info("device backend: %s", self.backend_reason)
         self.runtime = ProcessRuntime(state / "jobs")
+        report_orphans(self.store, self.runtime.jobs_dir)
+        self.purger = Purger(self.store, self.runtime.job_dir, config.retention_seconds, config.retention_jobs)
         self.metrics = DaemonMetrics()
         self.controller = Controller(
             self.store, self.backend, self.runtime, self._initial_policy(),
             state_dir=state, kill_grace=config.kill_grace_seconds, metrics=self.metrics,
+            health_failures_before_lost=config.health_failures_before_lost,
         )
         self.metrics.attach(self)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
-        self._private_dir = tempfile.mkdtemp(prefix="gpuos-")  # mode 0700
-        self.private_socket = os.path.join(self._private_dir, "grpc.sock")
+        self._private_dir = str(make_private_dir(state))
+        self.private_socket = os.path.join(self._private_dir, SOCKET_NAME)
         self.server, self.health = build_server(self)
         self.gateway: PeerGateway | None = None
         self.tcp_port: int | None = None
@@ -63,8 +72,8 @@ class Daemon:
             log.warning("the saved policy %r is no longer installed; using fifo", name)
             return get_policy("fifo")
 
-    def identify(self, peer: str) -> Identity:
-        return identify(peer, self.gateway, self.config.admins, self.config.tcp_tenant)
+    def identify(self, context: grpc.ServicerContext) -> Identity:
+        return identify(context, self.auth)
 
     def set_policy(self, policy: Policy) -> None:
         self.store.set_meta(POLICY_KEY, policy.name)
@@ -72,16 +81,42 @@ class Daemon:
         log.info("policy is now %s", policy.name)
 
     def start(self) -> None:
+        config = self.config
+        # Everything that can refuse the start is checked before anything starts.
+        check_tcp_auth(config.listen, config.tcp_auth)
+        tls = _read_tls(config) if config.listen and config.tcp_auth == "mtls" else None
+        tokens = load_tokens(config.token_file) if config.listen and config.tcp_auth == "token" else None
+        self.auth = Authenticator(admins=config.admins, tcp_auth=config.tcp_auth if config.listen else "",
+                                  tcp_tenant=config.tcp_tenant, tokens=tokens,
+                                  allow_other_users=config.allow_other_users)
+        if os.getuid() != 0:
+            me = user_name(os.getuid())
+            if config.allow_other_users:
+                log.warning("gpuosd runs as %s without root and allow_other_users = true: other users may "
+                            "submit, and every job runs as %s", me, me)
+            else:
+                log.info("gpuosd runs as %s without root: it serves only %s (and root)", me, me)
+        _raise_fd_limit()
         self.controller.start()
+        self.purger.start()
         self.server.add_insecure_port(f"unix:{self.private_socket}")
-        if self.config.listen:
-            self.tcp_port = self.server.add_insecure_port(self.config.listen)
+        if config.listen:
+            if tls is not None:
+                self.tcp_port = self.server.add_secure_port(config.listen, tls)
+            else:
+                self.tcp_port = self.server.add_insecure_port(config.listen)
             if not self.tcp_port:
-                raise InvalidArgument("listen", f"cannot listen on {self.config.listen}")
-            log.warning("listening on TCP %s: callers there act as tenant %r without authentication",
-                        self.config.listen, self.config.tcp_tenant)
+                raise InvalidArgument("listen", f"cannot listen on {config.listen}")
+            if config.tcp_auth == "insecure":
+                log.warning("listening on TCP %s without authentication (insecure_tcp = true): anyone who can "
+                            "reach it acts as tenant %r", config.listen, config.tcp_tenant)
+            else:
+                log.info("listening on TCP %s (%s)", config.listen,
+                         "mutual TLS" if config.tcp_auth == "mtls" else "bearer tokens")
         self.server.start()
-        self.gateway = PeerGateway(self.config.socket, self.private_socket, self.config.socket_mode)
+        self.gateway = PeerGateway(config.socket, self.private_socket, config.socket_mode,
+                                   config.max_connections_per_uid)
+        self.auth.gateway = self.gateway
         self.gateway.start()
         if self.config.metrics_listen:
             host, port = self.config.metrics_listen.rsplit(":", 1)
@@ -100,10 +135,40 @@ class Daemon:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self.server.stop(grace).wait()
+        if self.gateway is not None:
+            # Only now: calls in flight during the grace period were still relayed.
+            self.gateway.close()
         self.controller.stop()
+        self.purger.stop()
         self.store.close()
         self.backend.close()
         shutil.rmtree(self._private_dir, ignore_errors=True)
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+def _read_tls(config: DaemonConfig) -> grpc.ServerCredentials:
+    """Server credentials that require a client certificate signed by ``tls_ca``."""
+    pem = {}
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        path = getattr(config, name)
+        try:
+            pem[name] = open(path, "rb").read()
+        except OSError as exc:
+            raise InvalidArgument(name, f"{path} cannot be read: {exc.strerror}") from None
+        if b"-----BEGIN " not in pem[name]:
+            raise InvalidArgument(name, f"{path} is not a PEM file")
+    return grpc.ssl_server_credentials([(pem["tls_key"], pem["tls_cert"])], root_certificates=pem["tls_ca"],
+                                       require_client_auth=True)
+
+
+def _raise_fd_limit() -> None:
+    """Use the whole hard limit on open files: every client connection costs the gateway two."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # keep the limit we have

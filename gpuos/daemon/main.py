@@ -9,6 +9,7 @@ import sys
 
 from gpuos.daemon.systemd import Watchdog, notify, watchdog_interval
 from gpuos.errors import GpuosError
+from gpuos.text import escape
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -16,7 +17,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML file with any of the settings below")
     parser.add_argument("--socket", help="Unix socket (default $GPUOS_SOCKET, $XDG_RUNTIME_DIR/gpuos.sock, "
                                          "/run/gpuos/gpuos.sock)")
-    parser.add_argument("--listen", help="also serve on TCP HOST:PORT (unauthenticated; bind to loopback)")
+    parser.add_argument("--listen", help="also serve on TCP HOST:PORT; needs --tls-* (mutual TLS), --token-file, "
+                                         "or --insecure-tcp")
+    parser.add_argument("--tls-cert", dest="tls_cert", help="TCP: the server's certificate (PEM)")
+    parser.add_argument("--tls-key", dest="tls_key", help="TCP: the server's private key (PEM)")
+    parser.add_argument("--tls-ca", dest="tls_ca", help="TCP: the CA that signs client certificates; a caller's "
+                                                        "tenant is its certificate's common name")
+    parser.add_argument("--token-file", dest="token_file", help="TCP: bearer tokens, a mode-0600 file of "
+                                                                "\"TOKEN TENANT\" lines")
+    parser.add_argument("--insecure-tcp", dest="insecure_tcp", action="store_true", default=None,
+                        help="TCP without authentication: every caller acts as tcp_tenant")
     parser.add_argument("--state-dir", dest="state_dir", help="where jobs, logs and the database live")
     parser.add_argument("--backend", choices=["auto", "sim", "nvml"], help="GPU backend (default auto)")
     parser.add_argument("--sim-gpus", dest="sim_gpus", help="simulated GPUs, e.g. 2xH100-80GB or 1xA100-40GB,1xL4")
@@ -35,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = DaemonConfig.load(args.config, overrides)
     except GpuosError as exc:
-        print(f"gpuosd: {exc}", file=sys.stderr)
+        print(f"gpuosd: {escape(str(exc))}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         daemon = Daemon(config)
         daemon.start()
     except (GpuosError, OSError) as exc:
-        print(f"gpuosd: {exc}", file=sys.stderr)
+        print(f"gpuosd: {escape(str(exc))}", file=sys.stderr)
         return 1
     print(f"gpuosd: {daemon.backend_reason}; serving on {config.socket}", file=sys.stderr, flush=True)
     notify(f"READY=1\nSTATUS=serving on {config.socket} ({daemon.backend_reason})")

@@ -74,6 +74,9 @@ class DeviceStatus:
     processes: tuple[ProcessUsage, ...] = ()
     temperature_c: float | None = None
     power_w: float | None = None
+    # Why this sample could not be read (the other fields are then not meaningful). One failed
+    # sample is not a lost GPU: the daemon marks it lost only after several in a row.
+    sample_error: str = ""
 
 
 class DeviceBackend(abc.ABC):

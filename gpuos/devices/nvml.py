@@ -1,8 +1,9 @@
 """The NVIDIA driver backend: real GPUs through NVML (``pynvml`` from nvidia-ml-py).
 
 NVML sees every process on a GPU by itself, so ``attach``/``detach`` are no-ops. A GPU whose
-queries fail with a lost-GPU error is reported unhealthy rather than raising, so one dead GPU
-never stops the daemon from watching the others.
+queries fail, with any error, gets a sample that says so (``sample_error``) rather than raising:
+one GPU's error never stops the daemon from watching the others, and the daemon decides, over
+several samples, whether the GPU is lost.
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ _MEMORY_SLICES = 8
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _lost_errors() -> tuple[type[BaseException], ...]:
-    names = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_ResetRequired", "NVMLError_NoData")
-    return tuple(getattr(pynvml, n) for n in names if pynvml is not None and hasattr(pynvml, n))
 
 
 class NvmlBackend(DeviceBackend):
@@ -156,10 +152,8 @@ class NvmlBackend(DeviceBackend):
                 for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
             )
             utilization = _optional(lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-        except _lost_errors():
-            return DeviceStatus(index, False, 0.0, 0)
-        except pynvml.NVMLError as exc:
-            raise BackendError(f"NVML could not read GPU {index}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - any error spoils this GPU's sample, not the others'
+            return DeviceStatus(index, False, 0.0, 0, sample_error=f"{type(exc).__name__}: {exc}"[:200])
         temperature = _optional(
             lambda: float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
         )

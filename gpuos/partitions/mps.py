@@ -134,6 +134,22 @@ class MpsManager:
         while psutil.pid_exists(daemon.pid) and time.time() < deadline:
             time.sleep(0.02)
 
+    def stop_unused(self, in_use: set[int]) -> None:
+        """Stop the control daemon of every GPU not in ``in_use``, adopted ones included.
+
+        After a restart the manager knows no daemons; those whose clients all ended while
+        gpuosd was down are found by their pipe directory and stopped.
+        """
+        for index in self.uuids:
+            if index in in_use:
+                continue
+            pipe, logs = self._dirs(index)
+            pid = self._daemons[index].pid if index in self._daemons else _find_daemon(pipe)
+            if pid:
+                log.info("stopping the MPS control daemon of GPU %d (pid %d): it has no clients", index, pid)
+                self._daemons[index] = MpsDaemon(index, pid, pipe, logs)
+                self.stop(index)
+
     def stop_all(self) -> None:
         for index in list(self._daemons):
             self.stop(index)
