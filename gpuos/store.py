@@ -23,6 +23,7 @@ and carries on, so writes succeed again as soon as space returns.
 from __future__ import annotations
 
 import base64
+import bisect
 import builtins
 import fcntl
 import json
@@ -35,7 +36,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
@@ -54,6 +55,8 @@ LOCK_NAME = "gpuosd.lock"
 DB_NAME = "gpuos.db"
 # The last committed job and event sequence numbers, kept outside the database (see above).
 COMMIT_RECORD = "gpuos.commit"
+# The record is rewritten in place at this width (a sector holds it whole).
+RECORD_WIDTH = 80
 # Submits are refused below this much free space, so what is left goes to the writes gpuosd
 # itself needs (jobs' exits, cancels) rather than to more queued work.
 MIN_FREE_BYTES = 1 << 20
@@ -159,6 +162,7 @@ CREATE TABLE IF NOT EXISTS events (
     tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
+CREATE INDEX IF NOT EXISTS events_tenant ON events(tenant, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -254,6 +258,16 @@ def _os_problem(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
+_EVENT_COLUMNS = "seq, time, job_id, kind, state, reason, message, tenant"
+# Events kept in memory for follow streams (a few MB at most).
+RECENT_EVENTS = 8192
+
+
+def _row_to_event(r: tuple[Any, ...]) -> Event:
+    return Event(seq=r[0], time=r[1], job_id=r[2], kind=r[3], state=JobState(r[4]) if r[4] else None,
+                 reason=r[5], message=r[6], tenant=r[7])
+
+
 def _job_filters(states: Iterable[JobState], tenant: str) -> tuple[list[str], list[Any]]:
     """SQL conditions (and their arguments) for jobs in any of ``states`` and of ``tenant`` (either may be empty)."""
     where: list[str] = []
@@ -292,10 +306,19 @@ class Store:
         self.path = state_dir / DB_NAME
         self.max_pending_per_tenant = max_pending_per_tenant
         self._record_path = state_dir / COMMIT_RECORD
+        self._record_fd = -1
         self._local = threading.local()
         self._queue: queue.Queue[_Write | None] = queue.Queue()
-        self._events = threading.Condition()
+        events_lock = threading.RLock()
+        self._events = threading.Condition(events_lock)
+        # A condition per tenant (on the same lock), so a commit wakes only the followers of the
+        # tenants whose events it holds: one tenant's flood of events does not wake everyone.
+        self._tenant_events: defaultdict[str, threading.Condition] = defaultdict(
+            lambda: threading.Condition(events_lock))
+        self._tenant_last: dict[str, int] = {}
         self._last_event = 0
+        # The newest committed events, so follow streams read memory, not SQLite, on every wake.
+        self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._active: dict[str, Job] = {}
         self._placed: dict[str, Job] = {}  # the RUNNING and PAUSED subset of _active
         # PENDING jobs per tenant, as committed; and submits of the batch being written.
@@ -414,18 +437,20 @@ class Store:
         self._recorded = (jobs, events)
 
     def _record_commit(self) -> None:
-        """Note the last committed sequence numbers in the commit record (after the commit is durable)."""
+        """Note the last committed sequence numbers in the commit record (after the commit is durable).
+
+        One pwrite of a fixed-width record into a file kept open: this runs after every batch, and
+        a create-write-rename per batch cost more than the rest of a submit's bookkeeping.
+        """
         now = (self._next_seq - 1, self._last_event)
         if now == self._recorded:
             return
-        tmp = self._record_path.with_name(COMMIT_RECORD + ".tmp")
+        record = json.dumps({"jobs": now[0], "events": now[1]}).encode().ljust(RECORD_WIDTH) + b"\n"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, json.dumps({"jobs": now[0], "events": now[1]}).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._record_path)
+            if self._record_fd < 0:
+                self._record_fd = os.open(self._record_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.ftruncate(self._record_fd, len(record))
+            os.pwrite(self._record_fd, record, 0)
         except OSError as exc:
             # Behind is safe (the check at open only looks for a store behind the record).
             log.debug("could not update %s: %s", self._record_path, exc)
@@ -472,6 +497,8 @@ class Store:
         self._closed = True
         self._queue.put(None)
         self._writer.join(timeout=10)
+        if self._record_fd >= 0:
+            os.close(self._record_fd)
         os.close(self._lock_fd)  # releases the lock: another gpuosd may open the store now
 
     def _take_lock(self) -> int:
@@ -552,7 +579,9 @@ class Store:
                     results.append((write, value, None))
             if self._next_seq != next_seq:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),))
-            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            new_events = [_row_to_event(r) for r in conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (self._last_event,))]
+            last = new_events[-1].seq if new_events else self._last_event
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._abandon(conn)
@@ -571,7 +600,18 @@ class Store:
             if error is None:
                 self._remember(value)
         with self._events:
+            if new_events and (not self._recent or self._recent[-1].seq == new_events[0].seq - 1):
+                self._recent.extend(new_events)
+            elif new_events:
+                # A gap (events written before this store opened): start the window afresh.
+                self._recent.clear()
+                self._recent.extend(new_events)
             self._last_event = max(self._last_event, last)
+            for event in new_events:
+                self._tenant_last[event.tenant] = event.seq
+            for tenant in {e.tenant for e in new_events}:
+                if tenant in self._tenant_events:
+                    self._tenant_events[tenant].notify_all()
             self._events.notify_all()
         self._record_commit()
         for write, value, error in results:
@@ -857,7 +897,15 @@ class Store:
                              [*chunk, *_TERMINAL])
             return ids
 
-        return self._write(fn)
+        purged = self._write(fn)
+        if purged:
+            gone = set(purged)
+            with self._events:
+                # The window of recent events must not outlive the rows it mirrors.
+                kept = [e for e in self._recent if e.job_id not in gone]
+                if len(kept) != len(self._recent):
+                    self._recent = deque(kept, maxlen=RECENT_EVENTS)
+        return purged
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
         """Those of ``ids`` that are jobs in the store."""
@@ -892,24 +940,41 @@ class Store:
         with self._active_lock:
             return self._active.get(job_id)
 
-    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000) -> builtins.list[Event]:
-        sql = "SELECT seq, time, job_id, kind, state, reason, message, tenant FROM events WHERE seq > ?"
+    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "") -> builtins.list[Event]:
+        """Up to ``limit`` events after ``after_seq`` in order, of one job and/or one tenant when given."""
+        with self._events:
+            recent = self._recent
+            if recent and recent[0].seq <= after_seq + 1:
+                # Followers are nearly always here: only the newest events, and no SQLite at all.
+                start = bisect.bisect_right(recent, after_seq, key=lambda e: e.seq)
+                out: builtins.list[Event] = []
+                for i in range(start, len(recent)):
+                    event = recent[i]
+                    if (not job_id or event.job_id == job_id) and (not tenant or event.tenant == tenant):
+                        out.append(event)
+                        if len(out) == limit:
+                            break
+                return out
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ?"
         args: builtins.list[Any] = [after_seq]
         if job_id:
             sql += " AND job_id = ?"
             args.append(job_id)
+        if tenant:
+            sql += " AND tenant = ?"
+            args.append(tenant)
         rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", [*args, limit]).fetchall()
-        return [
-            Event(seq=r[0], time=r[1], job_id=r[2], kind=r[3], state=JobState(r[4]) if r[4] else None,
-                  reason=r[5], message=r[6], tenant=r[7])
-            for r in rows
-        ]
+        return [_row_to_event(r) for r in rows]
 
     @property
     def last_event_seq(self) -> int:
         return self._last_event
 
-    def wait_for_events(self, after_seq: int, timeout: float) -> bool:
-        """Block until an event newer than ``after_seq`` is committed, or ``timeout`` passes."""
+    def wait_for_events(self, after_seq: int, timeout: float, tenant: str = "") -> bool:
+        """Block until an event newer than ``after_seq`` (of ``tenant``, when given) is committed,
+        or ``timeout`` passes."""
         with self._events:
-            return self._events.wait_for(lambda: self._last_event > after_seq or self._closed, timeout)
+            if not tenant:
+                return self._events.wait_for(lambda: self._last_event > after_seq or self._closed, timeout)
+            return self._tenant_events[tenant].wait_for(
+                lambda: self._tenant_last.get(tenant, 0) > after_seq or self._closed, timeout)

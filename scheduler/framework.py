@@ -150,13 +150,21 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     # The index (when it describes these nodes) only skips nodes that cannot fit; a round only
     # takes capacity, so bounds from the snapshot stay upper bounds for the whole round.
     index = snap.index if snap.index is not None and snap.index.nodes is snap.nodes else None
+    # (node, request shape) pairs with no way to place: a round only takes capacity, so a shape
+    # that found no room on a node finds none later in the round either. A queue of many alike
+    # jobs (a flood of submits, a trace's repeated shapes) then costs a lookup per job, not a
+    # fit test per GPU.
+    no_room: set[tuple[int, Resources, int, int]] = set()
     for job in policy.order(snap.pending, snap):
+        shape = (job.request, job.cpu_milli, job.host_memory)
         best: tuple[float, int, tuple[GpuView, ...]] | None = None
         for i in index.candidates(job) if index is not None else range(len(nodes)):
             node = nodes[i]
-            if node.name in reserved:
+            if node.name in reserved or (i, *shape) in no_room:
                 continue
+            offered = False
             for gpus in options(job, node):
+                offered = True
                 if not policy.fits(job, node, gpus, snap):
                     continue
                 if policy.first_fit:
@@ -165,6 +173,8 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                 value = policy.score(job, node, gpus, snap)
                 if best is None or value > best[0]:
                     best = (value, i, gpus)
+            if not offered:
+                no_room.add((i, *shape))
             if best is not None and policy.first_fit:
                 break
         if best is not None:

@@ -80,3 +80,9 @@ def test_numbers_of_a_toml_file_are_accepted_as_they_are_written(tmp_path: Path)
     path.write_text("kill_grace_seconds = 5\nsocket_mode = 0o600\nadmins = [\"alice\", 1001]\n")
     config = DaemonConfig.load(str(path), {})
     assert (config.kill_grace_seconds, config.socket_mode, config.admins) == (5.0, 0o600, ["alice", "1001"])
+
+
+def test_the_shipped_settings_file_loads() -> None:
+    shipped = Path(__file__).resolve().parent.parent / "systemd" / "gpuosd.toml"
+    config = DaemonConfig.load(str(shipped), {})
+    assert config.max_streams_per_tenant == 32 and config.contended_stream_messages_per_second == 500.0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, StoreError
 from gpuos.jobs import JobKind, JobSpec, JobState, Resources
 from gpuos.store import Store
 
@@ -88,3 +90,38 @@ def test_an_ambiguous_prefix_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="more than one"):
         store.get(shared)
     store.close()
+
+
+def test_recent_events_read_from_memory_match_the_database(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i in range(30):
+        job, _ = store.submit(replace(spec(f"j{i}"), tenant="a" if i % 3 else "b"), 0)
+        store.update(job.id, state=JobState.CANCELLED)
+    from_memory = [store.events(after, "", 7, tenant) for after in (0, 5, 40) for tenant in ("", "a", "b")]
+    store._recent.clear()  # the same questions, answered by SQLite
+    from_sqlite = [store.events(after, "", 7, tenant) for after in (0, 5, 40) for tenant in ("", "a", "b")]
+    assert from_memory == from_sqlite and any(from_memory)
+    store.close()
+
+
+def test_a_follower_of_one_tenant_is_not_woken_by_another_tenants_events(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    seq = store.last_event_seq
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(store.wait_for_events(seq, 1.0, "a")))
+    waiter.start()
+    store.submit(replace(spec(), tenant="b"), 0)
+    waiter.join()
+    assert woke == [False]
+    assert store.wait_for_events(seq, 0.0) is True  # an unfiltered follower sees it
+    store.submit(replace(spec(), tenant="a"), 0)
+    assert store.wait_for_events(seq, 1.0, "a") is True
+    store.close()
+
+
+def test_a_second_store_on_the_same_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(StoreError, match=f"in use by another gpuosd \\(pid {os.getpid()}\\)"):
+        Store(tmp_path)
+    store.close()
+    Store(tmp_path).close()  # closing released it

@@ -50,11 +50,25 @@ class Identity:
         return self.admin or tenant == self.name
 
 
+# uid -> (name, when looked up). getpwuid reads the password database (a file, or a directory
+# service) on every call, and every RPC needs its caller's name; accounts rarely change.
+_NAMES: dict[int, tuple[str, float]] = {}
+NAME_TTL_SECONDS = 30.0
+
+
 def user_name(uid: int) -> str:
+    now = time.monotonic()
+    cached = _NAMES.get(uid)
+    if cached is not None and now - cached[1] < NAME_TTL_SECONDS:
+        return cached[0]
     try:
-        return pwd.getpwuid(uid).pw_name
+        name = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid{uid}"
+        name = f"uid{uid}"
+    if len(_NAMES) > 4096:
+        _NAMES.clear()
+    _NAMES[uid] = (name, now)
+    return name
 
 
 class Throttle:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -23,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gpuos.api import convert
+from gpuos.api.fairness import StreamGate
 from gpuos.api.identity import Authenticator, Identity
 from gpuos.daemon.admission import admit
 from gpuos.errors import (
@@ -111,8 +111,9 @@ MAX_PAGE_BYTES = 2 << 20
 
 
 class _Base:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, streams: StreamGate) -> None:
         self.daemon = daemon
+        self.streams = streams
 
     def identity(self, context: grpc.ServicerContext) -> Identity:
         return self.daemon.identify(context)
@@ -214,19 +215,25 @@ class JobServicer(_Base):
         seq = request.since_seq
         if seq > MAX_SEQ:
             raise InvalidArgument("since_seq", f"{seq} is beyond any event's sequence number (at most {MAX_SEQ})")
+        # A tenant's stream reads only its own events: others' events cost its stream nothing.
+        tenant = "" if who.admin else who.name
         while context.is_active():
-            batch = store.events(seq, job_id, 500)
+            # Every event up to `top` is readable now; a short batch holds all of them that match,
+            # so the stream moves past the others' events too instead of waking for them again.
+            top = store.last_event_seq
+            batch = store.events(seq, job_id, 500, tenant)
             for event in batch:
                 seq = event.seq
-                if who.may_see(event.tenant):
-                    yield convert.event_to_pb(event)
+                self.streams.pace(who.name)
+                yield convert.event_to_pb(event)
             if len(batch) == 500:
                 continue
+            seq = max(seq, top)
             if not request.follow:
                 return
             if job_id and store.get(job_id).state.terminal and not store.events(seq, job_id, 1):
                 return
-            store.wait_for_events(seq, 0.5)
+            store.wait_for_events(seq, 0.5, tenant)
 
     @_handled
     def Logs(self, request: jobs_pb2.LogsRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.LogChunk]:
@@ -245,6 +252,7 @@ class JobServicer(_Base):
                         while data := f.read(LOG_CHUNK):
                             offsets[stream] += len(data)
                             sent = True
+                            self.streams.pace(job.spec.tenant)
                             yield jobs_pb2.LogChunk(stream=stream, data=data)
                 except FileNotFoundError:
                     pass
@@ -407,58 +415,6 @@ SERVICE_NAMES = (
 )
 
 
-class StreamGate:
-    """Counts open server streams (Watch, Logs) per tenant and in all.
-
-    A follow stream holds a worker thread for as long as it is open, so without caps one tenant's
-    streams could take every thread and leave no one's unary calls an answer. The total stays
-    below the thread pool's size, keeping threads for unary calls whatever the streams do.
-    """
-
-    def __init__(self, per_tenant: int, total: int) -> None:
-        self.per_tenant = per_tenant
-        self.total = total
-        self._lock = threading.Lock()
-        self._open: dict[str, int] = {}
-        self._all = 0
-
-    def open_streams(self, tenant: str) -> int:
-        with self._lock:
-            return self._open.get(tenant, 0)
-
-    def enter(self, tenant: str) -> Callable[[], None]:
-        """Count one more stream of ``tenant``; the returned function (idempotent) ends it."""
-        with self._lock:
-            held = self._open.get(tenant, 0)
-            if held >= self.per_tenant:
-                raise ResourceExhausted(
-                    f"{tenant} has {held} streams (watch, logs, events -f) open, the most max_streams_per_tenant "
-                    f"({self.per_tenant}) allows; close one first"
-                )
-            if self._all >= self.total:
-                raise ResourceExhausted(
-                    f"gpuosd has {self._all} streams open, the most it serves at once ({self.total}, keeping "
-                    f"threads for other calls); try again later"
-                )
-            self._open[tenant] = held + 1
-            self._all += 1
-        done = threading.Event()
-
-        def release() -> None:
-            with self._lock:
-                if done.is_set():
-                    return
-                done.set()
-                self._all -= 1
-                left = self._open[tenant] - 1
-                if left:
-                    self._open[tenant] = left
-                else:
-                    del self._open[tenant]
-
-        return release
-
-
 def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, streams: StreamGate) -> None:
     """Serve ``service`` with ``servicer``, parsing requests ourselves.
 
@@ -490,8 +446,10 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
         if method.server_streaming:
             def stream(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
                 request = parse(raw, context)
+                tenant = caller(context).name
+                streams.note_call(tenant)
                 try:
-                    release = streams.enter(caller(context).name)
+                    release = streams.enter(tenant)
                 except ResourceExhausted as exc:
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 # The callback runs when the call ends however it ends (the client gone included);
@@ -508,7 +466,7 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
         else:
             def unary(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
                 request = parse(raw, context)
-                caller(context)
+                streams.note_call(caller(context).name)
                 return impl(request, context)
 
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -535,9 +493,10 @@ def build_server(daemon: Daemon, max_workers: int = MAX_WORKERS) -> tuple[grpc.S
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpuos-rpc"),
         options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)],
     )
-    streams = StreamGate(daemon.config.max_streams_per_tenant, max(1, max_workers - UNARY_RESERVE))
-    for service, servicer in zip(SERVICES, (JobServicer(daemon), DeviceServicer(daemon), PolicyServicer(daemon)),
-                                 strict=True):
+    streams = StreamGate(daemon.config.max_streams_per_tenant, max(1, max_workers - UNARY_RESERVE),
+                         daemon.config.contended_stream_messages_per_second)
+    servicers = (JobServicer(daemon, streams), DeviceServicer(daemon, streams), PolicyServicer(daemon, streams))
+    for service, servicer in zip(SERVICES, servicers, strict=True):
         _register(server, servicer, service, streams)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

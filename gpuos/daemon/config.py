@@ -79,6 +79,9 @@ class DaemonConfig:
     # -- fairness between tenants ---------------------------------------------------------------
     # Open Watch/Logs streams per tenant; the next one is refused with RESOURCE_EXHAUSTED.
     max_streams_per_tenant: int = 32
+    # While other tenants are calling, one tenant's Watch/Logs streams together send at most this
+    # many messages a second (0: no limit); alone, a tenant's streams are never slowed.
+    contended_stream_messages_per_second: float = 500.0
     # Open Unix-socket connections per uid; further connections are closed at once.
     max_connections_per_uid: int = 256
     # Jobs a tenant may have waiting (PENDING); the next submit is refused with RESOURCE_EXHAUSTED.
@@ -147,7 +150,7 @@ class DaemonConfig:
         if tls and len(tls) != 3:
             missing = sorted({"tls_cert", "tls_key", "tls_ca"} - set(tls))
             raise InvalidArgument(missing[0], "mutual TLS needs tls_cert, tls_key and tls_ca together")
-        for name in ("kill_grace_seconds", "retention_seconds"):
+        for name in ("kill_grace_seconds", "retention_seconds", "contended_stream_messages_per_second"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"{getattr(self, name)} is negative")
         for name in ("max_streams_per_tenant", "max_connections_per_uid", "max_pending_per_tenant",

@@ -86,6 +86,9 @@ class MpsManager:
         if not pid:
             for d in (pipe, logs):
                 d.mkdir(parents=True, exist_ok=True)
+            # Jobs of every user are clients: they reach the pipes, the daemon's user owns the rest.
+            for d in (self.root, pipe.parent, pipe):
+                os.chmod(d, 0o755)
             try:
                 subprocess.run([*self.control_command, "-d"], env=self._env(index), check=True, timeout=START_TIMEOUT,
                                stdin=subprocess.DEVNULL, capture_output=True)
