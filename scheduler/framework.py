@@ -6,11 +6,13 @@ over-commit a GPU's memory, compute share or MIG slices.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import fields
 
 from gpuos.jobs import Resources
 from gpuos.partitions.mig import Instance, find_slot
+from gpuos.scheduler.index import NodeIndex, group_states, need
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (
     MAX_TIMESLICE_JOBS,
@@ -100,6 +102,17 @@ def options(job: JobView, node: NodeView) -> Iterator[tuple[GpuView, ...]]:
         yield tuple(fitting[: request.gpus])
 
 
+# _take copies views field by field; a field added to GpuView or NodeView must be copied there.
+_VIEW_FIELDS = (
+    ("index", "model", "memory_total", "memory_free", "milli_free", "healthy", "uuid", "mig_profiles",
+     "mig_slices_used", "jobs", "sharing", "mig_instances"),
+    ("name", "gpus", "cpu_milli_free", "host_memory_free"),
+)
+assert tuple(tuple(f.name for f in fields(view)) for view in (GpuView, NodeView)) == _VIEW_FIELDS, (
+    "GpuView or NodeView gained a field: copy it in _take"
+)
+
+
 def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[NodeView, Place]:
     """The node after ``job`` is placed on ``gpus``, and the decision that records it."""
     taken: dict[int, GpuView] = {}
@@ -117,18 +130,25 @@ def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[Node
             assert found is not None, "options() offered a GPU without room for the slice"
             slot = found
             instances = (*instances, Instance(request.mig_profile, slot))
-        taken[gpu.index] = replace(
-            gpu,
-            milli_free=gpu.milli_free - milli,
+        # Built field by field, not with dataclasses.replace: this runs for every placement
+        # and replace() costs twice as much (see _VIEW_FIELDS).
+        taken[gpu.index] = GpuView(
+            index=gpu.index,
+            model=gpu.model,
+            memory_total=gpu.memory_total,
             memory_free=gpu.memory_free - memory,
+            milli_free=gpu.milli_free - milli,
+            healthy=gpu.healthy,
+            uuid=gpu.uuid,
+            mig_profiles=gpu.mig_profiles,
             mig_slices_used=gpu.mig_slices_used + profile_slices,
             jobs=gpu.jobs + (job.id,),
             sharing=sharing,
             mig_instances=instances,
         )
-    new_node = replace(
-        node,
-        gpus=tuple(taken.get(g.index, g) for g in node.gpus),
+    new_node = NodeView(
+        name=node.name,
+        gpus=tuple([taken.get(g.index, g) for g in node.gpus]),
         cpu_milli_free=node.cpu_milli_free - job.cpu_milli,
         host_memory_free=node.host_memory_free - job.host_memory,
     )
@@ -138,18 +158,104 @@ def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[Node
     return new_node, place
 
 
+class _Round:
+    """The nodes of one round grouped by state, for policies that score state alone.
+
+    Groups come from the snapshot (the index keeps them as nodes change; without it they are
+    built here); nodes that this round changes or reserves leave their group, and a changed one
+    stands alone. The lowest-positioned node of a group stands for it: scores are equal within
+    a group and the framework keeps the first best in node order, so the group's other nodes
+    could never win.
+    """
+
+    def __init__(self, snap: Snapshot, index: NodeIndex | None) -> None:
+        self.index = index
+        if index is not None:
+            self.members, self.states = index.groups()
+        else:
+            self.members, self.states = group_states(snap.nodes)
+        self.left: set[int] = set()  # positions that left their group this round
+        self.left_by_state: Counter[int] = Counter()
+        self.changed: list[int] = []
+        self.reserved: set[int] = set()
+        self._position: dict[str, int] | None = None
+        self._nodes = snap.nodes
+        # groups() by the job's (bound, least value) until a node leaves: a long queue of alike
+        # jobs on a full cluster then costs a lookup per job, not a pass over every group.
+        self._found: dict[tuple[int, int], list[tuple[int, int, list[int] | None]]] = {}
+
+    def leave(self, position: int, changed: bool) -> None:
+        self._found.clear()
+        if position not in self.left:
+            self.left.add(position)
+            self.left_by_state[self.states[position]] += 1
+        if changed and position not in self.changed:
+            self.changed.append(position)
+
+    def reserve(self, name: str) -> None:
+        """Node ``name`` is being freed for a preemptor: no group offers it for the rest of the round."""
+        if self._position is None:
+            # Built only when a round preempts: most never do.
+            self._position = {n.name: i for i, n in enumerate(self._nodes)}
+        at = self._position.get(name)
+        if at is not None:
+            self.reserved.add(at)
+            self.leave(at, changed=False)
+
+    def groups(self, job: JobView) -> list[tuple[int, int, list[int] | None]]:
+        """(first position, nodes, the group's positions or None for a lone node) for every group
+        that may host ``job``, in node order."""
+        need_of = need(job)
+        found = self._found.get(need_of)
+        if found is not None:
+            return found
+        found = self._found[need_of] = []
+        key, least = need_of
+        index = self.index
+        # No node of the snapshot may host the job: only nodes changed this round could.
+        hopeless = index is not None and index.first(key, least, 0) >= index.n
+        for state, group in () if hopeless else self.members.items():
+            if index is not None and index.bound(key, group[0]) < least:
+                continue
+            count = len(group) - self.left_by_state.get(state, 0)
+            if count <= 0:
+                continue
+            k = 0
+            while group[k] in self.left:
+                k += 1
+            found.append((group[k], count, group))
+        found.extend((i, 1, None) for i in self.changed if i not in self.reserved)
+        found.sort(key=lambda entry: entry[0])
+        return found
+
+    def nth(self, group: list[int] | None, first: int, n: int) -> int:
+        """The ``n``-th node (from 0, in node order) still in the group that starts at ``first``."""
+        if group is None:
+            return first
+        for i in group:
+            if i not in self.left:
+                if n == 0:
+                    return i
+                n -= 1
+        raise AssertionError("a group has fewer nodes than it counted")
+
+
 def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     """One scheduling round: place what fits in the policy's order, preempt where it asks."""
     decisions: list[Decision] = []
     nodes = list(snap.nodes)
     preempted: set[str] = set()
-    running = {j.id: j for j in snap.running}
+    # Built only when a policy asks to preempt: most rounds never do.
+    running: dict[str, JobView] | None = None
     # Nodes whose capacity a preempting job is freeing this round: later jobs in the order must
     # not take it, or the preemptor finds it gone next round and preempts again (thrashing).
     reserved: set[str] = set()
     # The index (when it describes these nodes) only skips nodes that cannot fit; a round only
     # takes capacity, so bounds from the snapshot stay upper bounds for the whole round.
     index = snap.index if snap.index is not None and snap.index.nodes is snap.nodes else None
+    # Scoring every node costs a score per node per job; a policy that reads only node state
+    # needs one per distinct state (on a large, mostly idle cluster: a handful, not thousands).
+    by_state = _Round(snap, index) if policy.scores_node_state_only and not policy.first_fit else None
     # (node, request shape) pairs with no way to place: a round only takes capacity, so a shape
     # that found no room on a node finds none later in the round either. A queue of many alike
     # jobs (a flood of submits, a trace's repeated shapes) then costs a lookup per job, not a
@@ -157,12 +263,20 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     no_room: set[tuple[int, Resources, int, int]] = set()
     for job in policy.order(snap.pending, snap):
         shape = (job.request, job.cpu_milli, job.host_memory)
+        groups = by_state.groups(job) if by_state is not None else None
+        if groups is not None:
+            candidates: Iterable[int] = [first for first, _, _ in groups]
+        else:
+            candidates = index.candidates(job) if index is not None else range(len(nodes))
         best: tuple[float, int, tuple[GpuView, ...]] | None = None
-        for i in index.candidates(job) if index is not None else range(len(nodes)):
+        # With policy.picks: every feasible option, as (position, options of that node or its group).
+        feasible: list[tuple[int, list[tuple[GpuView, ...]]]] = []
+        for i in candidates:
             node = nodes[i]
             if node.name in reserved or (i, *shape) in no_room:
                 continue
             offered = False
+            fitting: list[tuple[GpuView, ...]] = []
             for gpus in options(job, node):
                 offered = True
                 if not policy.fits(job, node, gpus, snap):
@@ -170,27 +284,74 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                 if policy.first_fit:
                     best = (0.0, i, gpus)
                     break
+                if policy.picks:
+                    fitting.append(gpus)
+                    continue
                 value = policy.score(job, node, gpus, snap)
                 if best is None or value > best[0]:
                     best = (value, i, gpus)
+            if fitting:
+                feasible.append((i, fitting))
             if not offered:
                 no_room.add((i, *shape))
             if best is not None and policy.first_fit:
                 break
+        if feasible:
+            best = _pick(policy, job, snap, feasible, groups, by_state)
         if best is not None:
             _, i, gpus = best
             nodes[i], place = _take(job, nodes[i], gpus)
+            if by_state is not None:
+                by_state.leave(i, changed=True)
             decisions.append(place)
             continue
         for victim in policy.victims(job, snap):
+            if running is None:
+                running = {j.id: j for j in snap.running}
             # Only running jobs can be preempted, and each only once per round.
             if victim in running and victim not in preempted:
                 preempted.add(victim)
                 reserved.add(running[victim].node)
+                if by_state is not None:
+                    by_state.reserve(running[victim].node)
                 decisions.append(Preempt(victim))
         if policy.strict_order:
             break
     return decisions
+
+
+def _pick(
+    policy: Policy,
+    job: JobView,
+    snap: Snapshot,
+    feasible: list[tuple[int, list[tuple[GpuView, ...]]]],
+    groups: list[tuple[int, int, list[int] | None]] | None,
+    by_state: _Round | None,
+) -> tuple[float, int, tuple[GpuView, ...]]:
+    """The option ``policy.pick`` names, counting each node of a group as the group's first."""
+    counts = dict.fromkeys((first for first, _ in feasible), 1)
+    members: dict[int, list[int] | None] = {}
+    if groups is not None:
+        for first, count, group in groups:
+            counts[first] = count
+            members[first] = group
+    total = sum(counts[i] * len(opts) for i, opts in feasible)
+    n = policy.pick(job, total, snap)
+    if not 0 <= n < total:
+        raise ValueError(f"policy {policy.name}: pick() chose option {n} of {total}")
+    for first, opts in feasible:
+        size = counts[first] * len(opts)
+        if n < size:
+            node_n, option = divmod(n, len(opts))
+            if by_state is None or node_n == 0:
+                return 0.0, first, opts[option]
+            # Another node of the group (unchanged this round, so as in the snapshot): the same
+            # option on it is the GPUs at the same positions.
+            i = by_state.nth(members.get(first), first, node_n)
+            at = {g.index: k for k, g in enumerate(snap.nodes[first].gpus)}
+            return 0.0, i, tuple(snap.nodes[i].gpus[at[g.index]] for g in opts[option])
+        n -= size
+    raise AssertionError("unreachable: n < total")
 
 
 def replay_decisions(snapshots: Iterable[Snapshot], policy: Policy) -> list[list[Decision]]:

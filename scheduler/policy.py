@@ -28,6 +28,14 @@ class Policy:
     description: str = ""
     first_fit: bool = True
     strict_order: bool = False
+    # The framework may score one node per distinct node state (see index.node_state) and let
+    # it stand for the others: set it only when fits() and score() read a node's state, never
+    # its name or which jobs it runs (a subclass that reads more must set it back to False).
+    # Off by default, so untrusted or evolved code gets every node scored.
+    scores_node_state_only: bool = False
+    # Take the option pick() names among all feasible ones instead of scoring them; with
+    # scores_node_state_only, the nodes of one state are counted without visiting each.
+    picks: bool = False
     # Seconds between rounds that time alone should trigger (demotion, aging, time slices);
     # 0 means rounds on arrivals and completions suffice. The simulator honours it; the daemon
     # already runs a round at least every second.
@@ -44,6 +52,11 @@ class Policy:
     def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:
         """How good an option is; the framework takes the highest (ties: first seen)."""
         return 0.0
+
+    def pick(self, job: JobView, count: int, snap: Snapshot) -> int:
+        """With ``picks``: which of the ``count`` feasible options to take (0 <= answer < count).
+        The options' order is fixed by the snapshot but otherwise unspecified."""
+        return 0
 
     def victims(self, job: JobView, snap: Snapshot) -> Sequence[str]:
         """Running jobs to preempt so that ``job`` can run; empty means wait."""

@@ -127,13 +127,22 @@ def test_sim_prints_a_table_per_policy_and_writes_their_plots(tmp_path) -> None:
 
 
 def test_sim_json_reports_metrics_per_class(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = _gpuosctl("-o", "json", "sim", "--trace", "synthetic:llm-decode?n=200&seed=1", "--no-plot",
-                       cwd=str(tmp_path))
+    result = _gpuosctl("-o", "json", "sim", "--trace", "synthetic:llm-decode?n=200&seed=1", cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)
     assert run["policy"] == "fifo" and run["jobs"] == 200
     assert any(c["qos"] == "all" and c["finished"] == run["finished"] for c in run["classes"])
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_sim_writes_no_plot_unless_asked_and_says_no_plot_is_gone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    quiet = _gpuosctl("sim", "--trace", "synthetic:bursty?n=50&seed=3", cwd=str(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "policy fifo" in quiet.stdout and "plot:" not in quiet.stdout
+    assert not list(tmp_path.iterdir())
+    old = _gpuosctl("sim", "--trace", "synthetic:bursty?n=50&seed=3", "--no-plot", cwd=str(tmp_path))
+    assert old.returncode == 2 and "--plot PATH" in old.stderr
+    assert len(old.stderr.strip().splitlines()) == 1
 
 
 def test_sim_refuses_an_unknown_trace_or_policy_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]

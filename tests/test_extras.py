@@ -124,7 +124,7 @@ def test_kernels_json_says_they_cannot_run_here(bare: Path) -> None:
 
 
 def test_sim_names_the_sim_extra(bare: Path) -> None:
-    result = run(bare, "sim", "--trace", str(TRACE), "--no-plot")
+    result = run(bare, "sim", "--trace", str(TRACE))
     assert result.returncode == 1 and "pip install 'gpuos[sim]'" in one_line(result.stderr)
 
 

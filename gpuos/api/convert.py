@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gpuos.errors import InvalidArgument
 from gpuos.jobs import TIMESLICE, Event, Job, JobKind, JobSpec, JobState, Priority, Resources
 from gpuos.kernels.registry import get_kernel
+from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.snapshot import MILLI
 from gpuos.text import escape, quote, require_printable
 from gpuos.v1 import common_pb2, jobs_pb2
@@ -255,8 +256,9 @@ def resources_to_pb(r: Resources) -> common_pb2.Resources:
     return out
 
 
-def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None) -> jobs_pb2.Job:
-    """``job`` as the API shows it; ``progress`` is a kernel worker's report (see gpuos.kernels.worker)."""
+def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None, waiting: WaitReason | None = None) -> jobs_pb2.Job:
+    """``job`` as the API shows it; ``progress`` is a kernel worker's report (see gpuos.kernels.worker),
+    ``waiting`` why the scheduler's latest round left it pending (shown only while it is pending)."""
     spec = job.spec
     out = jobs_pb2.Job(
         id=job.id,
@@ -295,6 +297,8 @@ def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None) -> jobs_pb2.J
         )
     if progress:
         out.progress.CopyFrom(progress_to_pb(progress))
+    if waiting is not None and job.state == JobState.PENDING:
+        out.waiting.CopyFrom(jobs_pb2.WaitReason(kind=waiting.kind.value, message=waiting.message))
     for name in ("created_at", "started_at", "finished_at"):
         ts = _timestamp(getattr(job, name))
         if ts is not None:

@@ -145,7 +145,8 @@ class JobServicer(_Base):
 
     def _job_pb(self, job: Job) -> jobs_pb2.Job:
         progress = self.daemon.controller.kernel_progress(job.id) if job.spec.kind == JobKind.KERNEL else None
-        return convert.job_to_pb(job, progress)
+        waiting = self.daemon.controller.waiting(job.id) if job.state == JobState.PENDING else None
+        return convert.job_to_pb(job, progress, waiting)
 
     @_handled
     def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:

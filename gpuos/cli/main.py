@@ -174,6 +174,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                 print(output.jobs_table([job]))
                 if job.message:
                     print(f"message: {escape(job.message)}")
+                if job.HasField("waiting"):
+                    print(f"waiting: {escape(job.waiting.message)}")
                 if job.HasField("progress"):
                     p = job.progress
                     print(f"progress: {p.steps_done}/{p.steps_total} steps, last {p.last_latency_ms:.3f} ms, "

@@ -95,6 +95,7 @@ def job_dict(job: jobs_pb2.Job) -> dict[str, Any]:
         "started_at": _time(job.started_at, job.HasField("started_at")),
         "finished_at": _time(job.finished_at, job.HasField("finished_at")),
         "progress": progress_dict(job.progress) if job.HasField("progress") else None,
+        "waiting": {"kind": job.waiting.kind, "message": job.waiting.message} if job.HasField("waiting") else None,
     }
 
 

@@ -19,7 +19,8 @@ from gpuos.cli.args import non_negative_float, positive_float, seed
 def add_sim_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sim", help="replay a trace under policies in the simulator (no daemon needed)",
-        description="Replay TRACE under each --policy; print a table and write a PNG per policy. Traces: "
+        description="Replay TRACE under each --policy and print a table per policy (with --plot PATH, a PNG "
+                    "too). Traces: "
                     "alibaba-gpu-2023[:variant], alibaba-genai-2026, synthetic:llm-decode|bursty|large?n=&seed=, "
                     "or a path to a pod-list/request CSV.",
     )
@@ -27,9 +28,11 @@ def add_sim_parser(sub: Any) -> None:
     p.add_argument("--policy", action="append", default=[], help="policy name (repeatable; default fifo)")
     p.add_argument("--gpus", default=None, help="cluster instead of the trace's, e.g. 4x8xH100-80GB,2x2xT4")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--plot", default="", help="PNG path (default sim-<trace>-<policy>.png); with several "
-                                              "policies, the policy name is added")
-    p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
+    p.add_argument("--plot", metavar="PATH", default="",
+                   help="write a PNG of each run to PATH (with several policies, the policy name is added); "
+                        "no plot without it")
+    # Gone since plots became opt-in; kept only to say so instead of argparse's bare "unrecognized".
+    p.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--interference", type=non_negative_float, default=None,
                    help="MPS colocation slowdown per GPU of neighbours")
     p.add_argument("--failures-per-gpu-hour", type=non_negative_float, default=None,
@@ -47,7 +50,7 @@ def result_dict(result: Any) -> dict[str, Any]:
     return data
 
 
-# The simulator's metrics use numpy; only the plot needs matplotlib (--no-plot runs without it).
+# The simulator's metrics use numpy; only the plot needs matplotlib (runs without --plot need none).
 SIM_MODULES = ("numpy",)
 PLOT_MODULES = ("matplotlib",)
 
@@ -55,12 +58,15 @@ PLOT_MODULES = ("matplotlib",)
 def run_sim(args: argparse.Namespace) -> int:
     from gpuos import extras
 
+    if args.no_plot:
+        print("gpuosctl sim: --no-plot is gone: no plot is written unless you pass --plot PATH", file=sys.stderr)
+        return 2
     try:
         extras.require("the simulator", "sim", SIM_MODULES)
-        if not args.no_plot:
+        if args.plot:
             extras.require("the plot", "sim", PLOT_MODULES)
     except extras.MissingExtra as exc:
-        hint = " (or pass --no-plot)" if exc.modules == PLOT_MODULES else ""
+        hint = " (or leave out --plot)" if exc.modules == PLOT_MODULES else ""
         print(f"gpuosctl sim: {exc}{hint}", file=sys.stderr)
         return 1
     from gpuos.errors import GpuosError
@@ -92,9 +98,9 @@ def run_sim(args: argparse.Namespace) -> int:
             return 1
         results.append(result)
         plot = ""
-        if not args.no_plot:
-            path = args.plot or f"sim-{_slug(args.trace)}-{_slug(name)}.png"
-            if args.plot and len(policies) > 1:
+        if args.plot:
+            path = args.plot
+            if len(policies) > 1:
                 stem = Path(args.plot)
                 path = str(stem.with_name(f"{stem.stem}-{_slug(name)}{stem.suffix or '.png'}"))
             plot = str(result.plot(path))

@@ -29,6 +29,7 @@ from gpuos.partitions.mps import MpsManager
 from gpuos.partitions.timeslice import Sharer, Turn, next_deadline, plan_turns
 from gpuos.runtime.process import Handle, Launch, ProcessRuntime
 from gpuos.scheduler import GpuView, JobView, NodeView, Place, Policy, Preempt, Snapshot, schedule
+from gpuos.scheduler.explain import WaitReason, WaitReasons, explain
 from gpuos.scheduler.snapshot import MILLI
 from gpuos.units import format_bytes
 
@@ -143,6 +144,10 @@ class Controller:
         # Views of jobs whose record has not changed are reused: with thousands of pending jobs,
         # rebuilding every view each round would dominate the round.
         self._views: dict[str, tuple[Job, JobView]] = {}
+        # Why each pending job waits, as of the latest round; replaced whole each round, so the
+        # API reads it without the lock.
+        self._waiting = WaitReasons()
+        self._decided: Snapshot | None = None
 
     def _mps_manager(self, root: Path) -> MpsManager | None:
         try:
@@ -603,7 +608,8 @@ class Controller:
     def decide(self) -> list[Place | Preempt]:
         """The active policy's decisions for the current state (no side effects)."""
         started = time.perf_counter()
-        decisions = schedule(self.snapshot(), self.policy)
+        self._decided = self.snapshot()
+        decisions = schedule(self._decided, self.policy)
         self.last_decision_seconds = time.perf_counter() - started
         self.decisions_made += 1
         if self.metrics is not None:
@@ -621,8 +627,10 @@ class Controller:
         self._dirty = False
         self._last_round = now
         if not self.store.has_pending():
+            self._waiting = WaitReasons()
             return
-        for decision in self.decide():
+        decisions = self.decide()
+        for decision in decisions:
             if isinstance(decision, Place):
                 self._start(decision)
             else:
@@ -631,6 +639,9 @@ class Controller:
                     self._begin_stop(job, JobState.PENDING, Reason.PREEMPTED, f"preempted by policy {self.policy.name}")
                     if self.metrics is not None:
                         self.metrics.preemptions.inc()
+        # After the decisions took effect: the reasons only inform, and must never hold them up.
+        if self._decided is not None:
+            self._waiting = explain(self._decided, self.policy, decisions)
 
     def _start(self, place: Place) -> None:
         job = self.store.active_job(place.job_id)
@@ -722,6 +733,10 @@ class Controller:
             # home, as a login would, or in / when it has none.
             cwd = home if home and os.path.isdir(home) else "/"
         return Launch(job.id, command, env, cwd, uid, gid, kill_grace=self.kill_grace, progress=kernel)
+
+    def waiting(self, job_id: str) -> WaitReason | None:
+        """Why the latest round left pending job ``job_id`` unplaced; None if it placed it or never saw it."""
+        return self._waiting.get(job_id)
 
     def progress_path(self, job_id: str) -> Path:
         """Where a kernel job's worker writes its progress (steps done, per-step latency)."""

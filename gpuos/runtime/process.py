@@ -91,7 +91,8 @@ class ProcessRuntime:
 
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
-        jobs_dir.mkdir(parents=True, exist_ok=True)
+        jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(jobs_dir, 0o700)  # its listing names every job: private like the rest
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def job_dir(self, job_id: str) -> Path:

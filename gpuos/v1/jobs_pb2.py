@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gpuos.v1 import common_pb2 as gpuos_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13gpuos/v1/jobs.proto\x12\x08gpuos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gpuos/v1/common.proto\"\x9f\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.gpuos.v1.JobKind\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0e\n\x06kernel\x18\x04 \x01(\t\x12-\n\x06params\x18\x05 \x03(\x0b\x32\x1d.gpuos.v1.JobSpec.ParamsEntry\x12&\n\tresources\x18\x06 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12$\n\x08priority\x18\x07 \x01(\x0e\x32\x12.gpuos.v1.Priority\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x0b\n\x03qos\x18\t \x01(\t\x12\'\n\x03\x65nv\x18\n \x03(\x0b\x32\x1a.gpuos.v1.JobSpec.EnvEntry\x12\x0b\n\x03\x63wd\x18\x0b \x01(\t\x12\x19\n\x11\x65stimated_seconds\x18\x0c \x01(\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\tPlacement\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\r\x12\x14\n\x0c\x64\x65vice_uuids\x18\x02 \x03(\t\x12\x11\n\tpartition\x18\x03 \x01(\t\x12$\n\x07granted\x18\x04 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12\x17\n\x0fmig_device_uuid\x18\x05 \x01(\t\"\xcc\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.gpuos.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x11\n\towner_uid\x18\x08 \x01(\r\x12\x1f\n\x04spec\x18\t \x01(\x0b\x32\x11.gpuos.v1.JobSpec\x12&\n\tplacement\x18\n \x01(\x0b\x32\x13.gpuos.v1.Placement\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61ttained_service\x18\x0e \x01(\x01\x12*\n\x08progress\x18\x0f \x01(\x0b\x32\x18.gpuos.v1.KernelProgressB\x0c\n\n_exit_code\"\x83\x02\n\x0eKernelProgress\x12\x12\n\nsteps_done\x18\x01 \x01(\r\x12\x13\n\x0bsteps_total\x18\x02 \x01(\r\x12\x17\n\x0flast_latency_ms\x18\x03 \x01(\x01\x12\x17\n\x0fmean_latency_ms\x18\x04 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x05 \x01(\x01\x12\x16\n\x0ep99_latency_ms\x18\x06 \x01(\x01\x12\x36\n\x07summary\x18\x07 \x03(\x0b\x32%.gpuos.v1.KernelProgress.SummaryEntry\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\rSubmitRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.gpuos.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\",\n\x0eSubmitResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.gpuos.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"{\n\x0fListJobsRequest\x12\"\n\x06states\x18\x01 \x03(\x0e\x32\x12.gpuos.v1.JobState\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.gpuos.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsince_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\xb0\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.gpuos.v1.JobState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\t\"-\n\x0bLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"(\n\x08LogChunk\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*u\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06PAUSED\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*C\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x07\n\x03LOW\x10\x01\x12\n\n\x06NORMAL\x10\x02\x12\x08\n\x04HIGH\x10\x03*J\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PROCESS\x10\x01\x12\n\n\x06KERNEL\x10\x02\x12\x0c\n\x08\x45XTERNAL\x10\x03\x32\xd5\x02\n\nJobService\x12;\n\x06Submit\x12\x17.gpuos.v1.SubmitRequest\x1a\x18.gpuos.v1.SubmitResponse\x12-\n\x03Get\x12\x17.gpuos.v1.GetJobRequest\x1a\r.gpuos.v1.Job\x12=\n\x04List\x12\x19.gpuos.v1.ListJobsRequest\x1a\x1a.gpuos.v1.ListJobsResponse\x12\x33\n\x06\x43\x61ncel\x12\x1a.gpuos.v1.CancelJobRequest\x1a\r.gpuos.v1.Job\x12\x32\n\x05Watch\x12\x16.gpuos.v1.WatchRequest\x1a\x0f.gpuos.v1.Event0\x01\x12\x33\n\x04Logs\x12\x15.gpuos.v1.LogsRequest\x1a\x12.gpuos.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13gpuos/v1/jobs.proto\x12\x08gpuos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gpuos/v1/common.proto\"\x9f\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.gpuos.v1.JobKind\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0e\n\x06kernel\x18\x04 \x01(\t\x12-\n\x06params\x18\x05 \x03(\x0b\x32\x1d.gpuos.v1.JobSpec.ParamsEntry\x12&\n\tresources\x18\x06 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12$\n\x08priority\x18\x07 \x01(\x0e\x32\x12.gpuos.v1.Priority\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x0b\n\x03qos\x18\t \x01(\t\x12\'\n\x03\x65nv\x18\n \x03(\x0b\x32\x1a.gpuos.v1.JobSpec.EnvEntry\x12\x0b\n\x03\x63wd\x18\x0b \x01(\t\x12\x19\n\x11\x65stimated_seconds\x18\x0c \x01(\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\tPlacement\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\r\x12\x14\n\x0c\x64\x65vice_uuids\x18\x02 \x03(\t\x12\x11\n\tpartition\x18\x03 \x01(\t\x12$\n\x07granted\x18\x04 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12\x17\n\x0fmig_device_uuid\x18\x05 \x01(\t\"\xf3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.gpuos.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x11\n\towner_uid\x18\x08 \x01(\r\x12\x1f\n\x04spec\x18\t \x01(\x0b\x32\x11.gpuos.v1.JobSpec\x12&\n\tplacement\x18\n \x01(\x0b\x32\x13.gpuos.v1.Placement\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61ttained_service\x18\x0e \x01(\x01\x12*\n\x08progress\x18\x0f \x01(\x0b\x32\x18.gpuos.v1.KernelProgress\x12%\n\x07waiting\x18\x10 \x01(\x0b\x32\x14.gpuos.v1.WaitReasonB\x0c\n\n_exit_code\"+\n\nWaitReason\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x83\x02\n\x0eKernelProgress\x12\x12\n\nsteps_done\x18\x01 \x01(\r\x12\x13\n\x0bsteps_total\x18\x02 \x01(\r\x12\x17\n\x0flast_latency_ms\x18\x03 \x01(\x01\x12\x17\n\x0fmean_latency_ms\x18\x04 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x05 \x01(\x01\x12\x16\n\x0ep99_latency_ms\x18\x06 \x01(\x01\x12\x36\n\x07summary\x18\x07 \x03(\x0b\x32%.gpuos.v1.KernelProgress.SummaryEntry\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\rSubmitRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.gpuos.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\",\n\x0eSubmitResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.gpuos.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"{\n\x0fListJobsRequest\x12\"\n\x06states\x18\x01 \x03(\x0e\x32\x12.gpuos.v1.JobState\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.gpuos.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsince_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\xb0\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.gpuos.v1.JobState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\t\"-\n\x0bLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"(\n\x08LogChunk\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*u\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06PAUSED\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*C\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x07\n\x03LOW\x10\x01\x12\n\n\x06NORMAL\x10\x02\x12\x08\n\x04HIGH\x10\x03*J\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PROCESS\x10\x01\x12\n\n\x06KERNEL\x10\x02\x12\x0c\n\x08\x45XTERNAL\x10\x03\x32\xd5\x02\n\nJobService\x12;\n\x06Submit\x12\x17.gpuos.v1.SubmitRequest\x1a\x18.gpuos.v1.SubmitResponse\x12-\n\x03Get\x12\x17.gpuos.v1.GetJobRequest\x1a\r.gpuos.v1.Job\x12=\n\x04List\x12\x19.gpuos.v1.ListJobsRequest\x1a\x1a.gpuos.v1.ListJobsResponse\x12\x33\n\x06\x43\x61ncel\x12\x1a.gpuos.v1.CancelJobRequest\x1a\r.gpuos.v1.Job\x12\x32\n\x05Watch\x12\x16.gpuos.v1.WatchRequest\x1a\x0f.gpuos.v1.Event0\x01\x12\x33\n\x04Logs\x12\x15.gpuos.v1.LogsRequest\x1a\x12.gpuos.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,12 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_KERNELPROGRESS_SUMMARYENTRY']._loaded_options = None
   _globals['_KERNELPROGRESS_SUMMARYENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2083
-  _globals['_JOBSTATE']._serialized_end=2200
-  _globals['_PRIORITY']._serialized_start=2202
-  _globals['_PRIORITY']._serialized_end=2269
-  _globals['_JOBKIND']._serialized_start=2271
-  _globals['_JOBKIND']._serialized_end=2345
+  _globals['_JOBSTATE']._serialized_start=2167
+  _globals['_JOBSTATE']._serialized_end=2284
+  _globals['_PRIORITY']._serialized_start=2286
+  _globals['_PRIORITY']._serialized_end=2353
+  _globals['_JOBKIND']._serialized_start=2355
+  _globals['_JOBKIND']._serialized_end=2429
   _globals['_JOBSPEC']._serialized_start=90
   _globals['_JOBSPEC']._serialized_end=505
   _globals['_JOBSPEC_PARAMSENTRY']._serialized_start=416
@@ -54,31 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEMENT']._serialized_start=508
   _globals['_PLACEMENT']._serialized_end=640
   _globals['_JOB']._serialized_start=643
-  _globals['_JOB']._serialized_end=1103
-  _globals['_KERNELPROGRESS']._serialized_start=1106
-  _globals['_KERNELPROGRESS']._serialized_end=1365
-  _globals['_KERNELPROGRESS_SUMMARYENTRY']._serialized_start=1319
-  _globals['_KERNELPROGRESS_SUMMARYENTRY']._serialized_end=1365
-  _globals['_SUBMITREQUEST']._serialized_start=1367
-  _globals['_SUBMITREQUEST']._serialized_end=1440
-  _globals['_SUBMITRESPONSE']._serialized_start=1442
-  _globals['_SUBMITRESPONSE']._serialized_end=1486
-  _globals['_GETJOBREQUEST']._serialized_start=1488
-  _globals['_GETJOBREQUEST']._serialized_end=1515
-  _globals['_LISTJOBSREQUEST']._serialized_start=1517
-  _globals['_LISTJOBSREQUEST']._serialized_end=1640
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1642
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1714
-  _globals['_CANCELJOBREQUEST']._serialized_start=1716
-  _globals['_CANCELJOBREQUEST']._serialized_end=1746
-  _globals['_WATCHREQUEST']._serialized_start=1748
-  _globals['_WATCHREQUEST']._serialized_end=1813
-  _globals['_EVENT']._serialized_start=1816
-  _globals['_EVENT']._serialized_end=1992
-  _globals['_LOGSREQUEST']._serialized_start=1994
-  _globals['_LOGSREQUEST']._serialized_end=2039
-  _globals['_LOGCHUNK']._serialized_start=2041
-  _globals['_LOGCHUNK']._serialized_end=2081
-  _globals['_JOBSERVICE']._serialized_start=2348
-  _globals['_JOBSERVICE']._serialized_end=2689
+  _globals['_JOB']._serialized_end=1142
+  _globals['_WAITREASON']._serialized_start=1144
+  _globals['_WAITREASON']._serialized_end=1187
+  _globals['_KERNELPROGRESS']._serialized_start=1190
+  _globals['_KERNELPROGRESS']._serialized_end=1449
+  _globals['_KERNELPROGRESS_SUMMARYENTRY']._serialized_start=1403
+  _globals['_KERNELPROGRESS_SUMMARYENTRY']._serialized_end=1449
+  _globals['_SUBMITREQUEST']._serialized_start=1451
+  _globals['_SUBMITREQUEST']._serialized_end=1524
+  _globals['_SUBMITRESPONSE']._serialized_start=1526
+  _globals['_SUBMITRESPONSE']._serialized_end=1570
+  _globals['_GETJOBREQUEST']._serialized_start=1572
+  _globals['_GETJOBREQUEST']._serialized_end=1599
+  _globals['_LISTJOBSREQUEST']._serialized_start=1601
+  _globals['_LISTJOBSREQUEST']._serialized_end=1724
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1726
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1798
+  _globals['_CANCELJOBREQUEST']._serialized_start=1800
+  _globals['_CANCELJOBREQUEST']._serialized_end=1830
+  _globals['_WATCHREQUEST']._serialized_start=1832
+  _globals['_WATCHREQUEST']._serialized_end=1897
+  _globals['_EVENT']._serialized_start=1900
+  _globals['_EVENT']._serialized_end=2076
+  _globals['_LOGSREQUEST']._serialized_start=2078
+  _globals['_LOGSREQUEST']._serialized_end=2123
+  _globals['_LOGCHUNK']._serialized_start=2125
+  _globals['_LOGCHUNK']._serialized_end=2165
+  _globals['_JOBSERVICE']._serialized_start=2432
+  _globals['_JOBSERVICE']._serialized_end=2773
 # @@protoc_insertion_point(module_scope)

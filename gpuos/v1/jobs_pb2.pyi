@@ -107,7 +107,7 @@ class Placement(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[int]] = ..., device_uuids: _Optional[_Iterable[str]] = ..., partition: _Optional[str] = ..., granted: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., mig_device_uuid: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service", "progress")
+    __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service", "progress", "waiting")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ATTAINED_SERVICE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -138,7 +139,16 @@ class Job(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     attained_service: float
     progress: KernelProgress
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., tenant: _Optional[str] = ..., owner_uid: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attained_service: _Optional[float] = ..., progress: _Optional[_Union[KernelProgress, _Mapping]] = ...) -> None: ...
+    waiting: WaitReason
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., tenant: _Optional[str] = ..., owner_uid: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attained_service: _Optional[float] = ..., progress: _Optional[_Union[KernelProgress, _Mapping]] = ..., waiting: _Optional[_Union[WaitReason, _Mapping]] = ...) -> None: ...
+
+class WaitReason(_message.Message):
+    __slots__ = ("kind", "message")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    message: str
+    def __init__(self, kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class KernelProgress(_message.Message):
     __slots__ = ("steps_done", "steps_total", "last_latency_ms", "mean_latency_ms", "p50_latency_ms", "p99_latency_ms", "summary")

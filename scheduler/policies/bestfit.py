@@ -17,6 +17,7 @@ class BestFit(Policy):
     name = "best-fit"
     description = "least free GPU capacity left on the node (then on the GPU)"
     first_fit = False
+    scores_node_state_only = True
 
     def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:
         take = job.request.gpu_milli or MILLI

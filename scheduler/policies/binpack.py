@@ -17,6 +17,7 @@ class BinPacking(Policy):
     name = "binpack"
     description = "most-used node first, then an already shared GPU"
     first_fit = False
+    scores_node_state_only = True
 
     def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:
         used_gpus = sum(1 for g in node.gpus if g.jobs)

@@ -44,6 +44,8 @@ class EvolvedMeanJct(Policy):
     name = "evolved-mean-jct"
     description = "evolved by gpuos.agents.gp; see the header"
     first_fit = False
+    # Reads only whether the GPUs are in use: a node-state score (added when it was checked in).
+    scores_node_state_only = True
     period = 0.0
 
     def rank(self, job: JobView, now: float) -> float:

@@ -24,6 +24,7 @@ class Fgd(Policy):
     name = "fgd"
     description = "least growth of expected GPU fragmentation (FGD, ATC'23)"
     first_fit = False
+    scores_node_state_only = True
 
     def __init__(self, workload: Sequence[TaskClass] | None = None) -> None:
         self.workload = tuple(workload) if workload is not None else None

@@ -25,6 +25,7 @@ class Gandiva(Policy):
     name = "gandiva"
     description = "time-slicing by suspend/resume in quanta, packing shares onto used GPUs"
     first_fit = False
+    scores_node_state_only = True
     # A time slice of one minute: long against suspend/resume cost, short against job lengths.
     slice_seconds = 60.0
     period = 60.0

@@ -1,7 +1,9 @@
 """Random-fit placement: any option that fits, chosen at random (a baseline of the FGD paper).
 
-The choice is a hash of (job, node, GPUs), so it is random across jobs yet a pure function of
-the snapshot: the same job in the same state lands on the same place, run after run.
+Every feasible option (a node and its GPUs) is equally likely. The choice is a hash of the job,
+so it is random across jobs yet a pure function of the snapshot: the same job in the same state
+lands on the same place, run after run. The framework counts the options by node state
+(``picks``), so a large cluster costs a count per distinct state, not a hash per node.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import zlib
 
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.registry import register
-from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Snapshot
+from gpuos.scheduler.snapshot import JobView, Snapshot
 
 
 @register
@@ -18,7 +20,8 @@ class RandomFit(Policy):
     name = "random-fit"
     description = "a uniformly random option that fits (deterministic hash)"
     first_fit = False
+    scores_node_state_only = True
+    picks = True
 
-    def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:
-        key = f"{job.id}|{node.name}|{','.join(str(g.index) for g in gpus)}"
-        return float(zlib.crc32(key.encode()))
+    def pick(self, job: JobView, count: int, snap: Snapshot) -> int:
+        return zlib.crc32(job.id.encode()) % count

@@ -17,6 +17,7 @@ class Spread(Policy):
     name = "spread"
     description = "node with the most free GPU capacity, then its least used GPU"
     first_fit = False
+    scores_node_state_only = True
 
     def score(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> float:
         node_free = sum(g.milli_free for g in node.gpus if g.healthy and not g.jobs) + sum(
