@@ -107,12 +107,20 @@ class Client:
                 return method(request, timeout=timeout or self.timeout, wait_for_ready=attempt > 0,
                               metadata=self._metadata)
             except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < retries:
+                error = self._error(exc)
+                if error.code == grpc.StatusCode.UNAVAILABLE and attempt < retries:
                     time.sleep(0.2 * (attempt + 1))
                     continue
-                raise ApiError(code, exc.details() or code.name) from None  # type: ignore[attr-defined]
+                raise error from None
         raise AssertionError("unreachable")
+
+    def _error(self, exc: grpc.RpcError) -> ApiError:
+        code = exc.code()  # type: ignore[attr-defined]
+        details = exc.details() or code.name  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE and "Permission denied" in details and self.target.startswith("unix:"):
+            # The kernel refused the connection (the socket's mode): say whose gpuosd it is and why.
+            return ApiError(grpc.StatusCode.PERMISSION_DENIED, socket_refusal(self.target[len("unix:"):]))
+        return ApiError(code, details)
 
     def _stream(self, method, request, timeout: float | None = None) -> Iterator:  # type: ignore[no-untyped-def]
         try:
@@ -123,7 +131,7 @@ class Client:
                 return
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
                 raise TimeoutError(exc.details()) from None  # type: ignore[attr-defined]
-            raise ApiError(code, exc.details() or code.name) from None  # type: ignore[attr-defined]
+            raise self._error(exc) from None
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -269,6 +277,25 @@ class Client:
 
     def set_policy(self, name: str) -> policy_pb2.PolicyInfo:
         return self._call(self._policies.Set, policy_pb2.SetPolicyRequest(name=name))
+
+
+def socket_refusal(path: str) -> str:
+    """Why connecting to gpuosd's socket at ``path`` was refused by its file mode, in words."""
+    import pwd
+
+    try:
+        info = os.stat(path)
+    except OSError:
+        return f"cannot connect to {path}: permission denied"
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = f"uid{info.st_uid}"
+    mode = f"{info.st_mode & 0o777:04o}"
+    if info.st_uid != 0:
+        return (f"the gpuosd at {path} runs as user {owner} without root, so it serves only {owner} (its socket "
+                f"is owner-only, mode {mode}); {owner} may set allow_other_users = true, and jobs then run as {owner}")
+    return f"the socket {path} (mode {mode}) is not open to uid {os.getuid()}; ask the host's admin"
 
 
 def current_env() -> dict[str, str]:

@@ -1,8 +1,9 @@
 """A gpuosd not running as root cannot run jobs as other users, so it serves only its own user.
 
-Root is served too (it is an admin of every gpuosd: it can read the state dir anyway). Another
-uid gets PERMISSION_DENIED saying why, unless ``allow_other_users = true``, and then its jobs run
-as the daemon's user.
+Root is served too (it is an admin of every gpuosd: it can read the state dir anyway). The socket
+is owner-only, and another uid gets PERMISSION_DENIED saying why (from the client when the kernel
+refused the connection, from gpuosd when the socket was opened to others), unless
+``allow_other_users = true``, and then its jobs run as the daemon's user.
 """
 
 from __future__ import annotations
@@ -74,13 +75,27 @@ def test_root_is_served_as_an_admin(own_gpuosd: DaemonProcess) -> None:
     assert own_gpuosd.ctl("cancel", mine).returncode == 0
 
 
-def test_the_socket_stays_connectable_so_the_refusal_can_be_said(own_gpuosd: DaemonProcess) -> None:
-    assert os.stat(own_gpuosd.socket).st_mode & 0o777 == 0o666
+def test_the_socket_is_owner_only_by_default(own_gpuosd: DaemonProcess) -> None:
+    assert os.stat(own_gpuosd.socket).st_mode & 0o777 == 0o600
+
+
+def test_a_socket_opened_to_others_still_refuses_them_saying_why(owned_dir: Path) -> None:
+    d = start(owned_dir, 'socket_mode = "0666"\n')
+    try:
+        assert os.stat(d.socket).st_mode & 0o777 == 0o666
+        result = d.ctl("devices", user=OTHER)
+        # This refusal comes from gpuosd itself (the connection got through), not the kernel.
+        assert result.returncode == 1 and "PERMISSION_DENIED" in result.stderr
+        assert "gpuosd runs as user uid54321 without root" in result.stderr
+    finally:
+        d.stop()
+        _kill_leftover_jobs(d.state)
 
 
 def test_allow_other_users_lets_them_in_and_their_jobs_run_as_the_daemons_user(owned_dir: Path) -> None:
     d = start(owned_dir, "allow_other_users = true\n")
     try:
+        assert os.stat(d.socket).st_mode & 0o777 == 0o666
         result = d.ctl("submit", "--wait", "--", "id", "-u", user=OTHER)
         assert result.returncode == 0, result.stderr
         job = result.stdout.split()[0]

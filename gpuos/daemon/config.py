@@ -53,9 +53,9 @@ class DaemonConfig:
     admins: list[str] = field(default_factory=list)
     # The tenant of unauthenticated TCP callers (insecure_tcp only).
     tcp_tenant: str = "remote"
-    # Permissions of the Unix socket file. Connections are always checked per caller uid; this
-    # only decides who may reach the check (0666: everyone, so refusals can say why).
-    socket_mode: int = 0o666
+    # Permissions of the Unix socket file; -1: 0666 for a root gpuosd (every caller is checked
+    # by uid) or one with allow_other_users, else 0600, owner-only, since it serves no one else.
+    socket_mode: int = -1
     # A gpuosd not running as root cannot run jobs as other users. By default it serves only its
     # own user; true lets other users in, and their jobs then run as the daemon's user.
     allow_other_users: bool = False
@@ -142,7 +142,7 @@ class DaemonConfig:
                 raise InvalidArgument(name, f"{value[:120]!r} is not HOST:PORT")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise InvalidArgument("log_level", f"{self.log_level[:40]!r} is not one of DEBUG, INFO, WARNING, ERROR")
-        if not 0 <= self.socket_mode <= 0o777:
+        if not (0 <= self.socket_mode <= 0o777 or self.socket_mode == -1):
             raise InvalidArgument("socket_mode", f"{self.socket_mode} is not a file mode; write it in octal, "
                                                  "as 0o666 or \"0666\"")
         self.admins = [str(a) for a in self.admins]
@@ -159,6 +159,13 @@ class DaemonConfig:
                 raise InvalidArgument(name, f"{getattr(self, name)} is below 1")
         if self.retention_jobs < 0:
             raise InvalidArgument("retention_jobs", f"{self.retention_jobs} is negative (0: no limit)")
+
+    @property
+    def effective_socket_mode(self) -> int:
+        """The socket file's mode: ``socket_mode``, or the default for who may be served."""
+        if self.socket_mode != -1:
+            return self.socket_mode
+        return 0o666 if os.getuid() == 0 or self.allow_other_users else 0o600
 
     @property
     def state_path(self) -> Path:

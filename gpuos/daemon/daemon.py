@@ -114,7 +114,7 @@ class Daemon:
                 log.info("listening on TCP %s (%s)", config.listen,
                          "mutual TLS" if config.tcp_auth == "mtls" else "bearer tokens")
         self.server.start()
-        self.gateway = PeerGateway(config.socket, self.private_socket, config.socket_mode,
+        self.gateway = PeerGateway(config.socket, self.private_socket, config.effective_socket_mode,
                                    config.max_connections_per_uid)
         self.auth.gateway = self.gateway
         self.gateway.start()
