@@ -3,7 +3,7 @@
 Found by gpuos.agents (gp engine), run gp2-mean-jct-s1: 14 generations x 32, seed 1.
 Engine-made, seeded with hand-made rules (FIFO, SJF, SRTF, LAS, smallest GPU-seconds, best-fit and spread
 placement, latency class first); selected by training score only.
-Command: gpuosctl evolve --objective mean_jct --engine gp --iterations 14 --population 32 --seed 1 --jobs 1 --run-dir /work/runs/v2/gp2-mean-jct-s1
+Command: gpuosctl evolve --objective mean_jct --engine gp --iterations 14 --population 32 --seed 1 --jobs 1 --run-dir runs/v2/gp2-mean-jct-s1
 Training traces (the only ones the search saw):
   alibaba-gpu-2023:gpushare40|gpus=2x8xG2|start=0.2|jobs=300|load=1.2
   alibaba-gpu-2023:multigpu20|gpus=2x8xG2|start=0.5|jobs=300|load=1.2

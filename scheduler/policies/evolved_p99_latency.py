@@ -3,7 +3,7 @@
 Found by gpuos.agents (gp engine), run gp2-p99-latency-s2: 24 generations x 32, seed 2.
 Engine-made, seeded with hand-made rules (FIFO, SJF, SRTF, LAS, smallest GPU-seconds, best-fit and spread
 placement, latency class first) and 2 genome(s) from earlier runs' results (--warm-start); selected by training score only.
-Command: gpuosctl evolve --objective p99_latency --engine gp --iterations 24 --population 32 --seed 2 --jobs 1 --warm-start /work/runs/v2/gp2-p99-latency-s1/report.json --warm-start /work/runs/gp-p99-latency-s1/report.json --run-dir /work/runs/v2/gp2-p99-latency-s2
+Command: gpuosctl evolve --objective p99_latency --engine gp --iterations 24 --population 32 --seed 2 --jobs 1 --warm-start runs/v2/gp2-p99-latency-s1/report.json --warm-start runs/gp-p99-latency-s1/report.json --run-dir runs/v2/gp2-p99-latency-s2
 Training traces (the only ones the search saw):
   alibaba-gpu-2023:gpushare40|gpus=2x8xG2|start=0.2|jobs=300|load=1.2
   alibaba-gpu-2023:multigpu20|gpus=2x8xG2|start=0.5|jobs=300|load=1.2
