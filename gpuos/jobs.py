@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 TIMESLICE = "timeslice"
@@ -39,6 +40,55 @@ class Priority(enum.IntEnum):
             return cls[text.strip().upper()]
         except KeyError:
             raise InvalidArgument("priority", f"{text!r} is not one of high, normal, low") from None
+
+
+class Qos(str, enum.Enum):
+    """Quality-of-service classes: the one vocabulary of the API, the traces and the policies.
+
+    A user submits one of gpuos's two classes, LS (latency-sensitive) or BE (best-effort); see
+    ``parse``. Traces (Alibaba's cluster-trace-gpu-v2023) also carry Kubernetes' Guaranteed and
+    Burstable. Those keep their names in the simulator, so its report still breaks down by the
+    trace's own classes, and they map onto gpuos's two by ``rank``: Guaranteed ranks with LS
+    and counts as latency-sensitive, Burstable ranks between LS and BE.
+    """
+
+    LS = "LS"
+    GUARANTEED = "Guaranteed"
+    BURSTABLE = "Burstable"
+    BE = "BE"
+
+    @property
+    def rank(self) -> int:
+        """Higher runs first: 2 latency-sensitive, 1 Burstable, 0 best-effort."""
+        return _QOS_RANK[self]
+
+    @property
+    def latency_sensitive(self) -> bool:
+        return self.rank == 2
+
+    @classmethod
+    def parse(cls, text: str) -> Qos:
+        """A class as a user spells it (any case; empty is BE); only LS and BE are accepted."""
+        from gpuos.errors import InvalidArgument
+        from gpuos.text import quote
+
+        spelled = text.strip().upper() or cls.BE.value
+        if spelled not in (cls.LS.value, cls.BE.value):
+            raise InvalidArgument("qos", f"{quote(text)} is not one of LS (latency-sensitive), BE (best-effort)")
+        return cls(spelled)
+
+    @classmethod
+    def rank_of(cls, text: str) -> int:
+        """The rank of a class named ``text`` (a trace's spelling); one that no class has ranks 1."""
+        try:
+            return cls(text).rank
+        except ValueError:
+            return 1
+
+
+_QOS_RANK = {Qos.LS: 2, Qos.GUARANTEED: 2, Qos.BURSTABLE: 1, Qos.BE: 0}
+# The classes whose jobs carry a latency target (SLO) in the simulator's metrics.
+LATENCY_CLASSES = frozenset(q.value for q in Qos if q.latency_sensitive)
 
 
 class JobKind(str, enum.Enum):
@@ -107,10 +157,53 @@ class JobSpec:
     params: tuple[tuple[str, str], ...] = ()
     priority: Priority = Priority.NORMAL
     tenant: str = ""
-    qos: str = "BE"
+    qos: Qos = Qos.BE
     env: tuple[tuple[str, str], ...] = ()
     cwd: str = ""
     estimated_seconds: float = 0.0
+    # An EXTERNAL job's reservation keys (the device plugin's device ids): a new reservation that
+    # names any of them releases the older one that holds it.
+    reservation_keys: tuple[str, ...] = ()
+
+
+class PartitionKind(str, enum.Enum):
+    """How a placement holds its GPU: the whole of it, an MPS share, turns, or a MIG slice."""
+
+    EXCLUSIVE = "exclusive"
+    MPS = "mps"
+    TIMESLICE = "timeslice"
+    MIG = "mig"
+
+    @property
+    def sharing(self) -> str:
+        """The sharing mode as the scheduler's snapshot spells it ("" for a whole GPU)."""
+        return "" if self is PartitionKind.EXCLUSIVE else self.value
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A placement's partition. ``str()`` is the one spelling users and the store see:
+    "exclusive", "mps", "timeslice" or "mig:<profile>"; ``parse`` reads it back."""
+
+    kind: PartitionKind = PartitionKind.EXCLUSIVE
+    mig_profile: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.kind is PartitionKind.MIG) != bool(self.mig_profile):
+            raise ValueError(f"a MIG partition, and only one, names its profile: {self.kind.value} {self.mig_profile!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Partition:
+        """The partition ``str()`` spelled as ``text``; raises ValueError for any other text."""
+        kind, sep, profile = text.partition(":")
+        if sep and kind != PartitionKind.MIG.value:
+            raise ValueError(f"{text!r} is not a partition: only mig:<profile> names a profile")
+        return cls(PartitionKind(kind), profile)
+
+    def __str__(self) -> str:
+        if self.kind is PartitionKind.MIG:
+            return f"{self.kind.value}:{self.mig_profile}"
+        return self.kind.value
 
 
 @dataclass(frozen=True)
@@ -119,17 +212,19 @@ class Placement:
 
     devices: tuple[int, ...]
     device_uuids: tuple[str, ...] = ()
-    # "exclusive", "mps", "timeslice" or "mig:<profile>".
-    partition: str = ""
+    partition: Partition = field(default_factory=Partition)
     granted: Resources = field(default_factory=Resources)
     mig_slot: int = -1
     mig_uuid: str = ""
 
     @property
+    def kind(self) -> PartitionKind:
+        return self.partition.kind
+
+    @property
     def sharing(self) -> str:
         """The GPU sharing mode this placement takes part in ("" for exclusive)."""
-        kind = self.partition.split(":")[0]
-        return "" if kind == "exclusive" else kind
+        return self.partition.kind.sharing
 
 
 @dataclass
@@ -167,3 +262,56 @@ class Event:
     reason: str = ""
     message: str = ""
     tenant: str = ""
+
+
+@dataclass(frozen=True)
+class KernelProgress:
+    """A kernel job's progress as its worker last reported it (gpuos.kernels.worker writes it)."""
+
+    kernel: str = ""
+    steps_done: int = 0
+    steps_total: int = 0
+    last_latency_ms: float = 0.0
+    mean_latency_ms: float = 0.0
+    p50_latency_ms: float = 0.0
+    p99_latency_ms: float = 0.0
+    # The kernel's own end-of-run figures (name, value), once it finished.
+    summary: tuple[tuple[str, float], ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        """The worker's file format (progress.json)."""
+        return {
+            "kernel": self.kernel,
+            "steps_done": self.steps_done,
+            "steps_total": self.steps_total,
+            "last_latency_ms": self.last_latency_ms,
+            "mean_latency_ms": self.mean_latency_ms,
+            "p50_latency_ms": self.p50_latency_ms,
+            "p99_latency_ms": self.p99_latency_ms,
+            "summary": dict(self.summary),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> KernelProgress:
+        """Read the worker's file leniently: the worker may run as the job's user, so a field
+        that is missing or not a number reads as 0 rather than failing the daemon's reply."""
+
+        def number(key: str) -> float:
+            value = data.get(key, 0)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+        kernel = data.get("kernel", "")
+        summary = data.get("summary")
+        return cls(
+            kernel=kernel if isinstance(kernel, str) else "",
+            steps_done=int(number("steps_done")),
+            steps_total=int(number("steps_total")),
+            last_latency_ms=number("last_latency_ms"),
+            mean_latency_ms=number("mean_latency_ms"),
+            p50_latency_ms=number("p50_latency_ms"),
+            p99_latency_ms=number("p99_latency_ms"),
+            summary=tuple(
+                (str(k), float(v)) for k, v in (summary.items() if isinstance(summary, Mapping) else ())
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ),
+        )

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreError
-from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Placement, Priority, Resources
+from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Partition, Placement, Priority, Qos, Resources
 from gpuos.text import quote
 
 T = TypeVar("T")
@@ -177,22 +177,33 @@ def spec_to_json(spec: JobSpec) -> str:
     data = asdict(spec)
     data["kind"] = spec.kind.value
     data["priority"] = spec.priority.name
+    if not spec.reservation_keys:
+        del data["reservation_keys"]  # so every other job's row reads as it always did
     return json.dumps(data, separators=(",", ":"))
 
 
 def spec_from_json(text: str) -> JobSpec:
     data = json.loads(text)
     res = data.pop("resources")
+    kind = JobKind(data["kind"])
+    params: tuple[tuple[str, str], ...] = tuple(tuple(p) for p in data["params"])  # type: ignore[misc]
+    keys = tuple(data.get("reservation_keys", ()))
+    if kind == JobKind.EXTERNAL and not keys:
+        # Stores before reservation_keys kept them as one comma-joined "keys" param.
+        legacy = dict(params).get("keys", "")
+        keys = tuple(k for k in legacy.split(",") if k)
+        params = tuple(p for p in params if p[0] != "keys")
     return JobSpec(
         name=data["name"],
-        kind=JobKind(data["kind"]),
+        kind=kind,
         resources=Resources(**{**res, "gpu_types": tuple(res.get("gpu_types", ()))}),
         command=tuple(data["command"]),
         kernel=data["kernel"],
-        params=tuple(tuple(p) for p in data["params"]),  # type: ignore[misc]
+        params=params,
+        reservation_keys=keys,
         priority=Priority[data["priority"]],
         tenant=data["tenant"],
-        qos=data["qos"],
+        qos=Qos(data["qos"]),
         env=tuple(tuple(e) for e in data["env"]),  # type: ignore[misc]
         cwd=data["cwd"],
         estimated_seconds=data["estimated_seconds"],
@@ -200,7 +211,11 @@ def spec_from_json(text: str) -> JobSpec:
 
 
 def placement_to_json(p: Placement | None) -> str | None:
-    return None if p is None else json.dumps(asdict(p), separators=(",", ":"))
+    if p is None:
+        return None
+    data = asdict(p)
+    data["partition"] = str(p.partition)  # the API's spelling, as stores have always held it
+    return json.dumps(data, separators=(",", ":"))
 
 
 def placement_from_json(text: str | None) -> Placement | None:
@@ -211,7 +226,7 @@ def placement_from_json(text: str | None) -> Placement | None:
     return Placement(
         devices=tuple(data["devices"]),
         device_uuids=tuple(data["device_uuids"]),
-        partition=data["partition"],
+        partition=Partition.parse(data["partition"]),
         granted=Resources(**{**granted, "gpu_types": tuple(granted.get("gpu_types", ()))}),
         mig_slot=data.get("mig_slot", -1),
         mig_uuid=data.get("mig_uuid", ""),

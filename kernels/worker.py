@@ -32,6 +32,7 @@ from importlib import import_module
 from typing import Any
 
 from gpuos.errors import GpuosError
+from gpuos.jobs import KernelProgress
 from gpuos.kernels.context import KernelContext
 from gpuos.kernels.registry import KernelSpec, get_kernel
 
@@ -84,19 +85,22 @@ class Progress:
         print(f"step {step + 1}/{self.steps_total}: {latency_s * 1e3:.3f} ms", flush=True)
         self.write()
 
-    def as_dict(self) -> dict[str, Any]:
+    def current(self) -> KernelProgress:
         done = len(self.latencies)
         ordered = sorted(self.latencies)
-        return {
-            "kernel": self.kernel,
-            "steps_done": done,
-            "steps_total": self.steps_total,
-            "last_latency_ms": self.latencies[-1] * 1e3 if done else 0.0,
-            "mean_latency_ms": sum(ordered) / done * 1e3 if done else 0.0,
-            "p50_latency_ms": _quantile(ordered, 0.5) * 1e3,
-            "p99_latency_ms": _quantile(ordered, 0.99) * 1e3,
-            "summary": self.summary,
-        }
+        return KernelProgress(
+            kernel=self.kernel,
+            steps_done=done,
+            steps_total=self.steps_total,
+            last_latency_ms=self.latencies[-1] * 1e3 if done else 0.0,
+            mean_latency_ms=sum(ordered) / done * 1e3 if done else 0.0,
+            p50_latency_ms=_quantile(ordered, 0.5) * 1e3,
+            p99_latency_ms=_quantile(ordered, 0.99) * 1e3,
+            summary=tuple(self.summary.items()),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.current().as_dict()
 
     def write(self) -> None:
         if not self.path:
@@ -114,7 +118,7 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def read_progress(path: str) -> dict[str, Any] | None:
+def read_progress(path: str) -> KernelProgress | None:
     """The progress a worker wrote at ``path``, or None when it wrote none (yet)."""
     try:
         # gpuosd reads this as root from a directory the job's uid owns: a symlink planted
@@ -123,7 +127,7 @@ def read_progress(path: str) -> dict[str, Any] | None:
             data = json.load(f)
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return KernelProgress.from_dict(data) if isinstance(data, dict) else None
 
 
 def _runner(spec: KernelSpec) -> Any:

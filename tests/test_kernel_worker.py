@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from gpuos.jobs import KernelProgress
 from gpuos.kernels.worker import Progress, Yielder, main, read_progress
 
 # A stand-in for a kernel loop: each "kernel" is a short sleep, each boundary may yield.
@@ -86,13 +87,24 @@ def test_progress_reports_steps_and_latency_quantiles(tmp_path: Path) -> None:
     progress = Progress(str(path), "k", steps_total=4)
     for step, seconds in enumerate([0.004, 0.001, 0.002, 0.003]):
         progress.record(step, seconds)
-    data = read_progress(str(path))
-    assert data is not None
-    assert data["steps_done"] == 4 and data["steps_total"] == 4
-    assert abs(data["last_latency_ms"] - 3.0) < 1e-9
-    assert abs(data["mean_latency_ms"] - 2.5) < 1e-9
-    assert abs(data["p50_latency_ms"] - 2.0) < 1e-9 and abs(data["p99_latency_ms"] - 4.0) < 1e-9
-    assert json.loads(path.read_text()) == data
+    read = read_progress(str(path))
+    assert read is not None
+    assert read.kernel == "k" and read.steps_done == 4 and read.steps_total == 4
+    assert abs(read.last_latency_ms - 3.0) < 1e-9
+    assert abs(read.mean_latency_ms - 2.5) < 1e-9
+    assert abs(read.p50_latency_ms - 2.0) < 1e-9 and abs(read.p99_latency_ms - 4.0) < 1e-9
+    assert json.loads(path.read_text()) == read.as_dict()
+
+
+def test_progress_written_by_an_older_or_foreign_worker_reads_leniently(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    path.write_text(json.dumps({"steps_done": 2, "steps_total": "many", "summary": {"gbps": 3, "note": "x"}}))
+    read = read_progress(str(path))
+    assert read == KernelProgress(steps_done=2, summary=(("gbps", 3.0),))
+
+
+def test_no_progress_file_reads_as_none(tmp_path: Path) -> None:
+    assert read_progress(str(tmp_path / "progress.json")) is None
 
 
 def test_a_worker_refuses_an_unknown_kernel_or_parameter(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, StoreError
-from gpuos.jobs import JobKind, JobSpec, JobState, Resources
-from gpuos.store import Store
+from gpuos.jobs import JobKind, JobSpec, JobState, Partition, PartitionKind, Resources
+from gpuos.store import Store, placement_from_json, placement_to_json, spec_from_json, spec_to_json
 
 
 def spec(name: str = "j") -> JobSpec:
@@ -125,3 +125,55 @@ def test_a_second_store_on_the_same_directory_is_refused_naming_the_holder(tmp_p
         Store(tmp_path)
     store.close()
     Store(tmp_path).close()  # closing released it
+
+
+# Rows exactly as gpuos wrote them before partitions, reservations and progress were typed.
+OLD_MIG_PLACEMENT = (
+    '{"devices":[0],"device_uuids":["GPU-0"],"partition":"mig:3g.40gb","granted":{"gpus":1,"gpu_milli":428,'
+    '"memory_bytes":42949672960,"mig_profile":"3g.40gb","gpu_types":[],"sharing":""},"mig_slot":4,"mig_uuid":"MIG-abc"}'
+)
+OLD_TIMESLICE_PLACEMENT = (
+    '{"devices":[1],"device_uuids":["GPU-1"],"partition":"timeslice","granted":{"gpus":1,"gpu_milli":500,'
+    '"memory_bytes":0,"mig_profile":"","gpu_types":[],"sharing":"timeslice"},"mig_slot":-1,"mig_uuid":""}'
+)
+OLD_RESERVATION_SPEC = (
+    '{"name":"plugin","kind":"external","resources":{"gpus":1,"gpu_milli":500,"memory_bytes":0,"mig_profile":"",'
+    '"gpu_types":[],"sharing":""},"command":[],"kernel":"","params":[["keys","dev-a,dev-b"]],"priority":"NORMAL",'
+    '"tenant":"admin","qos":"BE","env":[],"cwd":"","estimated_seconds":0.0}'
+)
+OLD_KERNEL_SPEC = (
+    '{"name":"k","kind":"kernel","resources":{"gpus":1,"gpu_milli":0,"memory_bytes":0,"mig_profile":"",'
+    '"gpu_types":[],"sharing":""},"command":[],"kernel":"matmul","params":[["keys","x"],["n","3"]],'
+    '"priority":"NORMAL","tenant":"t","qos":"BE","env":[],"cwd":"","estimated_seconds":0.0}'
+)
+
+
+def test_an_old_placement_loads_typed_and_is_written_back_byte_for_byte() -> None:
+    mig = placement_from_json(OLD_MIG_PLACEMENT)
+    assert mig is not None and mig.partition == Partition(PartitionKind.MIG, "3g.40gb") and mig.sharing == "mig"
+    shared = placement_from_json(OLD_TIMESLICE_PLACEMENT)
+    assert shared is not None and shared.partition.kind is PartitionKind.TIMESLICE
+    assert placement_to_json(mig) == OLD_MIG_PLACEMENT
+    assert placement_to_json(shared) == OLD_TIMESLICE_PLACEMENT
+
+
+def test_an_old_reservation_row_loads_its_comma_joined_keys_as_reservation_keys() -> None:
+    spec = spec_from_json(OLD_RESERVATION_SPEC)
+    assert spec.reservation_keys == ("dev-a", "dev-b")
+    assert spec.params == ()
+
+
+def test_a_reservation_keeps_its_keys_through_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    held = JobSpec(name="r", kind=JobKind.EXTERNAL, resources=Resources(), reservation_keys=("a", "b"), tenant="t")
+    job, _ = store.submit(held, owner_uid=0)
+    store.close()
+    again = Store(tmp_path)
+    assert again.get(job.id).spec.reservation_keys == ("a", "b")
+    again.close()
+
+
+def test_a_job_that_is_no_reservation_is_stored_as_before_even_with_a_param_named_keys() -> None:
+    spec = spec_from_json(OLD_KERNEL_SPEC)
+    assert spec.params == (("keys", "x"), ("n", "3")) and spec.reservation_keys == ()
+    assert spec_to_json(spec) == OLD_KERNEL_SPEC

@@ -5,13 +5,22 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gpuos.errors import InvalidArgument
-from gpuos.jobs import TIMESLICE, Event, Job, JobKind, JobSpec, JobState, Priority, Resources
+from gpuos.jobs import (
+    TIMESLICE,
+    Event,
+    Job,
+    JobKind,
+    JobSpec,
+    JobState,
+    KernelProgress,
+    Priority,
+    Qos,
+    Resources,
+)
 from gpuos.kernels.registry import get_kernel
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.snapshot import MILLI
@@ -41,7 +50,6 @@ DEFAULT_ARG_MAX = 2 * 1024 * 1024
 MAX_ARG_MAX = 4 * 1024 * 1024
 # No GPU has a petabyte; a value this large is a typo or garbage, not a request.
 ABSURD_MEMORY = 1 << 50
-QOS_CLASSES = ("LS", "BE")
 SHARING_MODES = ("", "mps", TIMESLICE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -202,9 +210,7 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
         job_kind = JobKind.KERNEL
     if spec.priority not in _PRIORITY_IN:
         raise InvalidArgument("priority", f"unknown priority {spec.priority}; use LOW, NORMAL or HIGH")
-    qos = spec.qos.strip().upper() or "BE"
-    if qos not in QOS_CLASSES:
-        raise InvalidArgument("qos", f"{quote(spec.qos)} is not one of LS (latency-sensitive), BE (best-effort)")
+    qos = Qos.parse(spec.qos)
     if len(spec.env) > MAX_ENV:
         raise InvalidArgument("env", f"has {len(spec.env)} variables; the limit is {MAX_ENV}")
     env = []
@@ -256,7 +262,7 @@ def resources_to_pb(r: Resources) -> common_pb2.Resources:
     return out
 
 
-def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None, waiting: WaitReason | None = None) -> jobs_pb2.Job:
+def job_to_pb(job: Job, progress: KernelProgress | None = None, waiting: WaitReason | None = None) -> jobs_pb2.Job:
     """``job`` as the API shows it; ``progress`` is a kernel worker's report (see gpuos.kernels.worker),
     ``waiting`` why the scheduler's latest round left it pending (shown only while it is pending)."""
     spec = job.spec
@@ -274,11 +280,11 @@ def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None, waiting: Wait
             kind=_KIND_OUT[spec.kind],
             command=list(spec.command),
             kernel=spec.kernel,
-            params=dict(spec.params),
+            params=_shown_params(spec),
             resources=resources_to_pb(spec.resources),
             priority=_PRIORITY_OUT[spec.priority],
             tenant=spec.tenant,
-            qos=spec.qos,
+            qos=spec.qos.value,
             cwd=spec.cwd,
             estimated_seconds=spec.estimated_seconds,
         ),
@@ -290,12 +296,12 @@ def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None, waiting: Wait
             jobs_pb2.Placement(
                 devices=list(job.placement.devices),
                 device_uuids=list(job.placement.device_uuids),
-                partition=job.placement.partition,
+                partition=str(job.placement.partition),
                 granted=resources_to_pb(job.placement.granted),
                 mig_device_uuid=job.placement.mig_uuid,
             )
         )
-    if progress:
+    if progress is not None:
         out.progress.CopyFrom(progress_to_pb(progress))
     if waiting is not None and job.state == JobState.PENDING:
         out.waiting.CopyFrom(jobs_pb2.WaitReason(kind=waiting.kind.value, message=waiting.message))
@@ -306,20 +312,23 @@ def job_to_pb(job: Job, progress: Mapping[str, Any] | None = None, waiting: Wait
     return out
 
 
-def progress_to_pb(progress: Mapping[str, Any]) -> jobs_pb2.KernelProgress:
-    def number(key: str) -> float:
-        value = progress.get(key, 0)
-        return float(value) if isinstance(value, (int, float)) else 0.0
+def _shown_params(spec: JobSpec) -> dict[str, str]:
+    params = dict(spec.params)
+    if spec.reservation_keys:
+        # Reservations have always shown their keys as this one param; clients may read it.
+        params["keys"] = ",".join(spec.reservation_keys)
+    return params
 
-    summary = progress.get("summary")
+
+def progress_to_pb(progress: KernelProgress) -> jobs_pb2.KernelProgress:
     return jobs_pb2.KernelProgress(
-        steps_done=int(number("steps_done")),
-        steps_total=int(number("steps_total")),
-        last_latency_ms=number("last_latency_ms"),
-        mean_latency_ms=number("mean_latency_ms"),
-        p50_latency_ms=number("p50_latency_ms"),
-        p99_latency_ms=number("p99_latency_ms"),
-        summary={str(k): float(v) for k, v in (summary or {}).items() if isinstance(v, (int, float))},
+        steps_done=progress.steps_done,
+        steps_total=progress.steps_total,
+        last_latency_ms=progress.last_latency_ms,
+        mean_latency_ms=progress.mean_latency_ms,
+        p50_latency_ms=progress.p50_latency_ms,
+        p99_latency_ms=progress.p99_latency_ms,
+        summary=dict(progress.summary),
     )
 
 

@@ -35,7 +35,7 @@ from gpuos.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from gpuos.jobs import Job, JobKind, JobSpec, JobState
+from gpuos.jobs import Job, JobKind, JobSpec, JobState, PartitionKind
 from gpuos.scheduler import available, get_policy
 from gpuos.store import decode_page_token, encode_page_token
 from gpuos.text import clip_utf8, quote
@@ -308,12 +308,12 @@ class DeviceServicer(_Base):
                 raise InvalidArgument("gpu_uuids", "a share or a MIG slice is on exactly one GPU")
         else:
             resources = replace(resources, gpus=len(uuids))
-        keys = [convert._label(k, "keys", 128) for k in request.keys]
+        keys = tuple(convert._label(k, "keys", 128) for k in request.keys)
+        # No commas: the API shows a reservation's keys comma-joined (see convert.job_to_pb).
         if any("," in k or not k for k in keys):
             raise InvalidArgument("keys", "keys are non-empty and hold no commas")
         name = convert._label(request.name.strip() or "reservation", "name", convert.MAX_NAME)
-        spec = JobSpec(name=name, kind=JobKind.EXTERNAL, resources=resources, params=(("keys", ",".join(keys)),),
-                       tenant=who.name)
+        spec = JobSpec(name=name, kind=JobKind.EXTERNAL, resources=resources, reservation_keys=keys, tenant=who.name)
         admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
         job, env = self.daemon.controller.reserve(spec, who.uid, uuids)
         env = {**env, "GPUOS_JOB_ID": job.id}
@@ -357,8 +357,13 @@ class DeviceServicer(_Base):
                     for p in info.mig_profiles
                 ],
             )
-            kinds = {j.placement.partition.split(":")[0] for j in holders}  # type: ignore[union-attr]
-            device.partitioning = "idle" if not kinds else ("mig" if "mig" in kinds else sorted(kinds)[0])
+            kinds = {j.placement.partition.kind for j in holders}  # type: ignore[union-attr]
+            if not kinds:
+                device.partitioning = "idle"
+            elif PartitionKind.MIG in kinds:
+                device.partitioning = PartitionKind.MIG.value
+            else:
+                device.partitioning = min(k.value for k in kinds)
             device.mig_instances.extend(
                 devices_pb2.MigInstanceInfo(profile=m.profile, start=m.start, uuid=m.uuid)
                 for m in daemon.backend.mig_instances(info.index)
@@ -373,7 +378,7 @@ class DeviceServicer(_Base):
                     devices_pb2.Allocation(
                         job_id=job.id if visible else "",
                         tenant=job.spec.tenant if visible else "(other tenant)",
-                        partition=placement.partition,
+                        partition=str(placement.partition),
                         compute_milli=placement.granted.gpu_milli or 1000,
                         memory_limit=placement.granted.memory_bytes,
                         memory_used=used_by_pid.get(job.child_pid, 0),

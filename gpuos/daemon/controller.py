@@ -18,11 +18,22 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus
 from gpuos.errors import BackendError, FailedPrecondition, GpuosError
-from gpuos.jobs import Job, JobKind, JobSpec, JobState, Placement, Reason, Resources
+from gpuos.jobs import (
+    Job,
+    JobKind,
+    JobSpec,
+    JobState,
+    KernelProgress,
+    Partition,
+    PartitionKind,
+    Placement,
+    Reason,
+    Resources,
+)
 from gpuos.partitions.memory import overruns, usage_by_group
 from gpuos.partitions.mig import Instance
 from gpuos.partitions.mps import MpsManager
@@ -78,9 +89,9 @@ def service_share(placement: Placement | None) -> float:
     if placement is None:
         return 0.0
     granted = placement.granted
-    if granted.gpu_milli and placement.sharing == "mps":
+    if granted.gpu_milli and placement.kind is PartitionKind.MPS:
         return granted.gpu_milli / MILLI
-    if placement.sharing == "mig" and granted.gpu_milli:
+    if placement.kind is PartitionKind.MIG and granted.gpu_milli:
         return granted.gpu_milli / MILLI
     return float(len(placement.devices))
 
@@ -88,7 +99,7 @@ def service_share(placement: Placement | None) -> float:
 def held(placement: Placement) -> tuple[int, int]:
     """(compute milli, memory bytes) a placement holds on each of its GPUs."""
     granted = placement.granted
-    if placement.sharing == "timeslice":
+    if placement.kind is PartitionKind.TIMESLICE:
         return 0, granted.memory_bytes  # turns share time, not the GPU's compute share
     return granted.gpu_milli or MILLI, granted.memory_bytes
 
@@ -270,7 +281,7 @@ class Controller:
             if self.mps is not None:
                 # Control daemons whose clients all ended while gpuosd was down serve nobody now.
                 self.mps.stop_unused({
-                    i for j in self.store.placed() if j.placement and j.placement.sharing == "mps"
+                    i for j in self.store.placed() if j.placement and j.placement.kind is PartitionKind.MPS
                     for i in j.placement.devices
                 })
 
@@ -280,12 +291,12 @@ class Controller:
         if placement is None:
             return
         index = placement.devices[0]
-        if placement.sharing == "mig":
+        if placement.kind is PartitionKind.MIG:
             if not any(i.uuid == placement.mig_uuid for i in self.backend.mig_instances(index)):
                 # The simulator's instances live in gpuosd's memory; NVIDIA's persist on the GPU.
                 instance = self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
                 self.store.update(job.id, placement=replace(placement, mig_uuid=instance.uuid))
-        elif placement.sharing == "mps" and self.mps is not None:
+        elif placement.kind is PartitionKind.MPS and self.mps is not None:
             self.mps.ensure(index)
 
     # -- reaping --------------------------------------------------------------------------------
@@ -349,14 +360,14 @@ class Controller:
             if turn.job_id == job.id:
                 del self._turns[gpu]
         index = placement.devices[0]
-        if placement.sharing == "mig" and placement.mig_uuid:
+        if placement.kind is PartitionKind.MIG and placement.mig_uuid:
             try:
                 self.backend.destroy_mig_instance(index, placement.mig_uuid)
             except BackendError as exc:
                 log.warning("could not destroy MIG instance %s: %s", placement.mig_uuid, exc)
-        elif placement.sharing == "mps" and self.mps is not None:
+        elif placement.kind is PartitionKind.MPS and self.mps is not None:
             others = [j for j in self.store.placed() if j.id != job.id and j.placement
-                      and j.placement.sharing == "mps" and index in j.placement.devices]
+                      and j.placement.kind is PartitionKind.MPS and index in j.placement.devices]
             if not others:
                 self.mps.stop(index)
 
@@ -462,7 +473,7 @@ class Controller:
                 log.warning("the MPS control daemon of GPU %d died; its clients died with it", index)
                 self.mps.forget(index)
                 for job in active:
-                    if job.placement.sharing == "mps" and index in job.placement.devices:  # type: ignore[union-attr]
+                    if job.placement.kind is PartitionKind.MPS and index in job.placement.devices:  # type: ignore[union-attr]
                         self._stop_for_fault(job, MPS_DAEMON_LOST, f"the MPS control daemon of GPU {index} died")
         self._enforce_memory(active)
 
@@ -560,7 +571,7 @@ class Controller:
                 memory_used[index] += memory
                 holders[index].append(job.id)
                 sharing[index] = placement.sharing
-                if placement.sharing == "mig":
+                if placement.kind is PartitionKind.MIG:
                     info = self.devices[index].mig_profile(placement.granted.mig_profile)
                     slices_used[index] += info.slices if info else 0
                     instances[index].append(Instance(placement.granted.mig_profile, placement.mig_slot))
@@ -594,7 +605,7 @@ class Controller:
             request=job.spec.resources,
             tenant=job.spec.tenant,
             priority=int(job.spec.priority),
-            qos=job.spec.qos,
+            qos=job.spec.qos.value,
             submitted_at=job.created_at,
             started_at=job.started_at,
             attained_service=attained,
@@ -649,11 +660,9 @@ class Controller:
             return
         request = job.spec.resources
         if place.mig_profile:
-            partition = f"mig:{place.mig_profile}"
-        elif place.sharing:
-            partition = place.sharing
+            partition = Partition(PartitionKind.MIG, place.mig_profile)
         else:
-            partition = "exclusive"
+            partition = Partition(PartitionKind(place.sharing or PartitionKind.EXCLUSIVE.value))
         placement = Placement(
             devices=place.gpus,
             device_uuids=tuple(self.devices[i].uuid for i in place.gpus),
@@ -692,11 +701,11 @@ class Controller:
     def _partition(self, placement: Placement) -> tuple[Placement, dict[str, str]]:
         """Create the job's partition (MIG instance, MPS daemon); the environment that selects it."""
         index = placement.devices[0]
-        if placement.sharing == "mig":
+        if placement.kind is PartitionKind.MIG:
             instance = self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
             return replace(placement, mig_uuid=instance.uuid), {"CUDA_VISIBLE_DEVICES": instance.uuid}
         env = self.backend.visible_devices_env(placement.devices)
-        if placement.sharing == "mps":
+        if placement.kind is PartitionKind.MPS:
             if self.mps is None:
                 raise BackendError("MPS is not available on this machine; submit with --share timeslice instead")
             env.update(self.mps.client_env(index, placement.granted.gpu_milli, placement.granted.memory_bytes))
@@ -710,7 +719,7 @@ class Controller:
         env.update(
             GPUOS_JOB_ID=job.id,
             GPUOS_JOB_NAME=job.spec.name,
-            GPUOS_PARTITION=placement.partition,
+            GPUOS_PARTITION=str(placement.partition),
             GPUOS_MEMORY_LIMIT=str(placement.granted.memory_bytes),
             GPUOS_PRIORITY=job.spec.priority.name.lower(),
         )
@@ -744,7 +753,7 @@ class Controller:
 
         return self.runtime.progress_dir(job_id) / PROGRESS_FILE
 
-    def kernel_progress(self, job_id: str) -> dict[str, Any] | None:
+    def kernel_progress(self, job_id: str) -> KernelProgress | None:
         """A kernel job's latest progress as its worker wrote it; None before its first write."""
         from gpuos.kernels.worker import read_progress
 
@@ -755,8 +764,7 @@ class Controller:
     def reserve(self, spec: JobSpec, owner_uid: int, uuids: tuple[str, ...]) -> tuple[Job, dict[str, str]]:
         """Hold a partition on the GPUs named for work started elsewhere (an EXTERNAL job).
 
-        ``spec.params`` carries ``keys``: older reservations that hold any of them are released
-        first. Raises ResourceExhausted, naming the holders, when the GPUs have no room.
+        Older reservations that hold any of ``spec.reservation_keys`` are released first. Raises ResourceExhausted, naming the holders, when the GPUs have no room.
         """
         from gpuos.errors import InvalidArgument, ResourceExhausted
         from gpuos.scheduler.framework import _take, gpu_fits
@@ -765,11 +773,10 @@ class Controller:
         unknown = [u for u in uuids if u not in by_uuid]
         if unknown:
             raise InvalidArgument("gpu_uuids", f"no GPU here has UUID {unknown[0]}")
-        keys = set(dict(spec.params).get("keys", "").split(",")) - {""}
+        keys = set(spec.reservation_keys)
         with self._lock:
             for other in self.store.placed():
-                held = set(dict(other.spec.params).get("keys", "").split(","))
-                if other.spec.kind == JobKind.EXTERNAL and keys & held:
+                if other.spec.kind == JobKind.EXTERNAL and keys.intersection(other.spec.reservation_keys):
                     self._finalize(other, JobState.SUCCEEDED, Reason.RELEASED, "its device was handed out again", None)
             snap = self.snapshot()
             node = snap.nodes[0]
@@ -790,10 +797,10 @@ class Controller:
             return started, self._partition_env_of(started.placement)
 
     def _partition_env_of(self, placement: Placement) -> dict[str, str]:
-        if placement.sharing == "mig":
+        if placement.kind is PartitionKind.MIG:
             return {"CUDA_VISIBLE_DEVICES": placement.mig_uuid}
         env = self.backend.visible_devices_env(placement.devices)
-        if placement.sharing == "mps" and self.mps is not None:
+        if placement.kind is PartitionKind.MPS and self.mps is not None:
             env.update(self.mps.client_env(placement.devices[0], placement.granted.gpu_milli,
                                            placement.granted.memory_bytes))
         return env
@@ -824,7 +831,7 @@ class Controller:
         jobs: dict[str, Job] = {}
         for job in self.store.placed():
             placement = job.placement
-            if placement is None or placement.sharing != "timeslice":
+            if placement is None or placement.kind is not PartitionKind.TIMESLICE:
                 continue
             if job.id in self._stopping:
                 continue

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gpuos.jobs import Qos
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.preemption import victims_to_fit
 from gpuos.scheduler.registry import register
 from gpuos.scheduler.snapshot import JobView, Snapshot
 
-RANK = {"LS": 2, "Guaranteed": 2, "Burstable": 1, "BE": 0}
-
 
 def rank(job: JobView) -> int:
-    return RANK.get(job.qos, 1)
+    return Qos.rank_of(job.qos)
 
 
 @register
@@ -31,10 +30,10 @@ class StrictPriority(Policy):
         return sorted(pending, key=lambda j: (-rank(j), -j.priority, j.submitted_at, j.id))
 
     def victims(self, job: JobView, snap: Snapshot) -> Sequence[str]:
-        if rank(job) < RANK["LS"]:
+        if rank(job) < Qos.LS.rank:
             return ()
         return victims_to_fit(
             job, snap,
-            eligible=lambda r: rank(r) == RANK["BE"],
+            eligible=lambda r: rank(r) == Qos.BE.rank,
             preference=lambda r: -(r.started_at or 0.0),
         )

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from gpuos.errors import InvalidArgument, NotFound
-from gpuos.jobs import Resources
+from gpuos.jobs import LATENCY_CLASSES, Qos, Resources
 from gpuos.scheduler.sim.cluster import GPU_TYPES, GpuType, NodeSpec, parse_gpus
 from gpuos.units import MiB
 
@@ -35,10 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 # a grace period (the traces carry no SLO; see docs/scheduler.md).
 SLO_FACTOR = 2.0
 SLO_GRACE = 10.0
-LATENCY_CLASSES = frozenset({"LS", "Guaranteed"})
 # How far a user's runtime estimate is off: log-normal with this sigma around the truth.
 ESTIMATE_SIGMA = 0.5
-_QOS_PRIORITY = {"LS": 2, "Guaranteed": 2, "Burstable": 1, "BE": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +162,7 @@ def load_alibaba_gpu(path: Path, seed: int = 0, name: str = "", nodes_path: Path
                 request=request,
                 tenant=qos,
                 qos=qos,
-                priority=_QOS_PRIORITY.get(qos, 1),
+                priority=Qos.rank_of(qos),
                 estimate=noisy_estimate(rng, duration),
                 cpu_milli=int(row["cpu_milli"]),
                 host_memory=int(row["memory_mib"]) * MiB,
