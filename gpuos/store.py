@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreError
 from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Partition, Placement, Priority, Qos, Resources
+from gpuos.private import open_private, private_dir
 from gpuos.text import quote
 
 T = TypeVar("T")
@@ -72,24 +73,6 @@ _TERMINAL = tuple(s.value for s in JobState if s.terminal)
 def new_job_id() -> str:
     """A fresh job id: 64 random bits as 16 lower-case hex characters."""
     return secrets.token_hex(8)
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` mode 0700, or take group and other access away if it exists looser."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, mode & 0o700)
-
-
-def _private_file(path: Path) -> None:
-    """Create ``path`` empty and mode 0600 if it is missing; make it 0600 if it is looser."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -375,7 +358,7 @@ class Store:
             existed = self.path.exists()
             self._check_files(existed)
             self._lock_fd = self._take_lock()
-            _private_file(self.path)
+            os.close(open_private(self.path))
         except OSError as exc:
             raise StoreError(self.path, _os_problem(exc)) from None
         try:

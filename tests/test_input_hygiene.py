@@ -17,26 +17,17 @@ import pytest
 
 from gpuos.api import convert
 from gpuos.api.server import MAX_STATUS_MESSAGE, _handled
-from gpuos.client import ApiError, Client
+from gpuos.client import Client
 from gpuos.daemon.daemon import Daemon
 from gpuos.errors import InvalidArgument
 from gpuos.jobs import JobKind, JobSpec, Resources
 from gpuos.v1 import jobs_pb2
+from tests.test_bad_input import refused
 
 PY = sys.executable
 BIG = 20 * 1024
 # What a refusal of 20 KB of input may cost: the field, the problem, a short quote.
 SHORT = 400
-
-
-def refused(call) -> ApiError:  # type: ignore[no-untyped-def]
-    with pytest.raises(ApiError) as err:
-        call()
-    return err.value
-
-
-def raw_submit(client: Client, spec: jobs_pb2.JobSpec):  # type: ignore[no-untyped-def]
-    return client._call(client._jobs.Submit, jobs_pb2.SubmitRequest(spec=spec))
 
 
 # -- 1. error messages quote little of what was sent -----------------------------------------------

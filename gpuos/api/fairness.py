@@ -66,10 +66,6 @@ class StreamGate:
         if tokens < 0:
             time.sleep(-tokens / self.rate)
 
-    def open_streams(self, tenant: str) -> int:
-        with self._lock:
-            return self._open.get(tenant, 0)
-
     def enter(self, tenant: str) -> Callable[[], None]:
         """Count one more stream of ``tenant``; the returned function (idempotent) ends it."""
         with self._lock:

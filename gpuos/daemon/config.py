@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuos.errors import InvalidArgument
+from gpuos.text import quote
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,9 +182,6 @@ class DaemonConfig:
         return "insecure" if self.insecure_tcp else ""
 
 
-
-
-
 def _typed(name: str, value: Any, hint: Any) -> Any:
     """``value`` as the type ``hint`` names, or InvalidArgument naming ``name`` and the type expected."""
     if name == "socket_mode" and isinstance(value, str):
@@ -229,5 +227,7 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
 def _describe(value: Any) -> str:
     kind = {str: "a string", bool: "a boolean", int: "a whole number", float: "a number", list: "a list",
             dict: "a table"}.get(type(value), type(value).__name__)
+    if isinstance(value, str):
+        return f"{kind} {quote(value, 60)}"  # what the user wrote: escaped and cut like any quote
     text = repr(value)
     return f"{kind} {text[:60]}{'...' if len(text) > 60 else ''}"

@@ -25,12 +25,15 @@ from pathlib import Path
 import psutil
 
 from gpuos.errors import BackendError
+from gpuos.private import open_private, private_dir
 from gpuos.runtime.contain import JobCgroup
 
 # Test hook: gpuosd SIGKILLs itself right after spawning a job's supervisor, before anything is
 # recorded of it, to test recovery in that window. Never set it outside tests.
 CRASH_AFTER_SPAWN = "GPUOS_TEST_CRASH_AFTER_SPAWN"
 
+# Logs are appended to: a preempted job starts again in the same directory.
+APPEND = os.O_WRONLY | os.O_APPEND
 # Start times from psutil and from /proc agree to well under this; a reused pid would not.
 _START_TIME_SLACK = 1.0
 
@@ -72,13 +75,6 @@ def _write_json(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def _open_private(path: Path) -> int:
-    """``path`` opened for appending, readable by the daemon's user alone (older logs included)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.fchmod(fd, 0o600)
-    return fd
-
-
 def _read_json(path: Path) -> dict[str, object] | None:
     try:
         return json.loads(path.read_text())  # type: ignore[no-any-return]
@@ -91,8 +87,7 @@ class ProcessRuntime:
 
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
-        jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(jobs_dir, 0o700)  # its listing names every job: private like the rest
+        private_dir(jobs_dir)  # its listing names every job: private like the rest
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def job_dir(self, job_id: str) -> Path:
@@ -107,8 +102,7 @@ class ProcessRuntime:
 
     def start(self, launch: Launch) -> Handle:
         directory = self.job_dir(launch.job_id)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)  # also a directory made by an older gpuos, 0755
+        private_dir(directory)  # also a directory made by an older gpuos, 0755
         for stale in ("exit.json", "child.json", "shim.json"):
             # A preempted job starts again in the same directory; its old status must not count.
             (directory / stale).unlink(missing_ok=True)
@@ -122,8 +116,8 @@ class ProcessRuntime:
             "--", *launch.command,
         ]
         shim_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
-        out = _open_private(self.log_path(launch.job_id, "stdout"))
-        err = _open_private(self.log_path(launch.job_id, "stderr"))
+        out = open_private(self.log_path(launch.job_id, "stdout"), APPEND)
+        err = open_private(self.log_path(launch.job_id, "stderr"), APPEND)
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=shim_env,
