@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpuos.jobs import Resources
-from gpuos.partitions.mig import find_slot
+from gpuos.mig import find_slot
 from gpuos.scheduler.framework import _take, demand, options, sharing_of
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import fields
 
 from gpuos.jobs import Resources
-from gpuos.partitions.mig import Instance, find_slot
+from gpuos.mig import Instance, find_slot
 from gpuos.scheduler.index import NodeIndex, group_states, need
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (

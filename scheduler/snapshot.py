@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gpuos.devices.backend import MigProfile
 from gpuos.jobs import Resources
-from gpuos.partitions.mig import Instance
+from gpuos.mig import Instance, MigProfile
 
 if TYPE_CHECKING:
     from gpuos.scheduler.index import NodeIndex

@@ -34,8 +34,8 @@ from gpuos.jobs import (
     Reason,
     Resources,
 )
+from gpuos.mig import Instance
 from gpuos.partitions.memory import overruns, usage_by_group
-from gpuos.partitions.mig import Instance
 from gpuos.partitions.mps import MpsManager
 from gpuos.partitions.timeslice import Sharer, Turn, next_deadline, plan_turns
 from gpuos.runtime.process import Handle, Launch, ProcessRuntime

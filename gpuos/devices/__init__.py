@@ -1,5 +1,5 @@
 """Device backends: the simulator (``sim``) and the NVIDIA driver (``nvml``), one interface."""
 
-from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigProfile, ProcessUsage
+from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, ProcessUsage
 
-__all__ = ["DeviceBackend", "DeviceInfo", "DeviceStatus", "MigProfile", "ProcessUsage"]
+__all__ = ["DeviceBackend", "DeviceInfo", "DeviceStatus", "ProcessUsage"]

@@ -10,22 +10,7 @@ import abc
 from dataclasses import dataclass
 
 from gpuos.errors import BackendError
-
-
-@dataclass(frozen=True)
-class MigProfile:
-    """A GPU-instance profile as NVIDIA names it (``3g.40gb``).
-
-    ``slices`` is the number of compute slices (the ``g`` count), ``memory_slices`` the number of
-    memory slices of the eight, ``placements`` the start slots NVIDIA allows for it.
-    """
-
-    name: str
-    slices: int
-    memory_bytes: int
-    memory_slices: int
-    max_count: int
-    placements: tuple[int, ...]
+from gpuos.mig import MigProfile
 
 
 @dataclass(frozen=True)

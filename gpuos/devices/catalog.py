@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpuos.devices.backend import MigProfile
+from gpuos.mig import MigProfile
 from gpuos.units import GiB, MiB
 
 GB = 1000**3

@@ -18,7 +18,7 @@ import psutil
 from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigInstance, ProcessUsage
 from gpuos.devices.catalog import GpuModel, lookup, model_names
 from gpuos.errors import BackendError, InvalidArgument
-from gpuos.partitions.mig import Instance, find_slot
+from gpuos.mig import Instance, find_slot
 
 MAX_GPUS_PER_GROUP = 64
 # Idle and full-load figures of a data-centre GPU; only their shape matters (rising with load).

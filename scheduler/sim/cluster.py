@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gpuos.devices.backend import MigProfile
 from gpuos.errors import InvalidArgument
+from gpuos.mig import MigProfile
 from gpuos.units import GiB
 
 

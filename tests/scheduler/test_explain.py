@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from gpuos.devices.catalog import H100_80GB_MIG
 from gpuos.jobs import TIMESLICE, Resources
-from gpuos.partitions.mig import Instance
+from gpuos.mig import Instance
 from gpuos.scheduler import GpuView, JobView, NodeView, Policy, Snapshot, get_policy, schedule
 from gpuos.scheduler.explain import WaitKind, WaitReason, WaitReasons, explain
 from gpuos.scheduler.snapshot import MAX_TIMESLICE_JOBS

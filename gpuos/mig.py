@@ -1,4 +1,8 @@
-"""MIG layouts: where a GPU instance of a profile may go, given the instances a GPU already has.
+"""MIG, the types and the rules: GPU-instance profiles, the instances that exist, and where a new
+one may go.
+
+A ground-floor module (it imports nothing of gpuos): the device backends report profiles and
+instances in these types, and the scheduler and the simulator check layouts with these rules.
 
 NVIDIA places each GPU-instance profile only at certain start slots of the GPU's eight memory
 slices, spanning as many slices as the profile's memory (a 7g instance spans all eight). Two
@@ -12,9 +16,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpuos.devices.backend import MigProfile
-
 COMPUTE_SLICES = 7
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """A GPU-instance profile as NVIDIA names it (``3g.40gb``).
+
+    ``slices`` is the number of compute slices (the ``g`` count), ``memory_slices`` the number of
+    memory slices of the eight, ``placements`` the start slots NVIDIA allows for it.
+    """
+
+    name: str
+    slices: int
+    memory_bytes: int
+    memory_slices: int
+    max_count: int
+    placements: tuple[int, ...]
 
 
 @dataclass(frozen=True)
