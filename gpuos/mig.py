@@ -49,21 +49,28 @@ def _span(profile: MigProfile, start: int) -> range:
 
 def find_slot(profiles: Sequence[MigProfile], instances: Iterable[Instance], wanted: str) -> int | None:
     """The first start slot where an instance of ``wanted`` fits beside ``instances``, else None."""
-    by_name = {p.name: p for p in profiles}
-    profile = by_name.get(wanted)
+    profile = next((p for p in profiles if p.name == wanted), None)
     if profile is None:
         return None
     existing = list(instances)
+    return next((start for start in profile.placements if fits_at(profiles, existing, wanted, start)), None)
+
+
+def fits_at(profiles: Sequence[MigProfile], instances: Iterable[Instance], wanted: str, start: int) -> bool:
+    """Whether an instance of ``wanted`` may start at memory slice ``start`` beside ``instances``
+    (a recorded placement being re-applied must land where it was, not at the first free slot)."""
+    by_name = {p.name: p for p in profiles}
+    profile = by_name.get(wanted)
+    if profile is None or start not in profile.placements:
+        return False
+    existing = list(instances)
     if sum(1 for i in existing if i.profile == wanted) >= profile.max_count:
-        return None
+        return False
     used_compute = sum(by_name[i.profile].slices for i in existing if i.profile in by_name)
     if used_compute + profile.slices > COMPUTE_SLICES:
-        return None
+        return False
     taken = {s for i in existing if i.profile in by_name for s in _span(by_name[i.profile], i.start)}
-    for start in profile.placements:
-        if not taken.intersection(_span(profile, start)):
-            return start
-    return None
+    return not taken.intersection(_span(profile, start))
 
 
 def layout_fits(profiles: Sequence[MigProfile], wanted: Sequence[str]) -> bool:

@@ -21,7 +21,7 @@ class Policy:
     jobs backfill past it.
 
     Read a job's service with ``job.attained(snap.now)``, not ``job.attained_service``: the
-    latter is the service up to ``job.started_at`` when the simulator built the view.
+    latter is the service up to ``job.service_since``, when the model last folded it.
     """
 
     name: str = "base"

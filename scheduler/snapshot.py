@@ -73,15 +73,16 @@ class JobView:
     gpus: tuple[int, ...] = ()
     paused: bool = False
     preemptions: int = 0
-    # GPUs' worth of service a running job gains per second since ``started_at``. The daemon
-    # folds service up to ``now`` into ``attained_service`` and leaves this 0; the simulator
-    # sets it so a running job's view never has to be rebuilt just because time passed.
+    # GPUs' worth of service a running job gains per second since ``service_since``, up to which
+    # ``attained_service`` counts (see scheduler/state.py for the one definition): a running
+    # job's view never has to be rebuilt just because time passed.
     service_rate: float = 0.0
+    service_since: float = 0.0
 
     def attained(self, now: float) -> float:
         """GPU-seconds of service received up to ``now`` (what LAS policies rank by)."""
-        if self.service_rate and self.started_at is not None and not self.paused:
-            return self.attained_service + (now - self.started_at) * self.service_rate
+        if self.service_rate:
+            return self.attained_service + (now - self.service_since) * self.service_rate
         return self.attained_service
 
 

@@ -71,13 +71,19 @@ def plan_turns(
                 runner = later[0] if later else ids[0]
             mean_weight = sum(s.weight for s in eligible) / len(eligible)
             weight = next(s.weight for s in eligible if s.job_id == runner)
-            until = now + max(MIN_TURN, quantum(runner) * weight / mean_weight)
+            until = now + turn_length(quantum(runner), weight, mean_weight)
         new_turns[gpu] = Turn(runner, until)
         run.add(runner)
         pause.update(s.job_id for s in group if s.job_id != runner)
     # A multi-GPU job runs only where it holds every turn; waiting anywhere pauses it.
     run -= pause
     return Plan(new_turns, frozenset(run), frozenset(pause))
+
+
+def turn_length(quantum: float, weight: float, mean_weight: float) -> float:
+    """Seconds one turn lasts: the policy's quantum scaled by the job's weight over the mean weight
+    of those taking turns (the scheduler's model of time-slicing uses the same rule)."""
+    return max(MIN_TURN, quantum * weight / mean_weight)
 
 
 def next_deadline(turns: Mapping[int, Turn]) -> float | None:

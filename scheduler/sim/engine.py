@@ -1,22 +1,24 @@
 """The discrete-event simulator: replays a trace through :func:`gpuos.scheduler.schedule`.
 
-Events are arrivals, completions, periodic rounds (``policy.period``), GPU failures and repairs.
-After the events of one instant the simulator builds a snapshot (rebuilding only the nodes that
-changed, and keeping running jobs' views from their start) and runs a round; it applies the
-decisions, checking each again against its own state, so a decision the framework should never
-have made stops the run with :class:`SimulationError` instead of corrupting the result.
+It drives the same cluster-state model as the daemon (:mod:`gpuos.scheduler.state`: placements,
+releases, requeues, service accounting, time-slicing, costs, round cadence) and adds only the
+truth the daemon never sees: each job's remaining work, and so when it finishes.
+
+Events are arrivals, completions, rounds that time alone triggers (the model's cadence), GPU
+failures and repairs. After the events of one instant the simulator runs a round on the model's
+snapshot and applies the decisions through the model, which checks each against the cluster's
+rules, so a decision the framework should never have made stops the run with
+:class:`SimulationError` instead of corrupting the result.
 
 Models (numbers and sources in docs/scheduler.md):
 
-- progress: a job needs ``duration`` seconds of work at rate 1 (alone on what it asked for);
-- MPS shares: a share on a GPU with others runs at 1 / (1 + interference x their GPU share);
-- time-slicing: k > 1 sharers of a GPU each get weight / total weight of it, less the context
-  switch cost per quantum: rate x quantum / (quantum + switch cost);
-- MIG slices and whole GPUs are isolated: rate 1;
+- progress: a job needs ``duration`` seconds of work at the rate the model gives it
+  (:meth:`ClusterState.rate`: 1 alone; less beside MPS neighbours or among time-sharers);
 - preemption: a preempted job keeps its progress (checkpointed) and pays ``preemption_cost``
   seconds of extra work when it resumes;
-- failures: GPUs fail as a Poisson process; the jobs on a failed GPU are requeued as if
-  preempted; the GPU comes back after ``repair_seconds``.
+- failures: GPUs fail as a Poisson process; the policy's ``requeue_after_fault`` says whether
+  each job on a failed GPU is requeued (as if preempted) or fails, as in the daemon; the GPU
+  comes back after ``repair_seconds``.
 """
 
 from __future__ import annotations
@@ -25,15 +27,14 @@ import gc
 import heapq
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gpuos.scheduler.fragmentation import Fragmentation, workload
-from gpuos.scheduler.framework import _take, gpu_fits, schedule
-from gpuos.scheduler.index import NodeIndex
+from gpuos.scheduler.framework import schedule
 from gpuos.scheduler.policy import Policy
-from gpuos.scheduler.preemption import release
 from gpuos.scheduler.sim.traces import Trace, TraceJob
 from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Preempt, Snapshot
+from gpuos.scheduler.state import Cadence, ClusterState, Costs, StateError
 
 # Rounds at one instant: a round that preempts frees capacity, so one more round places the
 # job that asked for it; the cap stops a policy that preempts and re-places forever.
@@ -48,15 +49,19 @@ class SimulationError(RuntimeError):
 
 @dataclass(frozen=True)
 class SimConfig:
-    interference: float = 0.1
-    context_switch: float = 0.001
-    preemption_cost: float = 30.0
+    interference: float = Costs.interference
+    context_switch: float = Costs.context_switch
+    preemption_cost: float = Costs.preemption_cost
     failures_per_gpu_hour: float = 0.0
     repair_seconds: float = 3600.0
     # Stop at this simulated time (jobs still queued or running then count as unfinished).
     horizon: float = math.inf
     # Check every GPU's accounting after every instant (slow; for tests).
     check_invariants: bool = False
+
+    @property
+    def costs(self) -> Costs:
+        return Costs(self.interference, self.context_switch, self.preemption_cost)
 
 
 @dataclass
@@ -69,14 +74,14 @@ class JobRecord:
     finish: float | None = None
     preemptions: int = 0
     attained: float = 0.0
+    # A fault ended it and the policy chose not to requeue it (requeue_after_fault).
+    failed: bool = False
     # While running:
-    node: int = -1
     place: Place | None = None
     started: float = 0.0
     rate: float = 0.0
     since: float = 0.0
     version: int = 0
-    quantum: float = 0.0
 
 
 @dataclass
@@ -99,18 +104,16 @@ class Outcome:
     capacity: int  # GPUs
 
 
-def _share(place: Place) -> float:
-    """GPUs' worth of service a placement earns per second (as the daemon counts it)."""
-    return place.milli / MILLI if place.sharing in ("mps", "timeslice") else float(len(place.gpus))
-
-
 class Simulator:
+    """Drives the shared cluster-state model (scheduler/state.py) through a trace; what it adds is
+    the truth the daemon never sees: each job's remaining work, and when it will finish."""
+
     def __init__(self, trace: Trace, policy: Policy, seed: int = 0, config: SimConfig | None = None) -> None:
         self.trace = trace
         self.policy = policy
         self.config = config or SimConfig()
         self.rng = random.Random(f"sim/{seed}")
-        self.nodes: list[NodeView] = [
+        nodes = [
             NodeView(
                 spec.name,
                 tuple(
@@ -122,11 +125,8 @@ class Simulator:
             )
             for spec in trace.nodes
         ]
-        self.node_pos = {n.name: i for i, n in enumerate(self.nodes)}
-        self.index = NodeIndex(self.nodes)
+        self.cadence = Cadence.of(policy.period)
         self.records = {j.id: JobRecord(j, j.duration) for j in trace.jobs}
-        self.pending: dict[str, JobView] = {}
-        self.running: dict[str, JobView] = {}
         self.heap: list[tuple[float, int, int, str, int]] = []
         self.seq = 0
         self.timeline = Timeline()
@@ -135,17 +135,15 @@ class Simulator:
         self.repairs = 0
         self.dirty = False
         self._tick_at = math.inf
-        self.capacity = sum(len(n.gpus) for n in self.nodes)
+        self.capacity = sum(len(n.gpus) for n in nodes)
         self.frag = Fragmentation(workload((j.request, j.cpu_milli) for j in trace.jobs))
-        self._node_frag = [self.frag.node(n) for n in self.nodes]
-        self._node_alloc = [self._allocated(n) for n in self.nodes]
-        self._node_health = [sum(g.healthy for g in n.gpus) for n in self.nodes]
+        self._node_frag = [self.frag.node(n) for n in nodes]
+        self._node_alloc = [self._allocated(n) for n in nodes]
+        self._node_health = [sum(g.healthy for g in n.gpus) for n in nodes]
         self._frag_total = sum(self._node_frag)
         self._alloc_total = sum(self._node_alloc)
         self._healthy_total = sum(self._node_health)
-        self._nodes_tuple: tuple[NodeView, ...] | None = None
-        self._pending_tuple: tuple[JobView, ...] | None = None
-        self._running_tuple: tuple[JobView, ...] | None = None
+        self.state = ClusterState(nodes, self.config.costs, on_node=self._node_changed)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -159,9 +157,7 @@ class Simulator:
                 total += MILLI - g.milli_free
         return total
 
-    def _set_node(self, pos: int, node: NodeView) -> None:
-        self.nodes[pos] = node
-        self.index.update(pos, node)
+    def _node_changed(self, pos: int, node: NodeView) -> None:
         frag = self.frag.node(node)
         alloc = self._allocated(node)
         health = sum(g.healthy for g in node.gpus)
@@ -169,28 +165,16 @@ class Simulator:
         self._alloc_total += alloc - self._node_alloc[pos]
         self._healthy_total += health - self._node_health[pos]
         self._node_frag[pos], self._node_alloc[pos], self._node_health[pos] = frag, alloc, health
-        self._nodes_tuple = None
 
     def _push(self, time: float, kind: int, key: str = "", version: int = 0) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (time, self.seq, kind, key, version))
 
     def snapshot(self, now: float) -> Snapshot:
-        if self._nodes_tuple is None:
-            self._nodes_tuple = tuple(self.nodes)
-            self.index.nodes = self._nodes_tuple
-        if self._pending_tuple is None:
-            self._pending_tuple = tuple(self.pending.values())
-        if self._running_tuple is None:
-            self._running_tuple = tuple(self.running.values())
-        return Snapshot(now, self._nodes_tuple, self._pending_tuple, self._running_tuple, self.index)
+        return self.state.snapshot(now)
 
     def _pending_view(self, rec: JobRecord, now: float) -> JobView:
-        return self._view(rec)
-
-    def _view(self, rec: JobRecord, place: Place | None = None, started_at: float | None = None) -> JobView:
-        """The job as a policy sees it: waiting, or running on ``place`` since ``started_at``.
-        (Built whole rather than with dataclasses.replace, which costs three times as much per start.)"""
+        """The job as a policy sees it while it waits: what the daemon would know, never its duration."""
         job = rec.job
         return JobView(
             id=job.id,
@@ -199,20 +183,15 @@ class Simulator:
             priority=job.priority,
             qos=job.qos,
             submitted_at=job.arrival,
-            started_at=started_at,
             attained_service=rec.attained,
             estimated_seconds=job.estimate,
             cpu_milli=job.cpu_milli,
             host_memory=job.host_memory,
-            node=place.node if place is not None else "",
-            gpus=place.gpus if place is not None else (),
             preemptions=rec.preemptions,
-            service_rate=_share(place) if place is not None else 0.0,
         )
 
     def _enqueue(self, rec: JobRecord, now: float) -> None:
-        self.pending[rec.job.id] = self._pending_view(rec, now)
-        self._pending_tuple = None
+        self.state.submit(self._pending_view(rec, now))
         self.dirty = True
 
     # -- progress -------------------------------------------------------------------------------
@@ -221,108 +200,76 @@ class Simulator:
         rec.remaining = max(0.0, rec.remaining - (now - rec.since) * rec.rate)
         rec.since = now
 
-    def _rate(self, rec: JobRecord) -> float:
-        place = rec.place
-        assert place is not None
-        if place.sharing not in ("mps", "timeslice"):
-            return 1.0
-        node = self.nodes[rec.node]
-        gpu = node.gpus[place.gpus[0]]
-        if len(gpu.jobs) == 1:
-            return 1.0
-        others = [self.records[j] for j in gpu.jobs if j != rec.job.id]
-        if place.sharing == "mps":
-            load = sum(o.place.milli for o in others if o.place is not None) / MILLI
-            return 1.0 / (1.0 + self.config.interference * load)
-        total = place.milli + sum(o.place.milli for o in others if o.place is not None)
-        q = rec.quantum
-        return (place.milli / total) * q / (q + self.config.context_switch)
-
     def _reschedule_finish(self, rec: JobRecord, now: float) -> None:
         self._advance(rec, now)
-        rec.rate = self._rate(rec)
+        rec.rate = self.state.rate(rec.job.id)
         rec.version += 1
         if rec.rate > 0:
             self._push(now + rec.remaining / rec.rate, _FINISH, rec.job.id, rec.version)
 
-    def _neighbours_changed(self, pos: int, gpus: tuple[int, ...], now: float, skip: str) -> None:
-        node = self.nodes[pos]
-        for index in gpus:
-            gpu = node.gpus[index]
-            if gpu.sharing in ("mps", "timeslice"):
-                for job_id in gpu.jobs:
-                    if job_id != skip:
-                        self._reschedule_finish(self.records[job_id], now)
+    def _rates_changed(self, job_ids: list[str], now: float) -> None:
+        for job_id in job_ids:
+            self._reschedule_finish(self.records[job_id], now)
 
     # -- applying decisions ---------------------------------------------------------------------
 
     def _start(self, place: Place, now: float) -> None:
-        view = self.pending.get(place.job_id)
+        view = self.state.pending.get(place.job_id)
         if view is None:
             raise SimulationError(f"policy {self.policy.name}: placed {place.job_id!r}, which is not pending")
-        pos = self.node_pos.get(place.node)
-        if pos is None:
-            raise SimulationError(f"policy {self.policy.name}: placed {place.job_id!r} on unknown node {place.node!r}")
-        node = self.nodes[pos]
+        quantum = self.policy.quantum(view, self.snapshot(now)) if place.sharing == "timeslice" else 0.0
         try:
-            gpus = tuple(node.gpus[i] for i in place.gpus)
-        except IndexError:
-            raise SimulationError(f"placement {place} names a GPU the node lacks") from None
-        if view.cpu_milli > node.cpu_milli_free or view.host_memory > node.host_memory_free:
-            raise SimulationError(f"placement {place} over-commits CPU or host memory of {place.node}")
-        if len(set(place.gpus)) != len(place.gpus) or not all(gpu_fits(view.request, g) for g in gpus):
-            raise SimulationError(f"placement {place} over-commits a GPU of {place.node}")
-        if len(gpus) != max(1, view.request.gpus) and (view.request.gpus or view.request.gpu_milli):
-            raise SimulationError(f"placement {place} gives {len(gpus)} GPUs to a job asking {view.request.gpus}")
-        new_node, derived = _take(view, node, gpus)
-        if (derived.milli, derived.memory) != (place.milli, place.memory):
-            raise SimulationError(f"placement {place} disagrees with the job's demand {derived}")
-        self._set_node(pos, new_node)
-        del self.pending[place.job_id]
-        self._pending_tuple = None
+            neighbours = self.state.place(place, now, quantum=quantum)
+        except StateError as exc:
+            raise SimulationError(f"policy {self.policy.name}: {exc}") from None
         rec = self.records[place.job_id]
-        rec.node, rec.place, rec.started, rec.since = pos, derived, now, now
+        rec.place, rec.started, rec.since = place, now, now
         if rec.first_start is None:
             rec.first_start = now
-        rec.quantum = self.policy.quantum(view, self.snapshot(now)) if derived.sharing == "timeslice" else 0.0
-        self.running[place.job_id] = self._view(rec, derived, started_at=now)
-        self._running_tuple = None
         self._reschedule_finish(rec, now)
-        self._neighbours_changed(pos, place.gpus, now, place.job_id)
+        self._rates_changed(neighbours, now)
 
-    def _release(self, rec: JobRecord, now: float) -> None:
-        """Take ``rec``'s job off its GPUs (finished, preempted or failed)."""
-        place = rec.place
-        assert place is not None
+    def _finish(self, rec: JobRecord, now: float) -> None:
+        assert rec.place is not None
         self._advance(rec, now)
-        rec.attained += (now - rec.started) * _share(place)
-        job_id = rec.job.id
-        job = rec.job
-        new_node = release(self.nodes[rec.node], job_id, job.request, place.gpus, job.cpu_milli,
-                           job.host_memory, place.mig_slot)
-        pos = rec.node
-        self._set_node(pos, new_node)
-        del self.running[job_id]
-        self._running_tuple = None
-        rec.version += 1
-        rec.place, rec.node, rec.rate = None, -1, 0.0
-        self._neighbours_changed(pos, place.gpus, now, job_id)
+        held, neighbours = self.state.finish(rec.job.id, now)
+        rec.attained = held.attained
+        self._off(rec)
+        self._rates_changed(neighbours, now)
+        rec.finish = now
+        rec.remaining = 0.0
+
+    def _requeue(self, job_id: str, now: float, fault: bool = False) -> None:
+        """Take a running job off its GPUs and back to the queue (preempted, or its GPU failed);
+        after a fault the policy says whether it is requeued at all, as in the daemon."""
+        rec = self.records.get(job_id)
+        if rec is None or rec.place is None:
+            raise SimulationError(f"policy {self.policy.name}: preempted {job_id!r}, which is not running")
+        self._advance(rec, now)
+        if fault and not self.policy.requeue_after_fault(self.state.view(job_id)):  # type: ignore[arg-type]
+            held, neighbours = self.state.finish(job_id, now)
+            rec.attained, rec.failed = held.attained, True
+            self._off(rec)
+            self._rates_changed(neighbours, now)
+            return
+        neighbours = self.state.requeue(job_id, now)
+        rec.attained = self.state.attained(job_id, now)
+        rec.preemptions += 1
+        rec.remaining += self.config.costs.preemption_cost
+        self._off(rec)
+        self._rates_changed(neighbours, now)
         self.dirty = True
 
-    def _preempt(self, job_id: str, now: float) -> None:
-        rec = self.records.get(job_id)
-        if rec is None or job_id not in self.running:
-            raise SimulationError(f"policy {self.policy.name}: preempted {job_id!r}, which is not running")
-        self._release(rec, now)
-        rec.preemptions += 1
-        rec.remaining += self.config.preemption_cost
-        self._enqueue(rec, now)
+    def _off(self, rec: JobRecord) -> None:
+        rec.version += 1
+        rec.place, rec.rate = None, 0.0
+        self.dirty = True
 
     # -- the loop -------------------------------------------------------------------------------
 
     def _round(self, now: float) -> None:
         for _ in range(MAX_ROUNDS_PER_INSTANT):
-            if not self.pending:
+            if not self.state.pending:
                 return
             self.rounds += 1
             decisions = schedule(self.snapshot(now), self.policy)
@@ -331,33 +278,30 @@ class Simulator:
                 if isinstance(decision, Place):
                     self._start(decision, now)
                 elif isinstance(decision, Preempt):
-                    self._preempt(decision.job_id, now)
+                    self._requeue(decision.job_id, now)
                     preempted = True
             if not preempted:
                 return
 
     def _fail(self, now: float) -> None:
         self._push(now + self.rng.expovariate(self._failure_rate()), _FAIL)
-        pos = self.rng.randrange(len(self.nodes))
-        node = self.nodes[pos]
+        nodes = self.state.nodes
+        pos = self.rng.randrange(len(nodes))
+        node = nodes[pos]
         if not node.gpus:
             return
         index = self.rng.randrange(len(node.gpus))
         if not node.gpus[index].healthy:
             return
         self.failures += 1
-        for job_id in node.gpus[index].jobs:
-            self._preempt(job_id, now)
-        node = self.nodes[pos]
-        self._set_node(pos, replace(node, gpus=tuple(replace(g, healthy=False) if g.index == index else g for g in node.gpus)))
+        for job_id in self.state.set_health(node.name, index, False):
+            self._requeue(job_id, now, fault=True)
         self._push(now + self.config.repair_seconds, _REPAIR, node.name, index)
         self.repairs += 1
 
     def _repair(self, name: str, index: int) -> None:
         self.repairs -= 1
-        pos = self.node_pos[name]
-        node = self.nodes[pos]
-        self._set_node(pos, replace(node, gpus=tuple(replace(g, healthy=True) if g.index == index else g for g in node.gpus)))
+        self.state.set_health(name, index, True)
         self.dirty = True
 
     def _failure_rate(self) -> float:
@@ -380,10 +324,10 @@ class Simulator:
         next_arrival = 0
         if self.config.failures_per_gpu_hour > 0 and self.capacity:
             self._push(self.rng.expovariate(self._failure_rate()), _FAIL)
-        period = self.policy.period
+        state = self.state
         # Something can still change while jobs arrive, run, or wait for a repaired GPU; a queue
         # with none of those is stuck for good (its jobs fit nowhere) and ends the run.
-        while next_arrival < len(arrivals) or self.running or self.repairs:
+        while next_arrival < len(arrivals) or state.running or self.repairs:
             while self.heap and self.heap[0][2] == _FINISH and self.heap[0][4] != self.records[self.heap[0][3]].version:
                 heapq.heappop(self.heap)
             now = min(
@@ -401,9 +345,7 @@ class Simulator:
                 if kind == _FINISH:
                     rec = self.records[key]
                     if version == rec.version:
-                        self._release(rec, now)
-                        rec.finish = now
-                        rec.remaining = 0.0
+                        self._finish(rec, now)
                 elif kind == _FAIL:
                     self._fail(now)
                 elif kind == _REPAIR:
@@ -411,12 +353,15 @@ class Simulator:
             tick = now >= self._tick_at
             if tick:
                 self._tick_at = math.inf
-            if self.pending and (self.dirty or tick):
+            if state.pending and (self.dirty or tick):
                 self.dirty = False
                 self._round(now)
-            # Time alone matters to a policy only while something runs (its service grows).
-            if period > 0 and self.pending and self.running and self._tick_at == math.inf:
-                self._tick_at = now + period
+            # The daemon's rule (Cadence): time alone triggers a round only while jobs wait and
+            # others run (their service grows).
+            if self._tick_at == math.inf:
+                due = self.cadence.next_round(now, bool(state.pending), bool(state.running))
+                if due is not None:
+                    self._tick_at = due
             if self.config.check_invariants:
                 self.check(now)
             self._sample(now)
@@ -434,23 +379,24 @@ class Simulator:
         t.times.append(now)
         t.allocated.append(self._alloc_total / capacity)
         t.fragmented.append(self._frag_total / capacity)
-        t.queued.append(len(self.pending))
-        t.running.append(len(self.running))
+        t.queued.append(len(self.state.pending))
+        t.running.append(len(self.state.running))
 
     def check(self, now: float) -> None:
         """Raise :class:`SimulationError` if any GPU or node is over-committed or a job is lost."""
-        for node in self.nodes:
+        state = self.state
+        for node in state.nodes:
             if node.cpu_milli_free < 0 or node.host_memory_free < 0:
                 raise SimulationError(f"t={now}: {node.name} over-committed CPU or host memory")
             for gpu in node.gpus:
                 if gpu.milli_free < 0 or gpu.memory_free < 0 or gpu.mig_slices_used > 7:
                     raise SimulationError(f"t={now}: {node.name} GPU {gpu.index} over-committed: {gpu}")
-                whole = [j for j in gpu.jobs if self.records[j].place is not None and self.records[j].place.sharing == ""]  # type: ignore[union-attr]
+                whole = [j for j in gpu.jobs if state.running[j].place.sharing == ""]
                 if whole and len(gpu.jobs) > 1:
                     raise SimulationError(f"t={now}: {node.name} GPU {gpu.index} shares an exclusive GPU: {gpu.jobs}")
         arrived = sum(1 for r in self.records.values() if r.job.arrival <= now)
-        finished = sum(1 for r in self.records.values() if r.finish is not None)
-        if arrived != finished + len(self.pending) + len(self.running):
+        ended = sum(1 for r in self.records.values() if r.finish is not None or r.failed)
+        if arrived != ended + len(state.pending) + len(state.running):
             raise SimulationError(
-                f"t={now}: {arrived} arrived but {finished} finished, {len(self.pending)} queued, {len(self.running)} running"
+                f"t={now}: {arrived} arrived but {ended} ended, {len(state.pending)} queued, {len(state.running)} running"
             )

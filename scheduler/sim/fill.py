@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from gpuos.scheduler.framework import _take
-from gpuos.scheduler.index import NodeIndex
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.sim.engine import Simulator
 from gpuos.scheduler.sim.traces import Trace
@@ -68,16 +66,12 @@ def fill_cluster(trace: Trace, policy: Policy, seed: int = 0, until: float = 1.3
             cpu_milli=job.cpu_milli,
             host_memory=job.host_memory,
         )
-        nodes = tuple(sim.nodes)
-        index: NodeIndex = sim.index
-        index.nodes = nodes
-        decisions = [d for d in _schedule_one(Snapshot(float(step), nodes, (view,), (), index), policy)]
+        # The model's nodes with this one task waiting; tasks placed stay for good.
+        nodes = sim.state.node_tuple()
+        decisions = [d for d in _schedule_one(Snapshot(float(step), nodes, (view,), (), sim.state.index), policy)]
         if decisions:
-            place = decisions[0]
-            pos = sim.node_pos[place.node]
-            node = sim.nodes[pos]
-            new_node, _ = _take(view, node, tuple(node.gpus[i] for i in place.gpus))
-            sim._set_node(pos, new_node)
+            sim.state.submit(view)
+            sim.state.place(decisions[0], float(step))
         else:
             failed += 1
         arrived.append(arrived_milli / capacity)

@@ -1,0 +1,441 @@
+"""The cluster as the scheduler knows it: one model that the daemon and the simulator both drive.
+
+The model holds the nodes (as the views a policy sees), the queue and the running jobs. Every
+change goes through one of its operations: :meth:`ClusterState.submit`, :meth:`~ClusterState.place`,
+:meth:`~ClusterState.finish`, :meth:`~ClusterState.requeue` (preemption and faults),
+:meth:`~ClusterState.pause`, :meth:`~ClusterState.resume`, :meth:`~ClusterState.set_health` and
+:meth:`~ClusterState.set_foreign_instances`. Each checks the change against the cluster's rules
+and raises :class:`StateError` for one that breaks them, so neither driver can corrupt it. The
+snapshot is rebuilt only where something changed: the node tuple, the queue and the running
+list are cached until an operation touches them.
+
+Who drives it: the daemon's control loop (``gpuos/daemon/controller.py``) applies each decision
+here as its process starts, stops, pauses or fails; the simulator (``scheduler/sim/engine.py``)
+applies the same operations at simulated times and adds only what it alone knows, a job's true
+remaining work.
+
+Attained service, one definition for both: a running job earns, per second, the fraction of a
+GPU's compute it holds on each of its GPUs:
+
+- a whole GPU: 1 per GPU;
+- an MPS share: its compute share (``gpu_milli`` / 1000);
+- a MIG instance: its compute slices of 7 (a 3g slice: 3/7);
+- a time-slice sharer: its turn's length over the turns of all sharers that take turns (only
+  the top priority on a GPU does; a lower one earns 0 while it waits), which is what the daemon's
+  turns give it on average;
+- a paused job: 0.
+
+Sharing costs (:class:`Costs`) set how fast a job progresses, which only the simulator needs
+(the daemon's jobs progress as fast as the hardware lets them): see :meth:`ClusterState.rate`.
+When rounds run is :class:`Cadence`, the same rule for both drivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from gpuos.mig import Instance, fits_at
+from gpuos.partitions.timeslice import turn_length
+from gpuos.scheduler.framework import demand, gpu_fits, sharing_of
+from gpuos.scheduler.index import NodeIndex
+from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Snapshot
+
+
+class StateError(RuntimeError):
+    """An operation that breaks the cluster's rules (over-commit, unknown job, ...)."""
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What sharing costs, as the simulator charges it (sources in docs/scheduler.md).
+
+    - ``interference``: an MPS share runs at 1 / (1 + interference x its neighbours' GPU share);
+    - ``context_switch``: seconds lost per time-slice turn;
+    - ``preemption_cost``: seconds of extra work a preempted job pays when it runs again
+      (checkpoint and restart);
+    - ``paused_memory``: the fraction of its memory a paused or waiting time-slice job keeps on
+      the GPU (all of it, until host offload exists).
+    """
+
+    interference: float = 0.1
+    context_switch: float = 0.001
+    preemption_cost: float = 30.0
+    paused_memory: float = 1.0
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When rounds run: after any change (a submit, a start, an end, a fault), and every
+    ``period`` seconds while jobs wait and others run, for policies whose answers change with
+    time alone (aging, demotion); ``period`` 0 means changes alone. The daemon also keeps
+    ``min_gap`` between rounds so a burst of submits costs one round (the simulator, whose
+    instants are exact, uses 0)."""
+
+    period: float = 0.0
+    min_gap: float = 0.0
+
+    @classmethod
+    def of(cls, period: float, min_gap: float = 0.0) -> Cadence:
+        return cls(max(0.0, period), max(0.0, min_gap))
+
+    def next_round(self, last: float, pending: bool, running: bool) -> float | None:
+        """When a round is due with nothing changed, after one at ``last``; None: not until a change."""
+        if self.period > 0 and pending and running:
+            return last + self.period
+        return None
+
+
+@dataclass(slots=True)
+class Holding:
+    """A running job in the model: where it runs, since when, and the service it has earned."""
+
+    view: JobView  # the job as it waited (its request, tenant, priority, ...)
+    place: Place
+    pos: int  # the node's position
+    started_at: float
+    since: float  # service is folded into ``attained`` up to here
+    attained: float
+    share: float = 0.0
+    quantum: float = 0.0  # the policy's time-slice quantum (time-sliced jobs only)
+    paused: bool = False
+    running_view: JobView | None = None
+
+
+NodeListener = Callable[[int, NodeView], None]
+
+
+class ClusterState:
+    """Nodes, queue and running jobs; see the module docstring."""
+
+    def __init__(self, nodes: Sequence[NodeView], costs: Costs | None = None,
+                 on_node: NodeListener | None = None) -> None:
+        self.costs = costs or Costs()
+        self.nodes: list[NodeView] = list(nodes)
+        self.position = {n.name: i for i, n in enumerate(self.nodes)}
+        self.index = NodeIndex(self.nodes)
+        self.pending: dict[str, JobView] = {}
+        self.running: dict[str, Holding] = {}
+        # MIG instances that exist but no job of ours holds (made by an administrator): the
+        # scheduler sees them as occupied. By (node position, GPU index).
+        self._foreign: dict[tuple[int, int], tuple[Instance, ...]] = {}
+        self._on_node = on_node
+        self._nodes_tuple: tuple[NodeView, ...] | None = None
+        self._pending_tuple: tuple[JobView, ...] | None = None
+        self._running_tuple: tuple[JobView, ...] | None = None
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> Snapshot:
+        """What a policy sees at ``now``; running jobs' service grows from their views' rates."""
+        nodes = self.node_tuple()
+        if self._pending_tuple is None:
+            self._pending_tuple = tuple(self.pending.values())
+        if self._running_tuple is None:
+            self._running_tuple = tuple(self._running_view(h) for h in self.running.values())
+        return Snapshot(now, nodes, self._pending_tuple, self._running_tuple, self.index)
+
+    def node_tuple(self) -> tuple[NodeView, ...]:
+        """The nodes as they stand (the tuple the index describes, so the framework may use it)."""
+        if self._nodes_tuple is None:
+            self._nodes_tuple = tuple(self.nodes)
+            self.index.nodes = self._nodes_tuple
+        return self._nodes_tuple
+
+    def view(self, job_id: str) -> JobView | None:
+        """The job as a policy sees it (waiting or running); None if the model does not hold it."""
+        held = self.running.get(job_id)
+        return self._running_view(held) if held is not None else self.pending.get(job_id)
+
+    def attained(self, job_id: str, now: float) -> float:
+        """GPU-seconds of service ``job_id`` has earned up to ``now`` (module docstring)."""
+        held = self.running.get(job_id)
+        if held is not None:
+            return held.attained + (now - held.since) * held.share
+        pending = self.pending.get(job_id)
+        return pending.attained_service if pending is not None else 0.0
+
+    def holding(self, job_id: str) -> Holding | None:
+        return self.running.get(job_id)
+
+    def gpu(self, node: str, index: int) -> GpuView:
+        return self.nodes[self._pos(node)].gpus[index]
+
+    def rate(self, job_id: str) -> float:
+        """How fast a running job progresses, in seconds of its work per second, under :attr:`costs`:
+
+        - alone on what it asked for (whole GPUs, a MIG slice, a share with no neighbour): 1;
+        - an MPS share beside others: 1 / (1 + interference x the others' GPU share);
+        - a time-slice sharer: its turn over the whole cycle of turns, each turn costing a
+          context switch; 0 while a higher priority shares the GPU;
+        - paused: 0.
+        """
+        held = self.running[job_id]
+        place = held.place
+        if held.paused:
+            return 0.0
+        if place.sharing not in ("mps", "timeslice"):
+            return 1.0
+        gpu = self.nodes[held.pos].gpus[place.gpus[0]]
+        if len(gpu.jobs) == 1:
+            return 1.0
+        if place.sharing == "mps":
+            load = sum(self.running[j].place.milli for j in gpu.jobs if j != job_id
+                       and not self.running[j].paused) / MILLI
+            return 1.0 / (1.0 + self.costs.interference * load)
+        turns = self._turns(gpu)
+        mine = turns.get(job_id, 0.0)
+        if len(turns) == 1 or not mine:
+            return 1.0 if mine else 0.0
+        return mine / sum(t + self.costs.context_switch for t in turns.values())
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    def submit(self, view: JobView) -> None:
+        """``view``'s job waits (new, or its view changed: a new priority, say)."""
+        if view.id in self.running:
+            raise StateError(f"{view.id!r} is running; it cannot also wait")
+        self.pending[view.id] = view
+        self._pending_tuple = None
+
+    def withdraw(self, job_id: str) -> None:
+        """A waiting job leaves the queue without running (cancelled)."""
+        if self.pending.pop(job_id, None) is not None:
+            self._pending_tuple = None
+
+    # -- placements -----------------------------------------------------------------------------
+
+    def place(self, place: Place, now: float, quantum: float = 1.0, started_at: float | None = None,
+              attained: float | None = None) -> list[str]:
+        """Start waiting job ``place.job_id`` where ``place`` says; returns the other jobs whose
+        rate may have changed (neighbours on a shared GPU).
+
+        ``quantum`` is the policy's time slice for a time-sliced job. ``started_at`` and
+        ``attained`` let a restarted daemon re-adopt a job that kept running meanwhile.
+        """
+        view = self.pending.get(place.job_id)
+        if view is None:
+            raise StateError(f"placed {place.job_id!r}, which is not waiting")
+        pos = self.position.get(place.node)
+        if pos is None:
+            raise StateError(f"placed {place.job_id!r} on unknown node {place.node!r}")
+        node = self.nodes[pos]
+        new_node = self._take(view, node, place)
+        del self.pending[place.job_id]
+        self._pending_tuple = None
+        held = Holding(view, place, pos, now if started_at is None else started_at, now,
+                       view.attained_service if attained is None else attained,
+                       quantum=quantum if place.sharing == "timeslice" else 0.0)
+        self.running[place.job_id] = held
+        self._set_node(pos, new_node)
+        return self._reshare(held, now)
+
+    def finish(self, job_id: str, now: float) -> tuple[Holding, list[str]]:
+        """A running job ended (done, failed or cancelled): it leaves the model."""
+        held = self._release(job_id, now)
+        return held, self._reshare(held, now)
+
+    def requeue(self, job_id: str, now: float) -> list[str]:
+        """A running job goes back to the queue (preempted, or its GPU failed) with the service it
+        earned and one more preemption; returns the jobs whose rate may have changed."""
+        held = self._release(job_id, now)
+        self.pending[job_id] = replace(held.view, attained_service=held.attained,
+                                       preemptions=held.view.preemptions + 1)
+        self._pending_tuple = None
+        return self._reshare(held, now)
+
+    def pause(self, job_id: str, now: float) -> list[str]:
+        """Stop a running job's work but keep its place (its memory stays on the GPU)."""
+        return self._set_paused(job_id, True, now)
+
+    def resume(self, job_id: str, now: float) -> list[str]:
+        return self._set_paused(job_id, False, now)
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def set_health(self, node: str, index: int, healthy: bool) -> tuple[str, ...]:
+        """GPU ``index`` of ``node`` failed or came back; returns the jobs on it (the driver asks
+        the policy, ``requeue_after_fault``, what becomes of each)."""
+        pos = self._pos(node)
+        current = self.nodes[pos]
+        gpu = current.gpus[index]
+        if gpu.healthy != healthy:
+            self._set_node(pos, _with_gpu(current, replace(gpu, healthy=healthy)))
+        return gpu.jobs
+
+    def set_foreign_instances(self, node: str, index: int, instances: Iterable[Instance]) -> None:
+        """MIG instances on a GPU that no job here holds (made by someone else)."""
+        pos = self._pos(node)
+        new = tuple(instances)
+        old = self._foreign.get((pos, index), ())
+        if new == old:
+            return
+        self._foreign[(pos, index)] = new
+        current = self.nodes[pos]
+        gpu = current.gpus[index]
+        kept = list(gpu.mig_instances)
+        for instance in old:
+            kept.remove(instance)
+        instances_now = (*kept, *new)
+        slices = {p.name: p.slices for p in gpu.mig_profiles}
+        used = sum(slices.get(i.profile, 0) for i in instances_now)
+        sharing = "mig" if instances_now else (gpu.sharing if gpu.jobs else "")
+        self._set_node(pos, _with_gpu(current, replace(gpu, mig_instances=instances_now, mig_slices_used=used,
+                                                       sharing=sharing)))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _pos(self, node: str) -> int:
+        pos = self.position.get(node)
+        if pos is None:
+            raise StateError(f"unknown node {node!r}")
+        return pos
+
+    def _set_node(self, pos: int, node: NodeView) -> None:
+        self.nodes[pos] = node
+        self.index.update(pos, node)
+        self._nodes_tuple = None
+        if self._on_node is not None:
+            self._on_node(pos, node)
+
+    def _take(self, view: JobView, node: NodeView, place: Place) -> NodeView:
+        """``node`` after ``view``'s job takes ``place``, checked against every rule."""
+        request = view.request
+        try:
+            gpus = tuple(node.gpus[i] for i in place.gpus)
+        except IndexError:
+            raise StateError(f"placement {place} names a GPU the node lacks") from None
+        if view.cpu_milli > node.cpu_milli_free or view.host_memory > node.host_memory_free:
+            raise StateError(f"placement {place} over-commits CPU or host memory of {place.node}")
+        if len(set(place.gpus)) != len(place.gpus) or not all(gpu_fits(request, g) for g in gpus):
+            raise StateError(f"placement {place} over-commits a GPU of {place.node}")
+        if len(gpus) != max(1, request.gpus) and (request.gpus or request.gpu_milli):
+            raise StateError(f"placement {place} gives {len(gpus)} GPUs to a job asking {request.gpus}")
+        sharing = sharing_of(request)
+        if place.sharing != sharing or place.mig_profile != request.mig_profile:
+            raise StateError(f"placement {place} shares the GPU unlike the job asks ({sharing or 'exclusive'})")
+        taken: dict[int, GpuView] = {}
+        for gpu in gpus:
+            milli, memory = demand(request, gpu)
+            weight = (request.gpu_milli or MILLI) if request.timeslice else milli
+            if (weight, memory) != (place.milli, place.memory):
+                raise StateError(f"placement {place} disagrees with the job's demand ({weight}, {memory})")
+            instances, slices = gpu.mig_instances, gpu.mig_slices_used
+            if request.mig_profile:
+                if not fits_at(gpu.mig_profiles, instances, request.mig_profile, place.mig_slot):
+                    raise StateError(f"placement {place}: no room for {request.mig_profile} at slot {place.mig_slot}")
+                instances = (*instances, Instance(request.mig_profile, place.mig_slot))
+                slices += next(p.slices for p in gpu.mig_profiles if p.name == request.mig_profile)
+            taken[gpu.index] = GpuView(
+                gpu.index, gpu.model, gpu.memory_total, gpu.memory_free - memory, gpu.milli_free - milli,
+                gpu.healthy, gpu.uuid, gpu.mig_profiles, slices, gpu.jobs + (view.id,), sharing, instances,
+            )
+        return NodeView(
+            node.name,
+            tuple([taken.get(g.index, g) for g in node.gpus]),
+            node.cpu_milli_free - view.cpu_milli,
+            node.host_memory_free - view.host_memory,
+        )
+
+    def _release(self, job_id: str, now: float) -> Holding:
+        held = self.running.pop(job_id, None)
+        if held is None:
+            raise StateError(f"{job_id!r} is not running")
+        held.attained += (now - held.since) * held.share
+        held.since = now
+        self._running_tuple = None
+        place, request = held.place, held.view.request
+        node = self.nodes[held.pos]
+        freed: dict[int, GpuView] = {}
+        for index in place.gpus:
+            gpu = node.gpus[index]
+            milli, memory = demand(request, gpu)
+            instances, slices = gpu.mig_instances, gpu.mig_slices_used
+            if request.mig_profile:
+                mine = Instance(request.mig_profile, place.mig_slot)
+                instances = tuple(i for i in instances if i != mine)
+                slices -= next((p.slices for p in gpu.mig_profiles if p.name == request.mig_profile), 0)
+            jobs = tuple(j for j in gpu.jobs if j != job_id)
+            sharing = gpu.sharing if jobs else ("mig" if instances else "")
+            freed[index] = GpuView(
+                gpu.index, gpu.model, gpu.memory_total, gpu.memory_free + memory, gpu.milli_free + milli,
+                gpu.healthy, gpu.uuid, gpu.mig_profiles, slices, jobs, sharing, instances,
+            )
+        self._set_node(held.pos, NodeView(
+            node.name,
+            tuple([freed.get(g.index, g) for g in node.gpus]),
+            node.cpu_milli_free + held.view.cpu_milli,
+            node.host_memory_free + held.view.host_memory,
+        ))
+        return held
+
+    def _set_paused(self, job_id: str, paused: bool, now: float) -> list[str]:
+        held = self.running.get(job_id)
+        if held is None:
+            raise StateError(f"{job_id!r} is not running")
+        if held.paused == paused:
+            return []
+        held.paused = paused
+        return self._reshare(held, now)
+
+    def _turns(self, gpu: GpuView) -> dict[str, float]:
+        """The turn length of each time-slice sharer of ``gpu`` that takes turns (the daemon's
+        rule, gpuos.partitions.timeslice: only the top priority present; turns scaled by weight)."""
+        sharers = [self.running[j] for j in gpu.jobs if not self.running[j].paused]
+        if not sharers:
+            return {}
+        top = max(h.view.priority for h in sharers)
+        turning = [h for h in sharers if h.view.priority == top]
+        if len(turning) == 1:
+            return {turning[0].view.id: 1.0}
+        mean = sum(h.place.milli for h in turning) / len(turning)
+        return {h.view.id: turn_length(h.quantum, h.place.milli, mean) for h in turning}
+
+    def _share_of(self, held: Holding) -> float:
+        if held.paused:
+            return 0.0
+        place = held.place
+        if place.sharing == "timeslice":
+            turns = self._turns(self.nodes[held.pos].gpus[place.gpus[0]])
+            mine = turns.get(held.view.id, 0.0)
+            return mine / sum(turns.values()) if mine else 0.0
+        if place.sharing in ("mps", "mig"):
+            return place.milli / MILLI * len(place.gpus)
+        return float(len(place.gpus))
+
+    def _reshare(self, changed: Holding, now: float) -> list[str]:
+        """Recompute service shares after ``changed`` started, ended or paused; fold the service of
+        every job whose share changes. Returns the other jobs on its GPUs whose rate may change."""
+        if changed.place.sharing not in ("mps", "timeslice"):
+            if changed.view.id in self.running:
+                self._refold(changed, now)
+            return []
+        node = self.nodes[changed.pos]
+        others = [j for i in changed.place.gpus for j in node.gpus[i].jobs if j != changed.view.id]
+        for held in [changed] * (changed.view.id in self.running) + [self.running[j] for j in others]:
+            self._refold(held, now)
+        return others
+
+    def _refold(self, held: Holding, now: float) -> None:
+        share = self._share_of(held)
+        if share != held.share or held.running_view is None:
+            held.attained += (now - held.since) * held.share
+            held.since = now
+            held.share = share
+            held.running_view = None
+            self._running_tuple = None
+
+    def _running_view(self, held: Holding) -> JobView:
+        if held.running_view is None:
+            view, place = held.view, held.place
+            # Built whole rather than with dataclasses.replace, which costs three times as much.
+            held.running_view = JobView(
+                view.id, view.request, view.tenant, view.priority, view.qos, view.submitted_at,
+                held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
+                place.node, place.gpus, held.paused, view.preemptions, held.share, held.since,
+            )
+        return held.running_view
+
+
+def _with_gpu(node: NodeView, gpu: GpuView) -> NodeView:
+    return replace(node, gpus=tuple(gpu if g.index == gpu.index else g for g in node.gpus))
