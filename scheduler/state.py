@@ -206,12 +206,13 @@ class ClusterState:
     # -- placements -----------------------------------------------------------------------------
 
     def place(self, place: Place, now: float, quantum: float = 1.0, started_at: float | None = None,
-              attained: float | None = None) -> list[str]:
+              attained: float | None = None, since: float | None = None) -> list[str]:
         """Start waiting job ``place.job_id`` where ``place`` says; returns the other jobs whose
         rate may have changed (neighbours on a shared GPU).
 
-        ``quantum`` is the policy's time slice for a time-sliced job. ``started_at`` and
-        ``attained`` let a restarted daemon re-adopt a job that kept running meanwhile.
+        ``quantum`` is the policy's time slice for a time-sliced job. ``started_at``, and
+        ``attained`` service up to ``since``, let a restarted daemon re-adopt a job that kept
+        running meanwhile.
         """
         view = self.pending.get(place.job_id)
         if view is None:
@@ -223,11 +224,13 @@ class ClusterState:
         new_node = self._take(view, node, place)
         del self.pending[place.job_id]
         self._pending_tuple = None
-        held = Holding(view, place, pos, now if started_at is None else started_at, now,
+        held = Holding(view, place, pos, now if started_at is None else started_at,
+                       now if since is None else since,
                        view.attained_service if attained is None else attained,
                        quantum=quantum if place.sharing == "timeslice" else 0.0)
         self.running[place.job_id] = held
         self._set_node(pos, new_node)
+        held.share = self._share_of(held)  # earned from ``since`` on; neighbours fold theirs now
         return self._reshare(held, now)
 
     def finish(self, job_id: str, now: float) -> tuple[Holding, list[str]]:

@@ -64,3 +64,51 @@ def simulator_placements(policy: str) -> list[tuple[tuple[int, ...], str, int]]:
 @pytest.mark.parametrize("policy", ["fifo", "best-fit", "spread", "binpack", "fgd"])
 def test_the_daemon_places_a_mixed_batch_as_the_simulator_does(short_dir, policy: str) -> None:  # type: ignore[no-untyped-def]
     assert daemon_placements(short_dir, policy) == simulator_placements(policy)
+
+
+def running_in_both(short_dir, requests: list[Resources]):  # type: ignore[no-untyped-def]
+    """The same jobs started on one H100 in the daemon (their processes sleep) and in the simulator:
+    each side's model as it holds them, once all run."""
+    from tests.conftest import serve, wait_for
+
+    for daemon in serve(short_dir, sim_gpus="1xH100-80GB"):
+        ids = []
+        for i, request in enumerate(requests):
+            spec = JobSpec(name=f"j{i}", kind=JobKind.PROCESS, resources=request, command=("sleep", "30"), tenant="t")
+            ids.append(daemon.store.submit(spec, owner_uid=0)[0].id)
+        daemon.controller.wake()
+        state = daemon.controller.cluster.state
+        assert wait_for(lambda: all(i in state.running for i in ids))
+        in_daemon = [(state.running[i].place.sharing, state.running[i].share) for i in ids]
+    jobs = tuple(TraceJob(id=f"j{i}", arrival=0.0, duration=1e6, request=r, tenant="t") for i, r in enumerate(requests))
+    sim = Simulator(Trace("same-world", parse_gpus("1xH100-80GB"), jobs), get_policy("fifo"), config=SimConfig(horizon=1.0))
+    sim.run()
+    in_sim = [(sim.state.running[j.id].place.sharing, sim.state.running[j.id].share) for j in jobs]
+    return in_daemon, in_sim
+
+
+def test_a_mig_slice_earns_the_same_service_in_both(short_dir) -> None:  # type: ignore[no-untyped-def]
+    in_daemon, in_sim = running_in_both(short_dir, [Resources(mig_profile="3g.40gb"), Resources(mig_profile="1g.10gb")])
+    assert in_daemon == in_sim
+    assert [share for _, share in in_daemon] == [pytest.approx(3 / 7, abs=1e-3), pytest.approx(1 / 7, abs=1e-3)]
+
+
+def test_time_sharers_earn_the_same_service_in_both(short_dir) -> None:  # type: ignore[no-untyped-def]
+    pair = [Resources(sharing=TIMESLICE, gpu_milli=500, memory_bytes=8 * GiB)] * 2
+    in_daemon, in_sim = running_in_both(short_dir, pair)
+    assert in_daemon == in_sim == [("timeslice", 0.5), ("timeslice", 0.5)]
+
+
+@pytest.mark.parametrize(("policy", "period"), [("fifo", None), ("tiresias", 60.0)])
+def test_rounds_that_time_alone_triggers_follow_the_policys_period_in_both(short_dir, policy: str, period) -> None:  # type: ignore[no-untyped-def]
+    from gpuos.scheduler.state import Cadence
+
+    daemon = Daemon(make_config(short_dir, policy=policy, sim_gpus="1xH100-80GB"))
+    try:
+        cadence = daemon.controller.cadence()
+        assert cadence.period == get_policy(policy).period
+        due = cadence.next_round(100.0, pending=True, running=True)
+        assert due == (None if period is None else 100.0 + period)
+        assert Cadence.of(get_policy(policy).period).next_round(100.0, True, True) == due  # the simulator's
+    finally:
+        daemon.store.close()

@@ -1,7 +1,8 @@
 """The gRPC servicers: JobService, DeviceService, PolicyService, plus health and reflection.
 
-Handlers check who is calling, convert the request once, call into the store and controller,
-and map gpuos errors to gRPC status codes in one place (:func:`_handled`).
+Handlers check who is calling, convert the request once, call into the daemon only through
+:class:`gpuos.api.service.DaemonService`, and map gpuos errors to gRPC status codes in one place
+(:func:`_handled`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -22,9 +23,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gpuos.api import convert
+from gpuos.api.admission import admit
 from gpuos.api.fairness import StreamGate
 from gpuos.api.identity import Authenticator, Identity
-from gpuos.daemon.admission import admit
+from gpuos.api.service import DaemonService
 from gpuos.errors import (
     BackendError,
     FailedPrecondition,
@@ -40,9 +42,6 @@ from gpuos.scheduler import available, get_policy
 from gpuos.store import decode_page_token, encode_page_token
 from gpuos.text import clip_utf8, quote
 from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
-
-if TYPE_CHECKING:
-    from gpuos.daemon.daemon import Daemon
 
 log = logging.getLogger("gpuos.api")
 
@@ -111,12 +110,12 @@ MAX_PAGE_BYTES = 2 << 20
 
 
 class _Base:
-    def __init__(self, daemon: Daemon, streams: StreamGate) -> None:
-        self.daemon = daemon
+    def __init__(self, service: DaemonService, streams: StreamGate) -> None:
+        self.service = service
         self.streams = streams
 
     def identity(self, context: grpc.ServicerContext) -> Identity:
-        return self.daemon.identify(context)
+        return identify(context, self.service.auth)
 
 
 class JobServicer(_Base):
@@ -129,23 +128,23 @@ class JobServicer(_Base):
         if len(request.idempotency_key) > 128:
             raise InvalidArgument("idempotency_key", "is longer than 128 characters")
         spec = convert.spec_from_pb(request.spec, convert._label(tenant, "tenant", convert.MAX_TENANT))
-        spec = admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
-        job, _ = self.daemon.store.submit(spec, who.uid, request.idempotency_key)
-        self.daemon.controller.wake()
+        spec = admit(spec, self.service.devices, self.service.mps_available)
+        job, _ = self.service.store.submit(spec, who.uid, request.idempotency_key)
+        self.service.wake()
         return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job))
 
     def _visible(self, job_id: str, who: Identity) -> Job:
         # Prefixes resolve among the caller's own jobs only: another tenant's job sharing the
         # prefix must not make it ambiguous (that would reveal that the job exists).
-        job = self.daemon.store.get(job_id, "" if who.admin else who.name)
+        job = self.service.store.get(job_id, "" if who.admin else who.name)
         if not who.may_see(job.spec.tenant):
             # The same answer as for a job that does not exist: ids of others' jobs are not revealed.
             raise NotFound(f"no job with id {quote(job_id)}")
         return job
 
     def _job_pb(self, job: Job) -> jobs_pb2.Job:
-        progress = self.daemon.controller.kernel_progress(job.id) if job.spec.kind == JobKind.KERNEL else None
-        waiting = self.daemon.controller.waiting(job.id) if job.state == JobState.PENDING else None
+        progress = self.service.kernel_progress(job.id) if job.spec.kind == JobKind.KERNEL else None
+        waiting = self.service.waiting(job.id) if job.state == JobState.PENDING else None
         return convert.job_to_pb(job, progress, waiting)
 
     @_handled
@@ -162,8 +161,8 @@ class JobServicer(_Base):
             tenant = who.name
         after, floor = decode_page_token(request.page_token) if request.page_token else (0, 0)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = self.daemon.store.page(convert.states_from_pb(list(request.states)), tenant, after=after, size=size,
-                                      newest=request.limit, floor=floor)
+        page = self.service.store.page(convert.states_from_pb(list(request.states)), tenant, after=after, size=size,
+                                       newest=request.limit, floor=floor)
         reply = jobs_pb2.ListJobsResponse()
         used = 0
         for i, job in enumerate(page.jobs):
@@ -182,7 +181,7 @@ class JobServicer(_Base):
     @_handled
     def Cancel(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
         job = self._visible(request.id, self.identity(context))
-        store = self.daemon.store
+        store = self.service.store
         if job.state.terminal:
             raise FailedPrecondition(f"job {job.id} already ended ({job.state.value})")
         try:
@@ -195,8 +194,8 @@ class JobServicer(_Base):
                                    event="cancel-requested")
             except FailedPrecondition:
                 return convert.job_to_pb(store.get(job.id))
-            self.daemon.controller.wake()
-            deadline = time.time() + self.daemon.config.kill_grace_seconds + 3.0
+            self.service.wake()
+            deadline = time.time() + self.service.kill_grace_seconds + 3.0
             seq = store.last_event_seq
             while time.time() < deadline and context.is_active():
                 job = store.get(job.id)
@@ -209,7 +208,7 @@ class JobServicer(_Base):
     @_handled
     def Watch(self, request: jobs_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Event]:
         who = self.identity(context)
-        store = self.daemon.store
+        store = self.service.store
         job_id = ""
         if request.job_id:
             job_id = self._visible(request.job_id, who).id
@@ -239,14 +238,13 @@ class JobServicer(_Base):
     @_handled
     def Logs(self, request: jobs_pb2.LogsRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.LogChunk]:
         job = self._visible(request.job_id, self.identity(context))
-        runtime = self.daemon.runtime
         offsets = {"stdout": 0, "stderr": 0}
         while context.is_active():
             # Read the state before the files: everything written before the job ended is then sent.
-            finished = self.daemon.store.get(job.id).state.terminal
+            finished = self.service.store.get(job.id).state.terminal
             sent = False
             for stream in offsets:
-                path = runtime.log_path(job.id, stream)
+                path = self.service.log_path(job.id, stream)
                 try:
                     with open(path, "rb") as f:
                         f.seek(offsets[stream])
@@ -267,7 +265,7 @@ class DeviceServicer(_Base):
     @_handled
     def List(self, request: devices_pb2.ListDevicesRequest, context: grpc.ServicerContext) -> devices_pb2.ListDevicesResponse:
         who = self.identity(context)
-        out = devices_pb2.ListDevicesResponse(backend=self.daemon.backend.name)
+        out = devices_pb2.ListDevicesResponse(backend=self.service.backend_name)
         out.devices.extend(self._devices(who))
         return out
 
@@ -276,22 +274,17 @@ class DeviceServicer(_Base):
         who = self.identity(context)
         if not who.admin:
             raise PermissionDenied(f"{who.name} may not inject faults; only admins may")
-        controller = self.daemon.controller
-        if request.index >= len(controller.devices):
-            raise InvalidArgument("index", f"there is no GPU {request.index}; GPUs are 0..{len(controller.devices) - 1}")
+        service = self.service
+        if request.index >= len(service.devices):
+            raise InvalidArgument("index", f"there is no GPU {request.index}; GPUs are 0..{len(service.devices) - 1}")
         kinds = devices_pb2.InjectFaultRequest
         if request.kind in (kinds.GPU_FAILURE, kinds.GPU_RECOVERY):
-            hook = getattr(self.daemon.backend, "fail_device" if request.kind == kinds.GPU_FAILURE else "restore_device",
-                           None)
-            if hook is None:
-                raise FailedPrecondition(f"the {self.daemon.backend.name} backend cannot fail a GPU on request; "
-                                         "GPU faults are injected on the simulated backend")
-            hook(request.index)
+            service.set_gpu_failed(request.index, request.kind == kinds.GPU_FAILURE)
         elif request.kind == kinds.MPS_DAEMON_CRASH:
-            controller.crash_mps_daemon(request.index)
+            service.crash_mps_daemon(request.index)
         else:
             raise InvalidArgument("kind", "name a fault: GPU_FAILURE, GPU_RECOVERY or MPS_DAEMON_CRASH")
-        controller.check_now()
+        service.check_now()
         return next(d for d in self._devices(who) if d.index == request.index)
 
     @_handled
@@ -314,8 +307,8 @@ class DeviceServicer(_Base):
             raise InvalidArgument("keys", "keys are non-empty and hold no commas")
         name = convert._label(request.name.strip() or "reservation", "name", convert.MAX_NAME)
         spec = JobSpec(name=name, kind=JobKind.EXTERNAL, resources=resources, reservation_keys=keys, tenant=who.name)
-        admit(spec, self.daemon.controller.devices, self.daemon.controller.mps is not None)
-        job, env = self.daemon.controller.reserve(spec, who.uid, uuids)
+        admit(spec, self.service.devices, self.service.mps_available)
+        job, env = self.service.reserve(spec, who.uid, uuids)
         env = {**env, "GPUOS_JOB_ID": job.id}
         env.setdefault("NVIDIA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""))
         out = devices_pb2.Reservation(job_id=job.id, env=env)
@@ -330,14 +323,14 @@ class DeviceServicer(_Base):
         self.identity(context)
         resources = convert.resources_from_pb(request.resources)
         uuids = tuple(convert._text(u, "gpu_uuids", 128) for u in request.gpu_uuids)
-        return devices_pb2.RankResponse(gpu_uuids=self.daemon.controller.rank(resources, uuids))
+        return devices_pb2.RankResponse(gpu_uuids=self.service.rank(resources, uuids))
 
     def _devices(self, who: Identity) -> list[devices_pb2.Device]:
-        daemon = self.daemon
-        statuses = {s.index: s for s in daemon.backend.status()}
-        active = [j for j in daemon.store.placed() if j.placement is not None]
+        service = self.service
+        statuses = {s.index: s for s in service.statuses()}
+        active = [j for j in service.store.placed() if j.placement is not None]
         out = []
-        for info in daemon.controller.devices:
+        for info in service.devices:
             status = statuses.get(info.index)
             used_by_pid = {p.pid: p.memory_used for p in status.processes} if status else {}
             holders = [j for j in active if info.index in j.placement.devices]  # type: ignore[union-attr]
@@ -350,7 +343,7 @@ class DeviceServicer(_Base):
                 sm_count=info.sm_count,
                 utilization_pct=status.utilization_pct if status else 0.0,
                 healthy=status.healthy if status else False,
-                backend=daemon.backend.name,
+                backend=service.backend_name,
                 mig_profiles=[
                     devices_pb2.MigProfileInfo(name=p.name, slices=p.slices, memory_bytes=p.memory_bytes,
                                                max_count=p.max_count)
@@ -366,10 +359,9 @@ class DeviceServicer(_Base):
                 device.partitioning = min(k.value for k in kinds)
             device.mig_instances.extend(
                 devices_pb2.MigInstanceInfo(profile=m.profile, start=m.start, uuid=m.uuid)
-                for m in daemon.backend.mig_instances(info.index)
+                for m in service.mig_instances(info.index)
             )
-            mps = daemon.controller.mps
-            device.mps_daemon_running = mps is not None and mps.running(info.index)
+            device.mps_daemon_running = service.mps_running(info.index)
             for job in holders:
                 placement = job.placement
                 assert placement is not None
@@ -393,7 +385,7 @@ class PolicyServicer(_Base):
     @_handled
     def List(self, request: policy_pb2.ListPoliciesRequest, context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
         self.identity(context)
-        active = self.daemon.controller.policy.name
+        active = self.service.policy_name
         return policy_pb2.ListPoliciesResponse(
             policies=[
                 policy_pb2.PolicyInfo(name=name, description=cls.description, active=name == active)
@@ -410,7 +402,7 @@ class PolicyServicer(_Base):
         if not name:
             raise InvalidArgument("name", "is empty; name a policy (see `gpuosctl policy list`)")
         policy = get_policy(name)
-        self.daemon.set_policy(policy)
+        self.service.set_policy(policy)
         return policy_pb2.PolicyInfo(name=policy.name, description=policy.description, active=True)
 
 
@@ -493,17 +485,24 @@ MAX_WORKERS = 256
 UNARY_RESERVE = 32
 
 
-def build_server(daemon: Daemon, max_workers: int = MAX_WORKERS) -> tuple[grpc.Server, health.HealthServicer]:
-    """A gRPC server with gpuos's services, the standard health service and reflection."""
+def build_server(
+    service: DaemonService, *, max_streams_per_tenant: int, stream_messages_per_second: float,
+    max_workers: int = MAX_WORKERS,
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """A gRPC server with gpuos's services over ``service``, the standard health service and reflection.
+
+    A tenant holds at most ``max_streams_per_tenant`` streams (Watch, Logs) open; while other
+    tenants are calling, its streams send at most ``stream_messages_per_second`` messages (0: no
+    pacing; see StreamGate).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpuos-rpc"),
         options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)],
     )
-    streams = StreamGate(daemon.config.max_streams_per_tenant, max(1, max_workers - UNARY_RESERVE),
-                         daemon.config.contended_stream_messages_per_second)
-    servicers = (JobServicer(daemon, streams), DeviceServicer(daemon, streams), PolicyServicer(daemon, streams))
-    for service, servicer in zip(SERVICES, servicers, strict=True):
-        _register(server, servicer, service, streams)
+    streams = StreamGate(max_streams_per_tenant, max(1, max_workers - UNARY_RESERVE), stream_messages_per_second)
+    servicers = (JobServicer(service, streams), DeviceServicer(service, streams), PolicyServicer(service, streams))
+    for descriptor, servicer in zip(SERVICES, servicers, strict=True):
+        _register(server, servicer, descriptor, streams)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

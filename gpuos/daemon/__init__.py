@@ -1,1 +1,1 @@
-"""gpuosd: configuration, admission, the control loop and the process that wires them together."""
+"""gpuosd: configuration, the control loop, and the process that wires them together."""

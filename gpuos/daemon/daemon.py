@@ -1,4 +1,7 @@
-"""gpuosd as an object: wires the store, device backend, runtime, controller and gRPC server."""
+"""gpuosd as an object: wires the store, device backend, runtime, controller and gRPC server.
+
+The server and the metrics see the rest only through :class:`ControllerService`.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import start_http_server
 
-from gpuos.api.identity import Authenticator, Identity, PeerGateway, check_tcp_auth, load_tokens, user_name
-from gpuos.api.server import build_server, identify
+from gpuos.api.identity import Authenticator, PeerGateway, check_tcp_auth, load_tokens, user_name
+from gpuos.api.server import build_server
 from gpuos.daemon.config import DaemonConfig
 from gpuos.daemon.controller import Controller
 from gpuos.daemon.metrics import DaemonMetrics
 from gpuos.daemon.retention import Purger, report_orphans
 from gpuos.daemon.rundir import SOCKET_NAME, make_private_dir
+from gpuos.daemon.service import POLICY_KEY, ControllerService
 from gpuos.devices.select import open_backend
 from gpuos.errors import InvalidArgument
 from gpuos.runtime.process import ProcessRuntime
@@ -26,8 +30,6 @@ from gpuos.scheduler import Policy, get_policy
 from gpuos.store import Store
 
 log = logging.getLogger("gpuos.daemon")
-
-POLICY_KEY = "policy"
 
 
 class Daemon:
@@ -52,12 +54,17 @@ class Daemon:
             state_dir=state, kill_grace=config.kill_grace_seconds, metrics=self.metrics,
             health_failures_before_lost=config.health_failures_before_lost,
         )
-        self.metrics.attach(self)
+        self.service = ControllerService(self.store, self.controller, self.backend, self.runtime,
+                                         kill_grace_seconds=config.kill_grace_seconds, auth=lambda: self.auth)
+        self.metrics.attach(self.service)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
         self._private_dir = str(make_private_dir(state))
         self.private_socket = os.path.join(self._private_dir, SOCKET_NAME)
-        self.server, self.health = build_server(self)
+        self.server, self.health = build_server(
+            self.service, max_streams_per_tenant=config.max_streams_per_tenant,
+            stream_messages_per_second=config.contended_stream_messages_per_second,
+        )
         self.gateway: PeerGateway | None = None
         self.tcp_port: int | None = None
         self._stopped = threading.Event()
@@ -71,14 +78,6 @@ class Daemon:
                 raise
             log.warning("the saved policy %r is no longer installed; using fifo", name)
             return get_policy("fifo")
-
-    def identify(self, context: grpc.ServicerContext) -> Identity:
-        return identify(context, self.auth)
-
-    def set_policy(self, policy: Policy) -> None:
-        self.store.set_meta(POLICY_KEY, policy.name)
-        self.controller.set_policy(policy)
-        log.info("policy is now %s", policy.name)
 
     def start(self) -> None:
         config = self.config

@@ -1,28 +1,46 @@
 """Prometheus metrics for gpuosd (``--metrics-listen HOST:PORT``).
 
 GPU gauges use the names of NVIDIA's DCGM exporter where the meaning is the same, so existing
-dashboards work; everything else is ``gpuos_*``. Gauges are read from the daemon at scrape time,
-so scraping costs the control loop nothing; counters and histograms are updated where the events
-happen.
+dashboards work; everything else is ``gpuos_*``. Gauges are read at scrape time from a
+:class:`MetricsSource` (the few reads they need, not the daemon), so scraping costs the control
+loop nothing; counters and histograms are updated where the events happen.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gpuos.jobs import JobState
-
-if TYPE_CHECKING:
-    from gpuos.daemon.daemon import Daemon
+from gpuos.devices.backend import DeviceInfo, DeviceStatus
+from gpuos.jobs import Job, JobState
 
 MIB = 1 << 20
+
+
+class MetricsSource(Protocol):
+    """What the gauges read at scrape time."""
+
+    @property
+    def devices(self) -> list[DeviceInfo]: ...
+
+    def statuses(self) -> list[DeviceStatus]: ...
+
+    def placed(self) -> list[Job]:
+        """The RUNNING and PAUSED jobs, in submission order."""
+        ...
+
+    def active(self) -> list[Job]:
+        """Jobs not yet finished."""
+        ...
+
+    @property
+    def policy_name(self) -> str: ...
 
 
 class DaemonMetrics:
@@ -52,18 +70,19 @@ class DaemonMetrics:
             registry=self.registry,
         )
 
-    def attach(self, daemon: Daemon) -> None:
-        self.registry.register(_StateCollector(daemon))
+    def attach(self, source: MetricsSource) -> None:
+        """Serve the gauges too, read from ``source`` at each scrape."""
+        self.registry.register(_StateCollector(source))
 
 
 class _StateCollector(Collector):
     """Gauges computed from the daemon's state when Prometheus scrapes."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        daemon = self.daemon
+        source = self.source
         labels = ["gpu", "UUID", "modelName"]
         util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels=labels)
         used = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=labels)
@@ -73,9 +92,9 @@ class _StateCollector(Collector):
         healthy = GaugeMetricFamily("gpuos_gpu_healthy", "1 when the GPU answers and is not failed", labels=labels)
         reserved = GaugeMetricFamily("gpuos_gpu_memory_reserved_bytes", "GPU memory promised to placed jobs",
                                      labels=labels)
-        info = {d.index: d for d in daemon.controller.devices}
-        placed = daemon.store.placed()
-        for status in daemon.backend.status():
+        info = {d.index: d for d in source.devices}
+        placed = source.placed()
+        for status in source.statuses():
             device = info[status.index]
             values = [str(status.index), device.uuid, device.model]
             util.add_metric(values, status.utilization_pct)
@@ -92,7 +111,7 @@ class _StateCollector(Collector):
             ))
         yield from (util, used, free, temp, power, healthy, reserved)
 
-        active = daemon.store.active()
+        active = source.active()
         counts = Counter(j.state for j in active)
         jobs = GaugeMetricFamily("gpuos_jobs", "Jobs not yet finished, by state", labels=["state"])
         for state in (JobState.PENDING, JobState.RUNNING, JobState.PAUSED):
@@ -100,5 +119,5 @@ class _StateCollector(Collector):
         yield jobs
         yield GaugeMetricFamily("gpuos_queue_length", "Jobs waiting to be placed", value=counts.get(JobState.PENDING, 0))
         policy = GaugeMetricFamily("gpuos_policy_info", "The scheduling policy in use", labels=["policy"])
-        policy.add_metric([daemon.controller.policy.name], 1.0)
+        policy.add_metric([source.policy_name], 1.0)
         yield policy

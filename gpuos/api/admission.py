@@ -1,4 +1,9 @@
-"""Admission: refuse a job that no GPU on this machine could ever run, before it is acknowledged."""
+"""Admission: refuse a job that no GPU on this machine could ever run, before it is acknowledged.
+
+It sits in the API because it runs on the request path, after conversion and before the store
+makes the job durable (API -> store -> scheduler): it reads only the device list, never the
+control loop.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,125 @@
+"""What the servicers need of gpuosd, and nothing more: the API's one view of the daemon.
+
+The servicers (:mod:`gpuos.api.server`) are written against :class:`DaemonService`, so the API
+never imports :mod:`gpuos.daemon` and a change inside the control loop cannot reach a handler
+except through a method named here. The daemon implements it in ``gpuos.daemon.service``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gpuos.api.identity import Authenticator
+from gpuos.devices.backend import DeviceInfo, DeviceStatus, MigInstance
+from gpuos.jobs import Event, Job, JobSpec, JobState, KernelProgress, Resources
+from gpuos.scheduler.explain import WaitReason
+from gpuos.scheduler.policy import Policy
+from gpuos.store import JobPage
+
+
+class JobStore(Protocol):
+    """The store's reads and writes that the servicers make (``gpuos.store.Store`` has them all)."""
+
+    @property
+    def last_event_seq(self) -> int: ...
+
+    def submit(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "") -> tuple[Job, bool]: ...
+
+    def get(self, job_id: str, tenant: str = "") -> Job: ...
+
+    def page(self, states: Iterable[JobState] = (), tenant: str = "", *, after: int = 0, size: int = 500,
+             newest: int = 0, floor: int = 0) -> JobPage: ...
+
+    def update(self, job_id: str, *, expect: Iterable[JobState] | None = None, event: str = "",
+               event_message: str = "", **changes: Any) -> Job: ...
+
+    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "") -> list[Event]: ...
+
+    def wait_for_events(self, after_seq: int, timeout: float, tenant: str = "") -> bool: ...
+
+    def placed(self) -> list[Job]: ...
+
+
+class DaemonService(Protocol):
+    """gpuosd as the servicers see it: its jobs, GPUs, policy and callers."""
+
+    @property
+    def store(self) -> JobStore: ...
+
+    @property
+    def auth(self) -> Authenticator:
+        """Who may call; read per call, since the daemon sets it up only when it starts serving."""
+        ...
+
+    @property
+    def kill_grace_seconds(self) -> float:
+        """How long a stopped job has between SIGTERM and SIGKILL (a cancel waits that long and more)."""
+        ...
+
+    # -- GPUs ---------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def devices(self) -> list[DeviceInfo]: ...
+
+    def statuses(self) -> list[DeviceStatus]:
+        """One fresh sample of every GPU."""
+        ...
+
+    def mig_instances(self, index: int) -> list[MigInstance]: ...
+
+    @property
+    def mps_available(self) -> bool:
+        """Whether GPUs can be shared by fraction (an MPS control daemon can be started)."""
+        ...
+
+    def mps_running(self, index: int) -> bool: ...
+
+    # -- jobs the controller knows more of than the store -------------------------------------
+
+    def wake(self) -> None:
+        """Run a control round soon (a job arrived or was asked to stop)."""
+        ...
+
+    def kernel_progress(self, job_id: str) -> KernelProgress | None: ...
+
+    def log_path(self, job_id: str, stream: str) -> Path:
+        """Where job ``job_id``'s ``stream`` ("stdout" or "stderr") is written."""
+        ...
+
+    def waiting(self, job_id: str) -> WaitReason | None:
+        """Why the latest round left pending job ``job_id`` unplaced."""
+        ...
+
+    def reserve(self, spec: JobSpec, owner_uid: int, uuids: tuple[str, ...]) -> tuple[Job, dict[str, str]]:
+        """Hold a partition on the GPUs named for work started elsewhere; the job and its environment."""
+        ...
+
+    def rank(self, request: Resources, uuids: tuple[str, ...]) -> list[str]:
+        """``uuids`` best first for ``request`` by the active policy."""
+        ...
+
+    # -- faults, for tests and drills (admins only; the servicer checks) ----------------------
+
+    def set_gpu_failed(self, index: int, failed: bool) -> None:
+        """Fail or restore GPU ``index``; raises FailedPrecondition where the backend cannot."""
+        ...
+
+    def crash_mps_daemon(self, index: int) -> None: ...
+
+    def check_now(self) -> None:
+        """Run the health checks now, so the fault just injected shows in the next reply."""
+        ...
+
+    # -- policy -------------------------------------------------------------------------------
+
+    @property
+    def policy_name(self) -> str: ...
+
+    def set_policy(self, policy: Policy) -> None:
+        """Schedule with ``policy`` from the next round on, and after restarts."""
+        ...

@@ -1,0 +1,155 @@
+"""The daemon's side of the shared cluster-state model (scheduler/state.py): one node, this machine.
+
+The model is the scheduler's whole picture of the machine, and the simulator drives the same
+one. The control loop keeps it in step with the store: the lifecycle applies each start, end
+and requeue to it as it records them; health marks failed GPUs and foreign MIG instances; and
+each round first reconciles the queue with the store (submits and cancels arrive through the
+API, which writes only the store). Attained service is the model's: the store keeps, for a
+restart, the service up to ``run_since``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from gpuos.devices.backend import DeviceInfo
+from gpuos.jobs import Job, JobState
+from gpuos.mig import Instance
+from gpuos.scheduler import GpuView, JobView, NodeView, Place, Snapshot
+from gpuos.scheduler.framework import sharing_of
+from gpuos.scheduler.snapshot import MILLI
+from gpuos.scheduler.state import ClusterState, Holding, StateError
+
+log = logging.getLogger("gpuos.controller")
+
+NODE = "localhost"
+
+
+def job_view(job: Job) -> JobView:
+    """A job of the store as the policy sees it while it waits."""
+    return JobView(
+        id=job.id,
+        request=job.spec.resources,
+        tenant=job.spec.tenant,
+        priority=int(job.spec.priority),
+        qos=job.spec.qos.value,
+        submitted_at=job.created_at,
+        attained_service=job.attained_service,
+        estimated_seconds=job.spec.estimated_seconds,
+        preemptions=job.preemptions,
+    )
+
+
+def place_of(job: Job) -> Place:
+    """The decision a placed job of the store stands for (to adopt it after a restart)."""
+    placement = job.placement
+    assert placement is not None
+    granted = placement.granted
+    # A share's or a slice's compute, a time-sharer's weight; a whole GPU's is all of it.
+    return Place(job.id, NODE, placement.devices, granted.gpu_milli or MILLI, granted.memory_bytes,
+                 granted.mig_profile, placement.mig_slot, sharing_of(job.spec.resources))
+
+
+class Cluster:
+    """The model of this machine, kept in step with the store."""
+
+    def __init__(self, devices: Sequence[DeviceInfo]) -> None:
+        gpus = tuple(
+            GpuView(d.index, d.model, d.memory_total, d.memory_total, uuid=d.uuid, mig_profiles=d.mig_profiles)
+            for d in devices
+        )
+        self.state = ClusterState([NodeView(NODE, gpus)])
+        # The store record each waiting job's view was built from: an unchanged record (the store
+        # hands out the same object until it changes) keeps its view.
+        self._synced: dict[str, Job] = {}
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> Snapshot:
+        return self.state.snapshot(now)
+
+    def view(self, job: Job) -> JobView:
+        return self.state.view(job.id) or job_view(job)
+
+    def attained(self, job: Job, now: float) -> float:
+        """GPU-seconds of service ``job`` has had up to ``now`` (the model's one definition)."""
+        if job.id in self.state.running:
+            return self.state.attained(job.id, now)
+        return job.attained_service
+
+    def holding(self, job_id: str) -> Holding | None:
+        return self.state.holding(job_id)
+
+    # -- what the lifecycle applies -------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> None:
+        """``job`` waits (if the model did not know it yet, or its record changed)."""
+        if job.id in self.state.running:
+            return
+        if self._synced.get(job.id) is not job:
+            self.state.submit(job_view(job))
+            self._synced[job.id] = job
+
+    def place(self, place: Place, now: float, quantum: float) -> None:
+        """Raises StateError when the model refuses it (then nothing changed)."""
+        self.state.place(place, now, quantum=quantum)
+        self._synced.pop(place.job_id, None)
+
+    def ended(self, job_id: str, now: float, requeued: bool) -> None:
+        """A placed job left its GPUs: back to the queue (``requeued``) or gone."""
+        if job_id not in self.state.running:
+            self.state.withdraw(job_id)
+            return
+        if requeued:
+            self.state.requeue(job_id, now)
+        else:
+            self.state.finish(job_id, now)
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def set_health(self, healthy: Mapping[int, bool]) -> None:
+        for index, ok in healthy.items():
+            self.state.set_health(NODE, index, ok)
+
+    def set_foreign_instances(self, foreign: Mapping[int, Sequence[Instance]]) -> None:
+        for index, instances in foreign.items():
+            self.state.set_foreign_instances(NODE, index, instances)
+
+    # -- reconciling with the store -------------------------------------------------------------
+
+    def sync(self, active: Iterable[Job], now: float) -> None:
+        """Make the model hold what the store says: its waiting jobs (new ones, changed ones, none
+        that left), and its placed jobs (adopted after a restart, with the service the store kept)."""
+        state = self.state
+        waiting: set[str] = set()
+        placed: set[str] = set()
+        for job in active:
+            if job.state == JobState.PENDING:
+                waiting.add(job.id)
+                if job.id in state.running:
+                    state.requeue(job.id, now)  # the store requeued it (a restart): follow it
+                self.enqueue(job)
+            elif job.placement is not None:
+                placed.add(job.id)
+                if job.id not in state.running:
+                    self._adopt(job, now)
+        for job_id in [j for j in state.pending if j not in waiting]:
+            state.withdraw(job_id)
+            self._synced.pop(job_id, None)
+        for job_id in [j for j in state.running if j not in placed]:
+            state.finish(job_id, now)
+
+    def _adopt(self, job: Job, now: float) -> None:
+        """Take in a job the store says runs (after a restart), with the service it had."""
+        self.state.withdraw(job.id)
+        self.state.submit(job_view(job))
+        since = job.run_since if job.run_since is not None else now
+        try:
+            self.state.place(place_of(job), now, quantum=1.0, started_at=job.started_at or since,
+                             attained=job.attained_service, since=since)
+        except StateError as exc:
+            # Two records claim one GPU (a store written by an older gpuosd, say): the job keeps
+            # running, and the scheduler only sees less room than there is until it ends.
+            self.state.withdraw(job.id)
+            log.warning("job %s: its recorded placement does not fit the model (%s)", job.id, exc)

@@ -1,0 +1,448 @@
+"""A job's life in the daemon: start, attach, pause and resume, stop, finish, requeue, and recovery.
+
+Every transition is recorded in the store before or as it takes effect: a start is written ahead
+(RUNNING with its placement before the process exists), so a daemon that dies at any point finds,
+on restart, either a job that never started (requeued) or one whose process it can re-attach.
+Callers hold the control loop's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gpuos.daemon.cluster import Cluster
+from gpuos.daemon.health import Fault
+from gpuos.daemon.partitioning import Partitioned, Partitions
+from gpuos.daemon.turns import Turns
+from gpuos.devices.backend import DeviceBackend, DeviceInfo
+from gpuos.errors import BackendError, FailedPrecondition, GpuosError
+from gpuos.jobs import Job, JobKind, JobState, Partition, PartitionKind, Placement, Reason, Resources
+from gpuos.partitions.memory import Overrun
+from gpuos.runtime.process import Handle, Launch, ProcessRuntime
+from gpuos.scheduler import Place
+from gpuos.scheduler.snapshot import MILLI
+from gpuos.scheduler.state import StateError
+from gpuos.units import format_bytes
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gpuos.daemon.metrics import DaemonMetrics
+    from gpuos.store import Store
+
+log = logging.getLogger("gpuos.controller")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class _Stopping:
+    """A job being stopped: what it becomes, why, and when SIGKILL follows SIGTERM."""
+
+    state: JobState
+    reason: str
+    message: str
+    kill_at: float
+
+
+def kernel_command(job: Job) -> tuple[str, ...]:
+    """The kernel worker's command line for a kernel job."""
+    argv = [sys.executable, "-m", "gpuos.kernels.worker", "--kernel", job.spec.kernel]
+    for key, value in job.spec.params:
+        argv += ["--param", f"{key}={value}"]
+    return tuple(argv)
+
+
+def placement_of(place: Place, job: Job, devices: Sequence[DeviceInfo]) -> Placement:
+    """What the store records for ``job`` placed as ``place`` decides."""
+    request = job.spec.resources
+    if place.mig_profile:
+        partition = Partition(PartitionKind.MIG, place.mig_profile)
+    else:
+        partition = Partition(PartitionKind(place.sharing or PartitionKind.EXCLUSIVE.value))
+    return Placement(
+        devices=place.gpus,
+        device_uuids=tuple(devices[i].uuid for i in place.gpus),
+        partition=partition,
+        granted=Resources(
+            gpus=len(place.gpus),
+            gpu_milli=place.milli if (request.gpu_milli or place.mig_profile or request.timeslice) else 0,
+            memory_bytes=place.memory,
+            mig_profile=place.mig_profile,
+            sharing=request.sharing,
+        ),
+        mig_slot=place.mig_slot,
+    )
+
+
+class Lifecycle:
+    """Starts, watches and stops the jobs' processes, and records each transition in the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: ProcessRuntime,
+        backend: DeviceBackend,
+        devices: Sequence[DeviceInfo],
+        partitions: Partitions,
+        turns: Turns,
+        cluster: Cluster,
+        *,
+        default_cwd: str,
+        kill_grace: float,
+        metrics: DaemonMetrics | None,
+        capacity_freed: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.backend = backend
+        self.devices = devices
+        self.partitions = partitions
+        self.turns = turns
+        self.cluster = cluster  # the scheduler's model: every start, end and requeue is applied to it
+        self.default_cwd = default_cwd
+        self.kill_grace = kill_grace
+        self.metrics = metrics
+        self.capacity_freed = capacity_freed  # a round should run: a job's GPUs came free
+        self.stopping: dict[str, _Stopping] = {}
+        self._attached: dict[str, int] = {}
+        self._unrecorded: set[str] = set()  # jobs whose end the store could not record yet
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Reconcile the store with the processes that exist after a (re)start."""
+        for job in self.store.active():
+            if job.spec.kind == JobKind.EXTERNAL and job.state == JobState.PENDING:
+                # The daemon died inside reserve(): the caller never got its answer.
+                self.store.update(job.id, state=JobState.FAILED, reason=Reason.DAEMON_RESTART,
+                                  message="gpuosd restarted before the reservation completed",
+                                  finished_at=time.time())
+                continue
+            if not job.state.active:
+                continue
+            if job.spec.kind == JobKind.EXTERNAL:
+                self._readopt_partition(job)
+                continue
+            status = self.runtime.exit_status(job.id)
+            if status is not None:
+                self.finish(job, status.exit_code, status.signal, status.spawn_error)
+                continue
+            handle = self.runtime.recorded_shim(job.id) or (
+                Handle(job.shim_pid, job.shim_started) if job.shim_pid else None
+            )
+            if handle is None or not self.runtime.shim_alive(job.id, handle):
+                # The daemon may have died after spawning the shim but before recording it:
+                # the shim's lock (or its command line, while it starts) says whether one runs.
+                handle = self.runtime.live_supervisor(job.id) or handle
+            alive = handle is not None and self.runtime.shim_alive(job.id, handle)
+            if not alive and self.runtime.exit_status(job.id) is None \
+                    and not self.runtime.command_started(job.id):
+                # No supervisor runs it and its command was never exec'd: it never ran.
+                self.release(job)
+                self.store.update(
+                    job.id, state=JobState.PENDING, placement=None, started_at=None, run_since=None,
+                    shim_pid=0, shim_started=0.0, child_pid=0,
+                    reason=Reason.DAEMON_RESTART, message="requeued: gpuosd stopped before starting it",
+                    event="requeued",
+                )
+                continue
+            if alive and handle is not None:
+                self._readopt_partition(job)
+                self.store.update(job.id, shim_pid=handle.shim_pid, shim_started=handle.shim_started,
+                                  event="reattached", event_message="gpuosd restarted; job still running")
+                if job.cancel_requested:
+                    self.begin_stop(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled")
+                continue
+            status = self.runtime.exit_status(job.id)
+            if status is not None:
+                self.finish(job, status.exit_code, status.signal, status.spawn_error)
+            else:
+                self.finalize(job, JobState.FAILED, Reason.DAEMON_RESTART,
+                              "gpuosd restarted and the job's supervisor was gone; its exit status is unknown",
+                              None)
+        # Control daemons whose clients all ended while gpuosd was down serve nobody now.
+        self.partitions.stop_unused_mps(self.store.placed())
+
+    def _readopt_partition(self, job: Job) -> None:
+        if job.placement is None:
+            return
+        placement = self.partitions.readopt(job.placement)
+        if placement != job.placement:
+            self.store.update(job.id, placement=placement)
+
+    # -- starting -------------------------------------------------------------------------------
+
+    def start(self, place: Place, quantum: float = 1.0) -> Partitioned | None:
+        """Start a pending job where ``place`` says (``quantum``: the policy's time slice for a
+        time-sharer); the partition it got, or None if it did not start."""
+        job = self.store.active_job(place.job_id)
+        if job is None or job.state != JobState.PENDING:
+            return None
+        placement = placement_of(place, job, self.devices)
+        now = time.time()
+        self.cluster.enqueue(job)
+        try:
+            self.cluster.place(place, now, quantum)
+        except StateError as exc:
+            log.error("job %s: the scheduler's model refused its placement (%s); it stays queued", job.id, exc)
+            return None
+        # Write-ahead: the store says RUNNING (with its placement) before the process exists, so a
+        # crash in between is seen on restart as "never started" and the job is requeued.
+        try:
+            job = self.store.update(job.id, expect={JobState.PENDING}, state=JobState.RUNNING, placement=placement,
+                                    started_at=now, run_since=now, reason="", message="", event="started")
+        except FailedPrecondition:
+            self.cluster.ended(job.id, now, requeued=False)  # cancelled meanwhile: never ran
+            return None
+        if self.metrics is not None:
+            self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
+        try:
+            partitioned = self.partitions.create(placement)
+            if partitioned.placement != job.placement:
+                job = self.store.update(job.id, placement=partitioned.placement)
+            if job.spec.kind == JobKind.EXTERNAL:
+                return partitioned  # the partition is the whole of it: someone else runs the work
+            handle = self.runtime.start(self.launch(job, partitioned.env))
+        except BackendError as exc:
+            self.finalize(job, JobState.FAILED, Reason.SPAWN_FAILED, str(exc), None)
+            return None
+        self.store.update(job.id, shim_pid=handle.shim_pid, shim_started=handle.shim_started)
+        return partitioned
+
+    def launch(self, job: Job, partition_env: dict[str, str]) -> Launch:
+        """How the runtime starts ``job``: its command, environment, directory and user."""
+        placement = job.placement
+        assert placement is not None
+        env = dict(job.spec.env) or {"PATH": DEFAULT_PATH}
+        env.update(partition_env)
+        env.update(
+            GPUOS_JOB_ID=job.id,
+            GPUOS_JOB_NAME=job.spec.name,
+            GPUOS_PARTITION=str(placement.partition),
+            GPUOS_MEMORY_LIMIT=str(placement.granted.memory_bytes),
+            GPUOS_PRIORITY=job.spec.priority.name.lower(),
+        )
+        command = job.spec.command
+        kernel = job.spec.kind == JobKind.KERNEL
+        if kernel:
+            command = kernel_command(job)
+        uid = job.owner_uid if os.getuid() == 0 else -1
+        gid = -1
+        home = ""
+        if uid >= 0:
+            try:
+                account = pwd.getpwuid(uid)
+                gid, home = account.pw_gid, account.pw_dir
+            except KeyError:
+                gid = uid
+        cwd = job.spec.cwd if job.spec.cwd and os.path.isdir(job.spec.cwd) else self.default_cwd
+        if cwd == self.default_cwd and uid not in (-1, os.getuid()):
+            # The state dir is private to the daemon's user: another user's job starts in its
+            # home, as a login would, or in / when it has none.
+            cwd = home if home and os.path.isdir(home) else "/"
+        return Launch(job.id, command, env, cwd, uid, gid, kill_grace=self.kill_grace, progress=kernel)
+
+    # -- reaping --------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Record the end of every placed job whose process ended; attach the new ones to their GPUs."""
+        for job in self.store.placed():
+            try:
+                self._reap_one(job)
+            except GpuosError as exc:
+                # The store could not record it (a full disk): the job stays as it is in the
+                # store and the next round tries again; the other jobs and the round go on.
+                if job.id not in self._unrecorded:
+                    log.warning("job %s ended but its end cannot be recorded yet (retrying each round): %s",
+                                job.id, exc)
+                self._unrecorded.add(job.id)
+            else:
+                self._unrecorded.discard(job.id)
+
+    def _reap_one(self, job: Job) -> None:
+        if job.spec.kind == JobKind.EXTERNAL:
+            return  # no process of ours: it ends when it is released
+        status = self.runtime.exit_status(job.id)
+        if status is None:
+            self._attach(job)
+            if job.shim_pid and not self.runtime.shim_alive(job.id, Handle(job.shim_pid, job.shim_started)):
+                status = self.runtime.exit_status(job.id)
+                if status is None:
+                    self.finalize(job, JobState.FAILED, Reason.SUPERVISOR_LOST,
+                                  "the job's supervisor died without recording an exit status", None)
+            return
+        self.finish(job, status.exit_code, status.signal, status.spawn_error)
+
+    def _attach(self, job: Job) -> None:
+        if job.id in self._attached or job.placement is None:
+            return
+        pid = self.runtime.child_pid(job.id)
+        if pid <= 0:
+            return
+        self._attached[job.id] = pid
+        granted = job.placement.granted
+        for index in job.placement.devices:
+            # A share's or slice's compute, a time-sharer's weight, or the whole GPU.
+            self.backend.attach(index, pid, granted.memory_bytes, granted.gpu_milli or MILLI)
+            if job.state == JobState.PAUSED:
+                self.backend.set_paused(index, pid, True)
+        if job.child_pid != pid:
+            self.store.update(job.id, child_pid=pid)
+
+    def _detach(self, job: Job) -> None:
+        pid = self._attached.pop(job.id, 0) or job.child_pid
+        if job.placement is not None and pid:
+            for index in job.placement.devices:
+                self.backend.detach(index, pid)
+        self.runtime.forget(job.id)
+
+    def release(self, job: Job) -> None:
+        """Give back the partition a job held (its MIG instance, its MPS daemon when unused) and its turns."""
+        placement = job.placement
+        if placement is None:
+            return
+        self.turns.forget(job.id)
+
+        def others() -> Iterator[Placement]:
+            # A generator, so the store is read only if the partition asks (an MPS daemon's last client).
+            for j in self.store.placed():
+                if j.id != job.id and j.placement:
+                    yield j.placement
+
+        self.partitions.release(placement, others())
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    def finish(self, job: Job, exit_code: int, sig: int, spawn_error: str) -> None:
+        """The job's process ended; decide what that means.
+
+        Safe to repeat: when the store cannot record the end (a full disk), the job stays RUNNING
+        in the store, its exit.json stays on disk, and the next round decides the same again.
+        """
+        stopping = self.stopping.get(job.id)
+        if stopping is not None:
+            self.finalize(job, stopping.state, stopping.reason, stopping.message, exit_code)
+        elif job.cancel_requested:
+            self.finalize(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", exit_code)
+        elif spawn_error:
+            self.finalize(job, JobState.FAILED, Reason.SPAWN_FAILED, spawn_error, exit_code)
+        elif exit_code == 0:
+            self.finalize(job, JobState.SUCCEEDED, "", "", 0)
+        else:
+            message = f"killed by {signal.Signals(sig).name}" if sig else f"exited with code {exit_code}"
+            self.finalize(job, JobState.FAILED, Reason.EXIT_NONZERO, message, exit_code)
+        # Only once recorded: a retry must still know why the job was being stopped.
+        self.stopping.pop(job.id, None)
+
+    def finalize(self, job: Job, state: JobState, reason: str, message: str, exit_code: int | None) -> None:
+        """Take the job off its GPUs and record it as ``state``: requeued when PENDING, else ended."""
+        self._detach(job)
+        self.release(job)
+        self.capacity_freed()
+        now = time.time()
+        service = self.cluster.attained(job, now)
+        if state == JobState.PENDING:
+            # Back in the queue, keeping the service it has had (LAS needs it).
+            self.store.update(
+                job.id, state=state, reason=reason, message=message, placement=None, attained_service=service,
+                shim_pid=0, shim_started=0.0, child_pid=0, run_since=None, preemptions=job.preemptions + 1,
+                event="requeued",
+            )
+        else:
+            self.store.update(
+                job.id, state=state, reason=reason, message=message, exit_code=exit_code, finished_at=now,
+                attained_service=service, run_since=None,
+            )
+            if self.metrics is not None:
+                self.metrics.finished.labels(state.value.lower(), reason).inc()
+        # Only once recorded: a store that could not record it retries next round, model unchanged.
+        self.cluster.ended(job.id, now, requeued=state == JobState.PENDING)
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def begin_stop(self, job: Job, state: JobState, reason: str, message: str) -> None:
+        """Ask the job's processes to end (SIGTERM, SIGKILL after the grace); it becomes ``state`` once they have."""
+        if job.id in self.stopping:
+            return
+        if job.spec.kind == JobKind.EXTERNAL:
+            # Nothing of ours runs in it: releasing the partition is all there is to stopping it.
+            if state == JobState.CANCELLED:
+                state, reason, message = JobState.SUCCEEDED, Reason.RELEASED, message or "released"
+            self.finalize(job, state if state != JobState.PENDING else JobState.FAILED, reason, message, None)
+            return
+        self.stopping[job.id] = _Stopping(state, reason, message, time.time() + self.kill_grace)
+        self.runtime.signal(job.id, signal.SIGTERM)
+        # A paused group would hold SIGTERM until resumed.
+        self.runtime.signal(job.id, signal.SIGCONT)
+
+    def drive_stops(self) -> None:
+        """Begin stopping the jobs whose cancel was asked for; SIGKILL those past their grace."""
+        for job in self.store.placed():
+            if job.cancel_requested:
+                self.begin_stop(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled")
+        now = time.time()
+        for job_id, stopping in list(self.stopping.items()):
+            if now >= stopping.kill_at:
+                self.runtime.signal(job_id, signal.SIGKILL)
+
+    def preempt(self, job_id: str, policy_name: str) -> None:
+        """Stop a running job the policy preempts; it goes back to the queue."""
+        job = self.store.active_job(job_id)
+        if job is not None and job.state.active and job.id not in self.stopping:
+            self.begin_stop(job, JobState.PENDING, Reason.PREEMPTED, f"preempted by policy {policy_name}")
+            if self.metrics is not None:
+                self.metrics.preemptions.inc()
+
+    def stop_for_fault(self, fault: Fault, requeue: bool) -> None:
+        """A fault took the job's GPU away: requeued or failed, as the policy said."""
+        if self.metrics is not None and fault.job.id not in self.stopping:
+            self.metrics.faults.labels(fault.reason).inc()
+        self.begin_stop(fault.job, JobState.PENDING if requeue else JobState.FAILED, fault.reason, fault.message)
+
+    def stop_over_memory(self, over: Overrun) -> None:
+        """The job uses more GPU memory than it was granted: it fails."""
+        job = self.store.active_job(over.job_id)
+        if job is None or job.id in self.stopping:
+            return
+        log.warning("job %s uses %s on GPU %d, over its %s limit; stopping it", job.id,
+                    format_bytes(over.used), over.gpu, format_bytes(over.limit))
+        if self.metrics is not None:
+            self.metrics.memory_kills.inc()
+        self.begin_stop(job, JobState.FAILED, Reason.MEMORY_LIMIT,
+                        f"used {format_bytes(over.used)} of GPU {over.gpu}, over its "
+                        f"{format_bytes(over.limit)} limit")
+
+    # -- time-slice turns -----------------------------------------------------------------------
+
+    def pause(self, job: Job, now: float) -> None:
+        """Take the GPU from a time-shared job whose turn ended, keeping the service it had."""
+        # The kernel worker finishes the kernel in flight, then stops itself; a process job's
+        # whole group stops at once. Until the job's process exists there is nothing to pause,
+        # and the job keeps its state until a later round can.
+        kernel = job.spec.kind == JobKind.KERNEL
+        if not self.runtime.signal(job.id, signal.SIGUSR1 if kernel else signal.SIGSTOP, tree=not kernel):
+            return
+        pid = self._attached.get(job.id, 0)
+        for index in job.placement.devices if job.placement and pid else ():
+            self.backend.set_paused(index, pid, True)
+        # The model counts a time-sharer's service by its share of the turns, paused or not; the
+        # store keeps it up to now (run_since), for a restart.
+        self.store.update(job.id, state=JobState.PAUSED, reason=Reason.TIME_SLICE, run_since=now,
+                          attained_service=self.cluster.attained(job, now), event="paused")
+
+    def resume(self, job: Job, now: float) -> None:
+        """Give a paused time-shared job its turn."""
+        self.runtime.signal(job.id, signal.SIGCONT)
+        pid = self._attached.get(job.id, 0)
+        for index in job.placement.devices if job.placement and pid else ():
+            self.backend.set_paused(index, pid, False)
+        self.store.update(job.id, state=JobState.RUNNING, reason="", event="resumed")

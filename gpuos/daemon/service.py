@@ -1,0 +1,139 @@
+"""The daemon behind the API's and the metrics' narrow interfaces.
+
+:class:`ControllerService` implements :class:`gpuos.api.service.DaemonService` (for the
+servicers) and :class:`gpuos.daemon.metrics.MetricsSource` (for the gauges) over the store,
+controller, device backend and runtime. It is the one place that knows where each answer lives
+inside the daemon, so the control loop can be rearranged without touching a servicer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from gpuos.api.identity import Authenticator
+from gpuos.daemon.controller import Controller
+from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigInstance
+from gpuos.errors import FailedPrecondition
+from gpuos.jobs import Job, JobSpec, KernelProgress, Resources
+from gpuos.runtime.process import ProcessRuntime
+from gpuos.scheduler.explain import WaitReason
+from gpuos.scheduler.policy import Policy
+from gpuos.store import Store
+
+log = logging.getLogger("gpuos.daemon")
+
+# The store's meta key under which the active policy's name survives restarts.
+POLICY_KEY = "policy"
+
+
+class ControllerService:
+    """What the servicers and the gauges may ask of a running gpuosd."""
+
+    def __init__(
+        self,
+        store: Store,
+        controller: Controller,
+        backend: DeviceBackend,
+        runtime: ProcessRuntime,
+        *,
+        kill_grace_seconds: float,
+        auth: Callable[[], Authenticator],
+    ) -> None:
+        self._store = store
+        self._controller = controller
+        self._backend = backend
+        self._runtime = runtime
+        self._kill_grace = kill_grace_seconds
+        # A getter: the daemon builds its Authenticator only in start(), after the server exists.
+        self._auth = auth
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def auth(self) -> Authenticator:
+        return self._auth()
+
+    @property
+    def kill_grace_seconds(self) -> float:
+        return self._kill_grace
+
+    # -- GPUs ---------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        return self._controller.devices
+
+    def statuses(self) -> list[DeviceStatus]:
+        return self._backend.status()
+
+    def mig_instances(self, index: int) -> list[MigInstance]:
+        return self._backend.mig_instances(index)
+
+    @property
+    def mps_available(self) -> bool:
+        return self._controller.mps is not None
+
+    def mps_running(self, index: int) -> bool:
+        mps = self._controller.mps
+        return mps is not None and mps.running(index)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def placed(self) -> list[Job]:
+        return self._store.placed()
+
+    def active(self) -> list[Job]:
+        return self._store.active()
+
+    def wake(self) -> None:
+        self._controller.wake()
+
+    def kernel_progress(self, job_id: str) -> KernelProgress | None:
+        return self._controller.kernel_progress(job_id)
+
+    def log_path(self, job_id: str, stream: str) -> Path:
+        return self._runtime.log_path(job_id, stream)
+
+    def waiting(self, job_id: str) -> WaitReason | None:
+        return self._controller.waiting(job_id)
+
+    def reserve(self, spec: JobSpec, owner_uid: int, uuids: tuple[str, ...]) -> tuple[Job, dict[str, str]]:
+        return self._controller.reserve(spec, owner_uid, uuids)
+
+    def rank(self, request: Resources, uuids: tuple[str, ...]) -> list[str]:
+        return self._controller.rank(request, uuids)
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def set_gpu_failed(self, index: int, failed: bool) -> None:
+        # Only the simulated backend has these hooks; real GPUs fail on their own.
+        hook = getattr(self._backend, "fail_device" if failed else "restore_device", None)
+        if hook is None:
+            raise FailedPrecondition(f"the {self._backend.name} backend cannot fail a GPU on request; "
+                                     "GPU faults are injected on the simulated backend")
+        hook(index)
+
+    def crash_mps_daemon(self, index: int) -> None:
+        self._controller.crash_mps_daemon(index)
+
+    def check_now(self) -> None:
+        self._controller.check_now()
+
+    # -- policy -------------------------------------------------------------------------------
+
+    @property
+    def policy_name(self) -> str:
+        return self._controller.policy.name
+
+    def set_policy(self, policy: Policy) -> None:
+        self._store.set_meta(POLICY_KEY, policy.name)
+        self._controller.set_policy(policy)
+        log.info("policy is now %s", policy.name)
