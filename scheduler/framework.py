@@ -12,11 +12,12 @@ from dataclasses import fields
 
 from gpuos.jobs import Resources
 from gpuos.mig import Instance, find_slot
-from gpuos.scheduler.index import NodeIndex, group_states, need
+from gpuos.scheduler.index import group_states, need
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (
     MAX_TIMESLICE_JOBS,
     MILLI,
+    CapacityIndex,
     Decision,
     GpuView,
     JobView,
@@ -168,7 +169,7 @@ class _Round:
     could never win.
     """
 
-    def __init__(self, snap: Snapshot, index: NodeIndex | None) -> None:
+    def __init__(self, snap: Snapshot, index: CapacityIndex | None) -> None:
         self.index = index
         if index is not None:
             self.members, self.states = index.groups()

@@ -37,8 +37,8 @@ class Policy:
     # scores_node_state_only, the nodes of one state are counted without visiting each.
     picks: bool = False
     # Seconds between rounds that time alone should trigger (demotion, aging, time slices);
-    # 0 means rounds on arrivals and completions suffice. The simulator honours it; the daemon
-    # already runs a round at least every second.
+    # 0 means rounds on arrivals and completions suffice. The daemon and the simulator both
+    # honour it, and nothing else (scheduler/state.py, Cadence).
     period: float = 0.0
 
     def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:

@@ -6,14 +6,12 @@ and attained service. It never holds a job's true remaining duration.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gpuos.jobs import Resources
 from gpuos.mig import Instance, MigProfile
-
-if TYPE_CHECKING:
-    from gpuos.scheduler.index import NodeIndex
 
 MILLI = 1000
 # At most this many jobs take turns on one GPU; beyond it each turn comes too rarely to be useful.
@@ -86,6 +84,22 @@ class JobView:
         return self.attained_service
 
 
+class CapacityIndex(Protocol):
+    """What the framework asks of a snapshot's capacity index (scheduler/index.py's NodeIndex,
+    which imports these views; a protocol here keeps the import one way)."""
+
+    n: int
+    nodes: tuple[NodeView, ...]
+
+    def candidates(self, job: JobView) -> Iterator[int]: ...
+
+    def groups(self) -> tuple[dict[int, list[int]], list[int]]: ...
+
+    def first(self, key: int, least: int, start: int) -> int: ...
+
+    def bound(self, key: int, position: int) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     now: float
@@ -94,7 +108,7 @@ class Snapshot:
     running: tuple[JobView, ...] = ()
     # Optional capacity index over ``nodes`` (the simulator keeps one); the framework uses it
     # only to skip nodes that cannot fit, so decisions are the same with or without it.
-    index: NodeIndex | None = field(default=None, compare=False, repr=False)
+    index: CapacityIndex | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

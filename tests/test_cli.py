@@ -151,3 +151,40 @@ def test_sim_refuses_an_unknown_trace_or_policy_in_one_line(tmp_path) -> None:  
     bad_policy = _gpuosctl("sim", "--trace", "synthetic:bursty?n=10", "--policy", "nope", cwd=str(tmp_path))
     assert bad_policy.returncode == 1 and "unknown policy 'nope'" in bad_policy.stderr
     assert len(bad_policy.stderr.strip().splitlines()) == 1
+
+
+POD_LIST_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time"
+
+
+def _pod_list(tmp_path, *rows: str) -> str:  # type: ignore[no-untyped-def]
+    (tmp_path / "openb_node_list_gpu_node.csv").write_text("sn,cpu_milli,memory_mib,gpu,model\nn0,96000,393216,1,G2\n")
+    path = tmp_path / "pods.csv"
+    path.write_text("\n".join((POD_LIST_HEADER, *rows)) + "\n")
+    return str(path)
+
+
+def _jct_mean(tmp_path, *args: str) -> float:  # type: ignore[no-untyped-def]
+    result = _gpuosctl("-o", "json", "sim", *args, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    return float(next(c["jct_mean"] for c in run["classes"] if c["qos"] == "all"))
+
+
+def test_sim_interference_slows_two_half_gpu_shares_by_the_mps_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    trace = _pod_list(tmp_path, "a,1000,1024,1,500,,BE,Running,0,100,0", "b,1000,1024,1,500,,BE,Running,0,100,0")
+    # Each share runs at 1 / (1 + 0.4 x 0.5) beside the other: 100 s of work takes 120 s.
+    assert _jct_mean(tmp_path, "--trace", trace, "--interference", "0.4") == 120
+
+
+def test_sim_preemption_cost_is_extra_work_for_the_preempted_job(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    trace = _pod_list(tmp_path, "be,1000,1024,1,1000,,BE,Running,0,100,0", "ls,1000,1024,1,1000,,LS,Running,10,15,10")
+    # ls preempts be at 10 s and is done at 15 s; be resumes with 90 s left plus 50 s of restart.
+    jct = _jct_mean(tmp_path, "--trace", trace, "--policy", "priority", "--preemption-cost", "50")
+    assert jct == (5 + (15 + 90 + 50)) / 2
+
+
+def test_sim_context_switch_cost_slows_time_sliced_jobs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    trace = "synthetic:llm-decode?n=200&seed=1"
+    free = _jct_mean(tmp_path, "--trace", trace, "--context-switch", "0")
+    costly = _jct_mean(tmp_path, "--trace", trace, "--context-switch", "0.5")
+    assert costly > free

@@ -51,6 +51,10 @@ BAD_VALUES = [
     ("--seed", ["sim", "--trace", "x", "--seed", "-1"]),
     ("--horizon", ["sim", "--trace", "x", "--horizon", "nan"]),
     ("--failures-per-gpu-hour", ["sim", "--trace", "x", "--failures-per-gpu-hour", "-1"]),
+    ("--interference", ["sim", "--trace", "x", "--interference", "-0.1"]),
+    ("--context-switch", ["sim", "--trace", "x", "--context-switch", "nan"]),
+    ("--preemption-cost", ["sim", "--trace", "x", "--preemption-cost", "-30"]),
+    ("--preemption-cost", ["sim", "--trace", "x", "--preemption-cost", "ten"]),
     ("--iterations", ["evolve", "--iterations", "-1"]),
     ("--population", ["evolve", "--population", "0"]),
 ]

@@ -78,7 +78,11 @@ def running_in_both(short_dir, requests: list[Resources]):  # type: ignore[no-un
             ids.append(daemon.store.submit(spec, owner_uid=0)[0].id)
         daemon.controller.wake()
         state = daemon.controller.cluster.state
-        assert wait_for(lambda: all(i in state.running for i in ids))
+
+        def all_run(state=state, ids=ids) -> bool:  # type: ignore[no-untyped-def]
+            return all(i in state.running for i in ids)
+
+        assert wait_for(all_run)
         in_daemon = [(state.running[i].place.sharing, state.running[i].share) for i in ids]
     jobs = tuple(TraceJob(id=f"j{i}", arrival=0.0, duration=1e6, request=r, tenant="t") for i, r in enumerate(requests))
     sim = Simulator(Trace("same-world", parse_gpus("1xH100-80GB"), jobs), get_policy("fifo"), config=SimConfig(horizon=1.0))

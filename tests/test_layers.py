@@ -34,8 +34,6 @@ ABOVE_EVERY_LAYER = ("gpuos.daemon", "gpuos.cli", "gpuos.client", "gpuos.devicep
 # Cycles that predate this test and sit outside the daemon's layering (the simulator and the
 # snapshot), left to their owners. The list may only shrink: a cycle fixed must leave it.
 KNOWN_CYCLES = {
-    frozenset({"gpuos.scheduler.index", "gpuos.scheduler.snapshot"}),
-    frozenset({"gpuos.scheduler.sim", "gpuos.scheduler.sim.fill"}),
     frozenset({"gpuos.scheduler.sim.synthetic", "gpuos.scheduler.sim.traces"}),
 }
 

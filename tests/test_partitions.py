@@ -69,13 +69,17 @@ def test_mps_clients_get_their_thread_share_and_pinned_memory_limit(client: Clie
     assert env["CUDA_MPS_PIPE_DIRECTORY"].endswith("/pipe")
 
 
-def test_the_mps_daemon_runs_while_it_has_clients(client: Client) -> None:
+def test_the_mps_daemon_runs_while_it_has_clients_and_a_while_after(daemon, client: Client) -> None:  # type: ignore[no-untyped-def]
+    daemon.controller.partitions.mps_linger = 2.0
     job = client.submit(SLEEP, gpu_fraction=0.5)
     wait_for(lambda: running(client, job.id))
     gpu = client.get(job.id).placement.devices[0]
     wait_for(lambda: client.devices().devices[gpu].mps_daemon_running)
     client.cancel(job.id)
-    wait_for(lambda: not client.devices().devices[gpu].mps_daemon_running)
+    client.wait(job.id, timeout=30)
+    # A share that follows soon finds it still up (no second start); unused past the linger, it stops.
+    assert client.devices().devices[gpu].mps_daemon_running
+    assert wait_for(lambda: not client.devices().devices[gpu].mps_daemon_running)
 
 
 def test_a_job_over_its_memory_limit_is_stopped_and_its_neighbour_survives(daemon, client: Client) -> None:  # type: ignore[no-untyped-def]

@@ -99,6 +99,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def start_fraction(text: str) -> float:
+    """Where in a trace to start, as a share of its jobs, in [0, 1)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text.strip()} is outside [0, 1); e.g. 0.5 starts halfway through the jobs")
+    return value
+
+
 def byte_size(text: str) -> int:
     """A size such as 8GiB, 512MiB or a byte count, as bytes."""
     from gpuos.units import parse_bytes

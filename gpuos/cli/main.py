@@ -27,6 +27,7 @@ from gpuos.cli.args import (
     sequence_number,
 )
 from gpuos.cli.evolve import add_evolve_parser, run_evolve
+from gpuos.cli.replay import add_replay_parser, run_replay
 from gpuos.cli.sim import add_sim_parser, run_sim
 from gpuos.errors import GpuosError
 from gpuos.text import escape
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("name")
     sub.add_parser("kernels", help="built-in kernels and their parameters")
     add_sim_parser(sub)
+    add_replay_parser(sub)
     add_evolve_parser(sub)
     p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
     p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
@@ -152,6 +154,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     except ValueError as exc:
         return fail(str(exc))
     try:
+        if args.cmd == "replay":
+            return run_replay(args, client)
         if args.cmd == "submit":
             if bool(command) == bool(args.kernel):
                 return fail("submit: give either a command after -- or --kernel NAME")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuos.cli import output
-from gpuos.cli.args import non_negative_float, positive_float, seed
+from gpuos.cli.args import non_negative_float, positive_float, positive_int, seed, start_fraction
 
 
 def add_sim_parser(sub: Any) -> None:
@@ -28,16 +28,30 @@ def add_sim_parser(sub: Any) -> None:
     p.add_argument("--policy", action="append", default=[], help="policy name (repeatable; default fifo)")
     p.add_argument("--gpus", default=None, help="cluster instead of the trace's, e.g. 4x8xH100-80GB,2x2xT4")
     p.add_argument("--seed", type=seed, default=0)
+    add_window_arguments(p)
     p.add_argument("--plot", metavar="PATH", default="",
                    help="write a PNG of each run to PATH (with several policies, the policy name is added); "
                         "no plot without it")
     # Gone since plots became opt-in; kept only to say so instead of argparse's bare "unrecognized".
     p.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--interference", type=non_negative_float, default=None,
-                   help="MPS colocation slowdown per GPU of neighbours")
+                   help="MPS colocation: a share runs at 1 / (1 + X x its neighbours' GPU share) "
+                        "(calibration in docs/scheduler.md, What sharing costs)")
+    p.add_argument("--context-switch", type=non_negative_float, default=None, metavar="S",
+                   help="seconds lost per time-slice quantum to switching contexts")
+    p.add_argument("--preemption-cost", type=non_negative_float, default=None, metavar="S",
+                   help="seconds of extra work a preempted job does when it resumes (checkpoint-restart)")
     p.add_argument("--failures-per-gpu-hour", type=non_negative_float, default=None,
                    help="inject GPU failures at this rate")
     p.add_argument("--horizon", type=positive_float, default=None, help="stop at this simulated time, in seconds")
+
+
+def add_window_arguments(p: argparse.ArgumentParser) -> None:
+    """--start and --jobs, the trace window that sim and replay share (traces.window)."""
+    p.add_argument("--start", type=start_fraction, default=0.0, metavar="F",
+                   help="skip the first F (0 <= F < 1) of the trace's jobs, in arrival order")
+    p.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                   help="replay only N jobs (from --start); arrivals shift so the first is at 0")
 
 
 def _slug(text: str) -> str:
@@ -72,10 +86,13 @@ def run_sim(args: argparse.Namespace) -> int:
     from gpuos.errors import GpuosError
     from gpuos.scheduler.registry import get_policy
     from gpuos.scheduler.sim import SimConfig, SimulationError, load_trace, run_simulation
+    from gpuos.scheduler.sim.traces import window
 
     overrides = {
         key: value for key, value in (
             ("interference", args.interference),
+            ("context_switch", args.context_switch),
+            ("preemption_cost", args.preemption_cost),
             ("failures_per_gpu_hour", args.failures_per_gpu_hour),
             ("horizon", args.horizon),
         ) if value is not None
@@ -85,7 +102,7 @@ def run_sim(args: argparse.Namespace) -> int:
         for name in policies:
             get_policy(name)  # an unknown name fails before the trace is read
         config = SimConfig(**overrides)
-        trace = load_trace(args.trace, seed=args.seed)
+        trace = window(load_trace(args.trace, seed=args.seed), args.start, args.jobs)
     except (GpuosError, KeyError, ValueError, OSError) as exc:
         print(f"gpuosctl sim: {exc}", file=sys.stderr)
         return 1

@@ -182,6 +182,7 @@ class Controller:
             return
         active = [j for j in self.store.placed() if j.placement is not None]
         findings = self.health.check(now, active)
+        self.partitions.stop_idle_mps(now)
         foreign = dict(self.partitions.foreign_slices)
         self.partitions.survey(active)
         self.cluster.set_health(self.health.healthy)

@@ -23,6 +23,11 @@ from gpuos.partitions.mps import MpsManager
 
 log = logging.getLogger("gpuos.controller")
 
+# An MPS control daemon whose last client ended is stopped only after this long unused: starting
+# or stopping one takes the control loop about a second (measured on the simulated backend under
+# load), and shares come and go far more often than that on a busy GPU.
+MPS_LINGER_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class Partitioned:
@@ -36,10 +41,13 @@ class Partitioned:
 class Partitions:
     """Creates, releases and re-adopts the MIG instances and MPS daemons that jobs run in."""
 
-    def __init__(self, backend: DeviceBackend, devices: Sequence[DeviceInfo], mps_root: Path) -> None:
+    def __init__(self, backend: DeviceBackend, devices: Sequence[DeviceInfo], mps_root: Path,
+                 mps_linger: float = MPS_LINGER_SECONDS) -> None:
         self.backend = backend
         self.devices = devices
         self.mps = self._mps_manager(mps_root)
+        self.mps_linger = mps_linger
+        self._mps_unused_since: dict[int, float] = {}  # GPUs whose control daemon has no client now
         # MIG instances that exist but no job of ours holds (made by an administrator, say), per
         # GPU, as of the latest survey. They are never torn down: the scheduler sees them as occupied.
         self.foreign_slices: dict[int, list[Instance]] = {}
@@ -56,12 +64,18 @@ class Partitions:
 
     def create(self, placement: Placement) -> Partitioned:
         """Create the partition ``placement`` names (MIG instance, MPS daemon). Raises BackendError."""
+        index = placement.devices[0]
         if placement.kind is PartitionKind.MIG:
-            instance = self.backend.create_mig_instance(placement.devices[0], placement.granted.mig_profile,
-                                                        placement.mig_slot)
+            if index in self._mps_unused_since and self.mps is not None:
+                # A MIG layout change and an MPS daemon on the GPU do not mix: stop the idle one now.
+                del self._mps_unused_since[index]
+                self.mps.stop(index)
+            instance = self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
             placement = replace(placement, mig_uuid=instance.uuid)
-        elif placement.kind is PartitionKind.MPS and self.mps is None:
-            raise BackendError("MPS is not available on this machine; submit with --share timeslice instead")
+        elif placement.kind is PartitionKind.MPS:
+            if self.mps is None:
+                raise BackendError("MPS is not available on this machine; submit with --share timeslice instead")
+            self._mps_unused_since.pop(index, None)
         return Partitioned(placement, self._env(placement))
 
     def _env(self, placement: Placement) -> dict[str, str]:
@@ -83,6 +97,18 @@ class Partitions:
                 log.warning("could not destroy MIG instance %s: %s", placement.mig_uuid, exc)
         elif placement.kind is PartitionKind.MPS and self.mps is not None:
             if not any(p.kind is PartitionKind.MPS and index in p.devices for p in others):
+                if self.mps_linger <= 0:
+                    self.mps.stop(index)
+                else:
+                    self._mps_unused_since[index] = time.time()
+
+    def stop_idle_mps(self, now: float) -> None:
+        """Stop the MPS control daemons that have had no client for ``mps_linger`` seconds."""
+        if self.mps is None:
+            return
+        for index, since in list(self._mps_unused_since.items()):
+            if now - since >= self.mps_linger:
+                del self._mps_unused_since[index]
                 self.mps.stop(index)
 
     def readopt(self, placement: Placement) -> Placement:

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 from gpuos.scheduler.policy import Policy
-from gpuos.scheduler.registry import get_policy
 from gpuos.scheduler.sim.cluster import NodeSpec, describe, parse_gpus
-from gpuos.scheduler.sim.engine import SimConfig, SimulationError, Simulator
+from gpuos.scheduler.sim.engine import SimConfig, SimulationError, Simulator, resolve_policy
 from gpuos.scheduler.sim.fill import FillResult, fill_cluster
 from gpuos.scheduler.sim.metrics import ClassStats, SimResult, summarise
 from gpuos.scheduler.sim.traces import Trace, TraceJob, load_trace, with_cluster
@@ -33,18 +32,6 @@ __all__ = [
     "parse_gpus",
     "run_simulation",
 ]
-
-
-def resolve_policy(policy: str | Policy, trace: Trace) -> Policy:
-    """A policy instance; FGD is given the trace's request distribution as its target workload
-    (the paper assumes the workload is known from history, and the trace is that history)."""
-    from gpuos.scheduler.fragmentation import workload
-    from gpuos.scheduler.policies.fgd import Fgd
-
-    instance = get_policy(policy) if isinstance(policy, str) else policy
-    if isinstance(instance, Fgd) and instance.workload is None:
-        instance = Fgd(workload=workload((j.request, j.cpu_milli) for j in trace.jobs))
-    return instance
 
 
 def run_simulation(

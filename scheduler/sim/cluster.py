@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gpuos.errors import InvalidArgument
 from gpuos.mig import MigProfile
+from gpuos.scheduler.snapshot import GpuView, NodeView
 from gpuos.units import GiB
 
 
@@ -118,3 +119,16 @@ def describe(nodes: tuple[NodeSpec, ...]) -> str:
             counts[gpu.name] = counts.get(gpu.name, 0) + 1
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     return f"{len(nodes)} nodes, {sum(counts.values())} GPUs ({kinds})"
+
+
+def node_view(spec: NodeSpec) -> NodeView:
+    """``spec`` as a policy sees it with nothing placed: every GPU free and healthy."""
+    return NodeView(
+        spec.name,
+        tuple(
+            GpuView(i, g.name, g.memory, g.memory, uuid=f"{spec.name}/{i}", mig_profiles=g.mig_profiles)
+            for i, g in enumerate(spec.gpus)
+        ),
+        spec.cpu_milli,
+        spec.host_memory,
+    )

@@ -32,15 +32,17 @@ from dataclasses import dataclass, field
 from gpuos.scheduler.fragmentation import Fragmentation, workload
 from gpuos.scheduler.framework import schedule
 from gpuos.scheduler.policy import Policy
+from gpuos.scheduler.registry import get_policy
+from gpuos.scheduler.sim.cluster import node_view
 from gpuos.scheduler.sim.traces import Trace, TraceJob
-from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Preempt, Snapshot
+from gpuos.scheduler.snapshot import MILLI, JobView, NodeView, Place, Preempt, Snapshot
 from gpuos.scheduler.state import Cadence, ClusterState, Costs, StateError
 
 # Rounds at one instant: a round that preempts frees capacity, so one more round places the
 # job that asked for it; the cap stops a policy that preempts and re-places forever.
 MAX_ROUNDS_PER_INSTANT = 3
 
-_FINISH, _REPAIR, _FAIL, _TICK = range(4)
+_FINISH, _REPAIR, _FAIL, _TICK, _STOPPED = range(5)
 
 
 class SimulationError(RuntimeError):
@@ -52,6 +54,11 @@ class SimConfig:
     interference: float = Costs.interference
     context_switch: float = Costs.context_switch
     preemption_cost: float = Costs.preemption_cost
+    start_latency: float = Costs.start_latency
+    stop_latency: float = Costs.stop_latency
+    # Rounds at most this often (the daemon's 50 ms, which makes a burst of events one round);
+    # 0: a round at every instant that changed something.
+    round_gap: float = 0.0
     failures_per_gpu_hour: float = 0.0
     repair_seconds: float = 3600.0
     # Stop at this simulated time (jobs still queued or running then count as unfinished).
@@ -61,7 +68,8 @@ class SimConfig:
 
     @property
     def costs(self) -> Costs:
-        return Costs(self.interference, self.context_switch, self.preemption_cost)
+        return Costs(self.interference, self.context_switch, self.preemption_cost,
+                     start_latency=self.start_latency, stop_latency=self.stop_latency)
 
 
 @dataclass
@@ -104,6 +112,17 @@ class Outcome:
     capacity: int  # GPUs
 
 
+def resolve_policy(policy: str | Policy, trace: Trace) -> Policy:
+    """A policy instance; FGD is given the trace's request distribution as its target workload
+    (the paper assumes the workload is known from history, and the trace is that history)."""
+    from gpuos.scheduler.policies.fgd import Fgd
+
+    instance = get_policy(policy) if isinstance(policy, str) else policy
+    if isinstance(instance, Fgd) and instance.workload is None:
+        instance = Fgd(workload=workload((j.request, j.cpu_milli) for j in trace.jobs))
+    return instance
+
+
 class Simulator:
     """Drives the shared cluster-state model (scheduler/state.py) through a trace; what it adds is
     the truth the daemon never sees: each job's remaining work, and when it will finish."""
@@ -113,19 +132,12 @@ class Simulator:
         self.policy = policy
         self.config = config or SimConfig()
         self.rng = random.Random(f"sim/{seed}")
-        nodes = [
-            NodeView(
-                spec.name,
-                tuple(
-                    GpuView(i, g.name, g.memory, g.memory, uuid=f"{spec.name}/{i}", mig_profiles=g.mig_profiles)
-                    for i, g in enumerate(spec.gpus)
-                ),
-                spec.cpu_milli,
-                spec.host_memory,
-            )
-            for spec in trace.nodes
-        ]
-        self.cadence = Cadence.of(policy.period)
+        nodes = [node_view(spec) for spec in trace.nodes]
+        self.cadence = Cadence.of(policy.period, self.config.round_gap)
+        self._last_round = -math.inf
+        # Preempted jobs whose processes are still stopping (with stop_latency): they hold their
+        # GPUs until then, and a policy asking again to preempt one is not asked twice, as in the daemon.
+        self.stopping: dict[str, int] = {}  # job -> the sequence number of its stop event
         self.records = {j.id: JobRecord(j, j.duration) for j in trace.jobs}
         self.heap: list[tuple[float, int, int, str, int]] = []
         self.seq = 0
@@ -224,6 +236,7 @@ class Simulator:
             raise SimulationError(f"policy {self.policy.name}: {exc}") from None
         rec = self.records[place.job_id]
         rec.place, rec.started, rec.since = place, now, now
+        rec.remaining += self.config.start_latency
         if rec.first_start is None:
             rec.first_start = now
         self._reschedule_finish(rec, now)
@@ -261,6 +274,7 @@ class Simulator:
         self.dirty = True
 
     def _off(self, rec: JobRecord) -> None:
+        self.stopping.pop(rec.job.id, None)
         rec.version += 1
         rec.place, rec.rate = None, 0.0
         self.dirty = True
@@ -278,10 +292,24 @@ class Simulator:
                 if isinstance(decision, Place):
                     self._start(decision, now)
                 elif isinstance(decision, Preempt):
-                    self._requeue(decision.job_id, now)
-                    preempted = True
+                    preempted |= self._preempt(decision.job_id, now)
             if not preempted:
                 return
+
+    def _preempt(self, job_id: str, now: float) -> bool:
+        """Preempt a running job: at once, or after ``stop_latency`` (its process stopping, still
+        holding its GPUs); True if it left its GPUs now."""
+        latency = self.config.stop_latency
+        if latency <= 0:
+            self._requeue(job_id, now)
+            return True
+        rec = self.records.get(job_id)
+        if rec is None or rec.place is None:
+            raise SimulationError(f"policy {self.policy.name}: preempted {job_id!r}, which is not running")
+        if job_id not in self.stopping:
+            self._push(now + latency, _STOPPED, job_id)
+            self.stopping[job_id] = self.seq
+        return False
 
     def _fail(self, now: float) -> None:
         self._push(now + self.rng.expovariate(self._failure_rate()), _FAIL)
@@ -341,11 +369,14 @@ class Simulator:
                 self._enqueue(self.records[arrivals[next_arrival].id], now)
                 next_arrival += 1
             while self.heap and self.heap[0][0] <= now:
-                _, _, kind, key, version = heapq.heappop(self.heap)
+                _, seq, kind, key, version = heapq.heappop(self.heap)
                 if kind == _FINISH:
                     rec = self.records[key]
                     if version == rec.version:
                         self._finish(rec, now)
+                elif kind == _STOPPED:
+                    if self.stopping.get(key) == seq:
+                        self._requeue(key, now)
                 elif kind == _FAIL:
                     self._fail(now)
                 elif kind == _REPAIR:
@@ -354,8 +385,13 @@ class Simulator:
             if tick:
                 self._tick_at = math.inf
             if state.pending and (self.dirty or tick):
-                self.dirty = False
-                self._round(now)
+                gap_end = self._last_round + self.cadence.min_gap
+                if now < gap_end:
+                    self._tick_at = min(self._tick_at, gap_end)  # coalesce, as the daemon does
+                else:
+                    self.dirty = False
+                    self._last_round = now
+                    self._round(now)
             # The daemon's rule (Cadence): time alone triggers a round only while jobs wait and
             # others run (their service grows).
             if self._tick_at == math.inf:

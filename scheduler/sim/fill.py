@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from gpuos.scheduler.policy import Policy
-from gpuos.scheduler.sim.engine import Simulator
+from gpuos.scheduler.sim.engine import Simulator, resolve_policy
 from gpuos.scheduler.sim.traces import Trace
 from gpuos.scheduler.snapshot import MILLI, JobView, Place, Snapshot
 
@@ -36,8 +36,6 @@ class FillResult:
 
 def fill_cluster(trace: Trace, policy: Policy, seed: int = 0, until: float = 1.3) -> FillResult:
     """Feed ``trace``'s tasks until the arrived GPU demand is ``until`` x capacity."""
-    from gpuos.scheduler.sim import resolve_policy
-
     policy = resolve_policy(policy, trace)
     sim = Simulator(trace, policy, seed=seed)  # for its node state and accounting
     rng = random.Random(f"fill/{seed}")

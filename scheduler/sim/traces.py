@@ -17,6 +17,7 @@ copied into the repository.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import random
@@ -254,3 +255,65 @@ def with_cluster(trace: Trace, gpus: str | None) -> Trace:
     if not gpus:
         return trace
     return Trace(trace.name, parse_gpus(gpus), trace.jobs, trace.source)
+
+
+def window(trace: Trace, start: float = 0.0, jobs: int | None = None) -> Trace:
+    """A slice of ``trace`` in arrival order: skip the first ``start`` fraction of its jobs
+    (0 <= start < 1), keep the next ``jobs`` (None: all the rest), and shift arrivals so the
+    first kept job arrives at 0. ``gpuosctl sim`` and ``gpuosctl replay`` cut traces alike."""
+    if not 0.0 <= start < 1.0:
+        raise InvalidArgument("start", f"{start} is outside [0, 1); e.g. 0.5 skips the first half of the jobs")
+    if jobs is not None and jobs < 1:
+        raise InvalidArgument("jobs", f"{jobs} is below 1")
+    if start == 0.0 and jobs is None:
+        return trace
+    ordered = sorted(trace.jobs, key=lambda j: (j.arrival, j.id))
+    first = int(start * len(ordered))
+    kept = ordered[first:] if jobs is None else ordered[first:first + jobs]
+    origin = kept[0].arrival if kept else 0.0
+    shifted = tuple(dataclasses.replace(j, arrival=j.arrival - origin) for j in kept)
+    name = f"{trace.name} (jobs {first + 1}-{first + len(kept)} of {len(ordered)})"
+    return Trace(name, trace.nodes, shifted, trace.source)
+
+
+def scale(trace: Trace, time_scale: float) -> Trace:
+    """``trace`` run ``time_scale`` times faster: arrivals, durations, estimates and SLOs divided
+    by it (a replay into a real daemon cannot wait out a trace's hours)."""
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise InvalidArgument("time_scale", f"{time_scale} is not a positive number")
+    s = time_scale
+    jobs = tuple(
+        dataclasses.replace(j, arrival=j.arrival / s, duration=j.duration / s, estimate=j.estimate / s, slo=j.slo / s)
+        for j in trace.jobs
+    )
+    return Trace(trace.name, trace.nodes, jobs, trace.source)
+
+
+def needs_gpu(request: Resources) -> bool:
+    """Whether ``request`` holds any GPU (the Alibaba trace also lists CPU-only pods)."""
+    return bool(request.gpus or request.gpu_milli or request.mig_profile)
+
+
+def placeable(trace: Trace) -> tuple[Trace, tuple[TraceJob, ...]]:
+    """``trace`` without the jobs gpuosd could never run on its cluster, and those jobs.
+
+    Left out: jobs that ask for no GPU (gpuosd schedules GPUs only), and jobs that no node of
+    the cluster could take even empty (a GPU type it lacks, more GPUs than a node has, more
+    memory than a GPU has, a MIG profile none offers). A replay into gpuosd submits only the
+    kept jobs, so a simulator run it is compared with must use the same kept trace.
+    """
+    from gpuos.scheduler.framework import options
+    from gpuos.scheduler.sim.cluster import node_view
+    from gpuos.scheduler.snapshot import JobView
+
+    empty = [node_view(n) for n in trace.nodes]
+
+    def fits(job: TraceJob) -> bool:
+        view = JobView(job.id, job.request, cpu_milli=job.cpu_milli, host_memory=job.host_memory)
+        return any(next(options(view, node), None) is not None for node in empty)
+
+    kept: list[TraceJob] = []
+    left: list[TraceJob] = []
+    for job in trace.jobs:
+        (kept if needs_gpu(job.request) and fits(job) else left).append(job)
+    return Trace(trace.name, trace.nodes, tuple(kept), trace.source), tuple(left)
