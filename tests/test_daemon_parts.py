@@ -4,6 +4,7 @@ time-slice turns, each without a control loop, a store or a process."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,5 +174,26 @@ def test_an_mps_gpu_whose_daemon_died_faults_its_mps_clients_once(tmp_path: Path
         partitions.await_mps_gone(0)
         assert [(f.job.id, f.reason) for f in health.check(0.0, [client]).faults] == [("client", MPS_DAEMON_LOST)]
         assert health.check(1.0, [client]).faults == ()
+    finally:
+        partitions.mps.stop_all()
+
+
+def test_an_unused_mps_daemon_lingers_then_quits_without_holding_up_the_loop(tmp_path: Path) -> None:
+    backend = SimBackend("1xH100-80GB")
+    partitions, _ = parts(tmp_path, backend)
+    assert partitions.mps is not None
+    partitions.mps_linger = 10.0
+    client = placed("client", 0, kind=PartitionKind.MPS, milli=500)
+    try:
+        assert client.placement is not None
+        partitions.create(client.placement)
+        first = partitions.mps.ensure(0).pid
+        partitions.release(client.placement, [])
+        partitions.stop_idle_mps(time.time())
+        assert partitions.mps.running(0)  # within the linger: kept for the next share
+        partitions.stop_idle_mps(time.time() + 11.0)
+        assert not partitions.mps.running(0)  # asked to quit, on a thread of its own
+        partitions.create(client.placement)  # a share soon after waits for the old one, starts anew
+        assert partitions.mps.running(0) and partitions.mps.ensure(0).pid != first
     finally:
         partitions.mps.stop_all()

@@ -163,8 +163,8 @@ def compare(trace: Trace, sim: Run, daemon: Run) -> Comparison:
 
 @pytest.fixture
 def gpuosd(short_dir: Path) -> Iterator[Client]:
-    """A fresh in-process gpuosd on the excerpt's cluster for each policy: a daemon that has
-    already replayed the excerpt under another policy drifts (see bench/RESULTS.md, One world)."""
+    """A fresh in-process gpuosd on the excerpt's cluster for each policy, so that no policy's
+    run starts with what another left behind (idle MPS daemons, a longer event log)."""
     from tests.conftest import serve
 
     for daemon in serve(short_dir, sim_gpus=CLUSTER):

@@ -67,9 +67,9 @@ class Partitions:
         index = placement.devices[0]
         if placement.kind is PartitionKind.MIG:
             if index in self._mps_unused_since and self.mps is not None:
-                # A MIG layout change and an MPS daemon on the GPU do not mix: stop the idle one now.
+                # The GPU turns to MIG slices: its idle MPS daemon serves nobody now.
                 del self._mps_unused_since[index]
-                self.mps.stop(index)
+                self.mps.stop(index, wait=False)
             instance = self.backend.create_mig_instance(index, placement.granted.mig_profile, placement.mig_slot)
             placement = replace(placement, mig_uuid=instance.uuid)
         elif placement.kind is PartitionKind.MPS:
@@ -109,7 +109,7 @@ class Partitions:
         for index, since in list(self._mps_unused_since.items()):
             if now - since >= self.mps_linger:
                 del self._mps_unused_since[index]
-                self.mps.stop(index)
+                self.mps.stop(index, wait=False)  # quitting takes a second; the loop need not wait
 
     def readopt(self, placement: Placement) -> Placement:
         """Make sure a re-attached job's MIG instance and MPS daemon still exist; its placement after."""

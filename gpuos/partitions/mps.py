@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class MpsManager:
         self.control_command = control_command
         self.uuids = uuids
         self._daemons: dict[int, MpsDaemon] = {}
+        # Control daemons asked to quit in the background (stop(wait=False)), by GPU.
+        self._quitting: dict[int, threading.Thread] = {}
 
     def _dirs(self, index: int) -> tuple[Path, Path]:
         base = self.root / f"gpu{index}"
@@ -81,6 +84,9 @@ class MpsManager:
         """The GPU's control daemon, started (or adopted, after a gpuosd restart) if needed."""
         if self.running(index):
             return self._daemons[index]
+        quitting = self._quitting.pop(index, None)
+        if quitting is not None:
+            quitting.join()  # a new daemon must not adopt the one on its way out
         pipe, logs = self._dirs(index)
         pid = _find_daemon(pipe)
         if not pid:
@@ -123,11 +129,22 @@ class MpsManager:
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={limit_mib}M",
         }
 
-    def stop(self, index: int) -> None:
-        """Ask the GPU's control daemon to quit (once it has no clients)."""
+    def stop(self, index: int, wait: bool = True) -> None:
+        """Ask the GPU's control daemon to quit (once it has no clients). With ``wait`` False the
+        asking and the waiting (about a second: the control program is a process of its own)
+        happen on a thread, so the control loop goes on; ``ensure`` waits for it if it must."""
         daemon = self._daemons.pop(index, None)
         if daemon is None:
             return
+        if not wait:
+            thread = threading.Thread(target=self._quit, args=(index, daemon), name=f"gpuos-mps-quit-{index}",
+                                      daemon=True)
+            self._quitting[index] = thread
+            thread.start()
+            return
+        self._quit(index, daemon)
+
+    def _quit(self, index: int, daemon: MpsDaemon) -> None:
         try:
             subprocess.run(self.control_command, input=b"quit\n", env=self._env(index), timeout=START_TIMEOUT,
                            capture_output=True)
