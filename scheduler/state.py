@@ -122,6 +122,8 @@ class ClusterState:
         self.index = NodeIndex(self.nodes)
         self.pending: dict[str, JobView] = {}
         self.running: dict[str, Holding] = {}
+        # Each running job's current view, kept as it changes, so a snapshot copies a dict.
+        self._views: dict[str, JobView] = {}
         # MIG instances that exist but no job of ours holds (made by an administrator): the
         # scheduler sees them as occupied. By (node position, GPU index).
         self._foreign: dict[tuple[int, int], tuple[Instance, ...]] = {}
@@ -138,7 +140,7 @@ class ClusterState:
         if self._pending_tuple is None:
             self._pending_tuple = tuple(self.pending.values())
         if self._running_tuple is None:
-            self._running_tuple = tuple(self._running_view(h) for h in self.running.values())
+            self._running_tuple = tuple(self._views.values())
         return Snapshot(now, nodes, self._pending_tuple, self._running_tuple, self.index)
 
     def node_tuple(self) -> tuple[NodeView, ...]:
@@ -350,6 +352,7 @@ class ClusterState:
         held = self.running.pop(job_id, None)
         if held is None:
             raise StateError(f"{job_id!r} is not running")
+        del self._views[job_id]
         held.attained += (now - held.since) * held.share
         held.since = now
         self._running_tuple = None
@@ -432,6 +435,7 @@ class ClusterState:
             held.since = now
             held.share = share
             held.running_view = None
+            self._views[held.view.id] = self._running_view(held)
             self._running_tuple = None
 
     def _running_view(self, held: Holding) -> JobView:
