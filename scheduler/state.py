@@ -105,7 +105,6 @@ class Holding:
     share: float = 0.0
     quantum: float = 0.0  # the policy's time-slice quantum (time-sliced jobs only)
     paused: bool = False
-    running_view: JobView | None = None
 
 
 NodeListener = Callable[[int, NodeView], None]
@@ -153,7 +152,7 @@ class ClusterState:
     def view(self, job_id: str) -> JobView | None:
         """The job as a policy sees it (waiting or running); None if the model does not hold it."""
         held = self.running.get(job_id)
-        return self._running_view(held) if held is not None else self.pending.get(job_id)
+        return self._views[job_id] if held is not None else self.pending.get(job_id)
 
     def attained(self, job_id: str, now: float) -> float:
         """GPU-seconds of service ``job_id`` has earned up to ``now`` (module docstring)."""
@@ -388,6 +387,7 @@ class ClusterState:
         if held.paused == paused:
             return []
         held.paused = paused
+        self._refold(held, now, force=True)  # its view says paused even where its share stays 0
         return self._reshare(held, now)
 
     def _turns(self, gpu: GpuView) -> dict[str, float]:
@@ -418,36 +418,33 @@ class ClusterState:
     def _reshare(self, changed: Holding, now: float) -> list[str]:
         """Recompute service shares after ``changed`` started, ended or paused; fold the service of
         every job whose share changes. Returns the other jobs on its GPUs whose rate may change."""
+        if changed.view.id in self.running:
+            self._refold(changed, now)
         if changed.place.sharing not in ("mps", "timeslice"):
-            if changed.view.id in self.running:
-                self._refold(changed, now)
             return []
         node = self.nodes[changed.pos]
         others = [j for i in changed.place.gpus for j in node.gpus[i].jobs if j != changed.view.id]
-        for held in [changed] * (changed.view.id in self.running) + [self.running[j] for j in others]:
-            self._refold(held, now)
+        for job_id in others:
+            self._refold(self.running[job_id], now)
         return others
 
-    def _refold(self, held: Holding, now: float) -> None:
+    def _refold(self, held: Holding, now: float, force: bool = False) -> None:
+        """Fold ``held``'s service up to ``now`` and rebuild its view if its share changed (or
+        ``force``: something else in its view did, or it has none yet)."""
         share = self._share_of(held)
-        if share != held.share or held.running_view is None:
-            held.attained += (now - held.since) * held.share
-            held.since = now
-            held.share = share
-            held.running_view = None
-            self._views[held.view.id] = self._running_view(held)
-            self._running_tuple = None
-
-    def _running_view(self, held: Holding) -> JobView:
-        if held.running_view is None:
-            view, place = held.view, held.place
-            # Built whole rather than with dataclasses.replace, which costs three times as much.
-            held.running_view = JobView(
-                view.id, view.request, view.tenant, view.priority, view.qos, view.submitted_at,
-                held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
-                place.node, place.gpus, held.paused, view.preemptions, held.share, held.since,
-            )
-        return held.running_view
+        if share == held.share and not force and held.view.id in self._views:
+            return
+        held.attained += (now - held.since) * held.share
+        held.since = now
+        held.share = share
+        view, place = held.view, held.place
+        # Built whole rather than with dataclasses.replace, which costs three times as much.
+        self._views[view.id] = JobView(
+            view.id, view.request, view.tenant, view.priority, view.qos, view.submitted_at,
+            held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
+            place.node, place.gpus, held.paused, view.preemptions, held.share, held.since,
+        )
+        self._running_tuple = None
 
 
 def _with_gpu(node: NodeView, gpu: GpuView) -> NodeView:

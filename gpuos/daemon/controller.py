@@ -247,8 +247,8 @@ class Controller:
         for decision in decisions:
             if isinstance(decision, Place):
                 quantum = 1.0
-                if decision.sharing == "timeslice" and snap is not None:
-                    view = next(j for j in snap.pending if j.id == decision.job_id)
+                view = self.cluster.state.pending.get(decision.job_id)  # a lookup, not a scan of the queue
+                if decision.sharing == "timeslice" and snap is not None and view is not None:
                     quantum = self.policy.quantum(view, snap)
                 self.lifecycle.start(decision, quantum)
             else:

@@ -85,6 +85,15 @@ def test_a_requeued_job_keeps_its_service_and_counts_the_preemption() -> None:
     assert state.gpu("n", 0).idle
 
 
+def test_a_waiting_time_sharer_shows_paused_when_paused() -> None:
+    state = h100s(1)
+    start(state, "low", Resources(sharing=TIMESLICE, memory_bytes=GiB))
+    start(state, "high", Resources(sharing=TIMESLICE, memory_bytes=GiB), priority=2)
+    state.pause("low", 1.0)  # its share was 0 already (a higher priority shares the GPU)
+    view = state.view("low")
+    assert view is not None and view.paused
+
+
 def test_a_paused_job_keeps_its_place_but_earns_nothing() -> None:
     state = h100s(1)
     start(state, "a", Resources(gpus=1))
