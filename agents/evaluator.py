@@ -1,31 +1,43 @@
 """The evaluator: how good a candidate policy is, against the best human policy on each trace.
 
-``evaluate(program_path)`` loads the traces here, runs the candidate in a sandboxed child
-(:mod:`gpuos.agents.sandbox`) and the human baselines in this process, and returns
+``evaluate(program_path)`` loads the traces here, runs the candidate in its own process
+(:mod:`gpuos.agents.sandbox`: it receives snapshots and returns decisions; the simulator, the
+metrics and this scoring stay here) and the baselines in this process, and returns
 OpenEvolve-compatible metrics:
 
-- ``combined_score``: geometric mean over traces of best-human metric / candidate metric for the
-  objective (higher is better; 1.0 ties the best human policy on every trace), times a guard
-  penalty for losing more than 2% on the other objectives against the same human policy; 0.0
-  when the candidate is invalid;
-- ``primary_score`` (without the guard), ``guard_penalty``, ``valid`` (1.0/0.0), ``error`` (text,
-  only when invalid), ``<trace>/<metric>`` raw candidate metrics, ``<trace>/score`` the ratio;
+- ``combined_score``: geometric mean over traces of best-baseline metric / candidate metric for
+  the objective (higher is better; 1.0 ties the best baseline on every trace), times a guard
+  penalty for losing more than 2% on any other guard objective (every objective but makespan)
+  against the same baseline; 0.0 when the candidate is invalid;
+- ``primary_score`` (without the guard), ``guard_penalty``, ``guard/<metric>``, ``valid``
+  (1.0/0.0), ``error`` (text, only when invalid), ``<trace>/<metric>`` raw candidate metrics,
+  ``<trace>/score`` the ratio;
 - ``artifacts``: text for the next proposal: per-trace table, violations, baselines.
 
-Validity (any failure scores 0 with a readable error): the candidate must load under the
-sandbox rules, must not crash, hang past the timeout or exceed the memory limit, every decision
-must pass the simulator's capacity checks (an over-commit raises ``SimulationError``), and it
-must not starve: it finishes as many jobs as FIFO, and no job waits longer than
-``STARVATION_FACTOR`` x the longest wait any human policy caused, or a quarter of FIFO's
-makespan, whichever is larger. Runs stop at a simulated-time horizon
-(:func:`gpuos.agents.objectives.horizon`); human policies that leave jobs unfinished there are
-not eligible as the best baseline.
+The baselines (:func:`gpuos.agents.baselines.baseline_set`) are every hand-made policy with its
+published constants, the order x placement combinations, and the policies whose constants were
+tuned for the objective on the training traces.
+
+What the candidate sees is masked (:mod:`gpuos.agents.masking`): job ids salted and estimate
+noise drawn from a secret the candidate never holds, and the baselines run on the same masked
+traces. The secret lives in the cache directory (``cache_dir``, file mode 0600), so one
+evaluation campaign (an OpenEvolve run, a search) keeps one secret and its cached baselines; a
+new cache directory is a new secret.
+
+Validity (any failure scores 0 with a readable error, see :mod:`gpuos.agents.validity`): the
+candidate must load under the sandbox rules, must not crash, hang past the timeout or exceed
+the memory limit, every decision must pass the parent's cluster model (an over-commit raises
+``SimulationError``), it must not starve GPU jobs (finish as many jobs as FIFO, and no GPU job
+waits past the bound), its tenant fairness must stay within a bound of the human policies', and
+user priority must be monotone (the priority probes, asked of the candidate's process). Runs
+stop at a simulated-time horizon (:func:`gpuos.agents.objectives.horizon`); baselines that leave
+jobs unfinished there are not eligible as the best baseline.
 
 Configuration when called with the path alone (OpenEvolve): the JSON file named by
 ``$GPUOS_ADRS_CONFIG`` with keys ``objective``, ``traces``, ``stage1_traces``, ``timeout``,
-``memory``, ``cache_dir`` (all optional). ``evaluate`` caches the human baselines on disk
-(``cache_dir``, default ``<tmp>/gpuos-adrs-baselines``), keyed by a hash of the scheduler's and
-the agents' source, because OpenEvolve may run each evaluation in a fresh process.
+``memory``, ``cache_dir`` (all optional). Baselines are cached on disk, keyed by a hash of the
+scheduler's and the agents' source and by the secret's digest, because OpenEvolve may run each
+evaluation in a fresh process.
 """
 
 from __future__ import annotations
@@ -35,62 +47,76 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 from gpuos import scheduler as scheduler_package
+from gpuos.agents.baselines import baseline_set
+from gpuos.agents.masking import Secret
 from gpuos.agents.objectives import OBJECTIVES, TraceRun, get_objective, simulate
 from gpuos.agents.sandbox import DEFAULT_MEMORY, DEFAULT_TIMEOUT, run_candidate
+from gpuos.agents.validity import fairness_problem, starvation_bound, starvation_problem
 from gpuos.agents.workloads import STAGE1, TRAINING, load_workload
-from gpuos.scheduler import available
+from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.sim import Trace
 
-# Gandiva re-slices every 60 s and took 7.8 s on one 300-job training window (the others take
-# 0.02-0.7 s), so the baseline set leaves it out to keep evaluations fast; docs/adrs.md says so.
-SLOW_HUMAN_POLICIES = frozenset({"gandiva"})
 TRIVIAL = ("fifo", "random-fit")
-STARVATION_FACTOR = 2.0
-# Losing more than this much on a non-target objective starts to cost score.
+# Losing more than this much on a guard objective starts to cost score.
 GUARD_TOLERANCE = 0.98
 GUARD_POWER = 2.0
 CONFIG_ENV = "GPUOS_ADRS_CONFIG"
 
 
-def human_policies() -> list[str]:
-    """The hand-made policies every candidate is compared with (evolved ones excluded)."""
-    return [n for n in available() if not n.startswith("evolved") and n not in SLOW_HUMAN_POLICIES]
+def guard_objectives(objective: str) -> list[str]:
+    """The objectives that guard ``objective``: every other guard (makespan is reported, not guarded)."""
+    return [m for m, o in OBJECTIVES.items() if o.guard and m != objective]
 
 
-@lru_cache(maxsize=64)
-def load_trace_cached(spec: str) -> Trace:
-    return load_workload(spec)
+Baseline = Callable[[], "str | Policy"]
+
+
+def baseline_makers(objective: str) -> dict[str, Baseline]:
+    """The baselines for ``objective`` by name, each as a maker of a fresh policy (policies may
+    keep per-run state, so no instance is shared by two runs)."""
+    makers: dict[str, Baseline] = {}
+    for entry in baseline_set(objective):
+        if isinstance(entry, str):
+            makers[entry] = partial(str, entry)
+        else:
+            makers[entry.name] = type(entry)
+    return makers
+
+
+@lru_cache(maxsize=128)
+def load_trace_cached(spec: str, secret: Secret | None = None) -> Trace:
+    return load_workload(spec, secret)
 
 
 @dataclass(frozen=True)
 class Baselines:
-    """Each human policy's run on each trace."""
+    """Each baseline policy's run on each trace."""
 
     runs: dict[str, dict[str, TraceRun]]  # trace -> policy -> run
 
     def eligible(self, trace: str) -> dict[str, TraceRun]:
-        """The human runs that finished as many jobs as FIFO (a policy that thrashed past the
-        horizon has a mean over fewer jobs, which would flatter it)."""
+        """The runs that finished as many jobs as FIFO (a policy that thrashed past the horizon
+        has a mean over fewer jobs, which would flatter it)."""
         runs = self.runs[trace]
         fifo = runs["fifo"]
         return {p: r for p, r in runs.items() if r.finished >= fifo.finished} or runs
 
     def best(self, trace: str, objective: str) -> tuple[str, float]:
-        """(policy, value) of the best eligible human policy for ``objective`` on ``trace``."""
+        """(policy, value) of the best eligible baseline for ``objective`` on ``trace``."""
         runs = self.eligible(trace)
         return min(((p, r.metrics[objective]) for p, r in runs.items()), key=lambda pv: (pv[1], pv[0]))
 
     def single_best(self, objective: str) -> tuple[str, float]:
-        """(policy, score) of the one human policy that does best over all traces here: the
-        highest geometric mean of best-per-trace / policy, among the policies eligible on every
-        trace (the usual reading of "the best human baseline"; :meth:`best` picks per trace)."""
+        """(policy, score) of the one baseline that does best over all traces here: the highest
+        geometric mean of best-per-trace / policy, among the policies eligible on every trace
+        (the usual reading of "the best human baseline"; :meth:`best` picks per trace)."""
         traces = list(self.runs)
         common = set.intersection(*(set(self.eligible(t)) for t in traces)) if traces else set()
         scored = []
@@ -99,14 +125,12 @@ class Baselines:
                       if self.runs[t][policy].metrics[objective] > 0 else 1.0 for t in traces]
             scored.append((geomean(ratios), policy))
         if not scored:
-            raise ValueError("no human policy is eligible on every trace")
+            raise ValueError("no baseline policy is eligible on every trace")
         score, policy = min(scored, key=lambda sp: (-sp[0], sp[1]))
         return policy, score
 
     def starvation_bound(self, trace: str) -> float:
-        runs = self.eligible(trace)
-        fifo = self.runs[trace]["fifo"]
-        return max(STARVATION_FACTOR * max(r.max_wait for r in runs.values()), 0.25 * fifo.metrics["makespan"])
+        return starvation_bound(self.eligible(trace), self.runs[trace]["fifo"])
 
     def to_json(self) -> dict[str, Any]:
         return {t: {p: r.to_json() for p, r in by.items()} for t, by in self.runs.items()}
@@ -116,7 +140,7 @@ class Baselines:
         return cls({t: {p: TraceRun.from_json(r) for p, r in by.items()} for t, by in data.items()})
 
 
-_BASELINES: dict[str, dict[str, TraceRun]] = {}
+_BASELINES: dict[tuple[str, str, str], TraceRun] = {}
 
 
 @lru_cache(maxsize=1)
@@ -125,39 +149,63 @@ def code_version() -> str:
     hash are never reused, so a change to a policy or the simulator cannot leave stale numbers."""
     digest = hashlib.sha256()
     for root in (Path(scheduler_package.__file__).parent, Path(__file__).parent):
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted([*root.rglob("*.py"), *root.rglob("*.json")]):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _cache_file(cache_dir: Path, spec: str, policy: str) -> Path:
-    key = hashlib.sha256(f"{code_version()}|{spec}|{policy}".encode()).hexdigest()[:24]
+def _cache_file(cache_dir: Path, spec: str, policy: str, secret: Secret | None) -> Path:
+    tag = secret.digest if secret else "public"
+    key = hashlib.sha256(f"{code_version()}|{spec}|{policy}|{tag}".encode()).hexdigest()[:24]
     return cache_dir / f"{key}.json"
 
 
-def compute_baselines(specs: Sequence[str], policies: Sequence[str] | None = None,
-                      cache_dir: str | Path | None = None) -> Baselines:
-    """Run every human policy on every trace, memoised in this process and, with ``cache_dir``,
-    on disk (keyed by :func:`code_version`), since OpenEvolve may call each evaluation afresh."""
-    names = list(policies or human_policies())
+def _baseline_run(spec: str, objective: str, name: str, secret: Secret | None) -> TraceRun:
+    return simulate(load_trace_cached(spec, secret), baseline_makers(objective)[name]())
+
+
+def compute_baselines(specs: Sequence[str], objective: str = "mean_jct", *, secret: Secret | None = None,
+                      cache_dir: str | Path | None = None, policies: Sequence[str] | None = None,
+                      jobs: int = 1) -> Baselines:
+    """Run every baseline for ``objective`` (or only ``policies`` of them) on every trace, masked
+    with ``secret``, in ``jobs`` processes; memoised in this process and, with ``cache_dir``, on
+    disk (keyed by :func:`code_version` and the secret's digest), since OpenEvolve may call each
+    evaluation afresh."""
+    makers = baseline_makers(objective)
+    names = list(policies or makers)
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(makers)}")
     cache = Path(cache_dir) if cache_dir else None
+    tag = secret.digest if secret else "public"
+    missing: list[tuple[str, str]] = []
     for spec in specs:
-        have = _BASELINES.setdefault(spec, {})
         for name in names:
-            if name in have:
+            key = (spec, name, tag)
+            stored = _cache_file(cache, spec, name, secret) if cache else None
+            if key in _BASELINES:
                 continue
-            stored = _cache_file(cache, spec, name) if cache else None
             if stored is not None and stored.is_file():
-                have[name] = TraceRun.from_json(json.loads(stored.read_text()))
-                continue
-            have[name] = simulate(load_trace_cached(spec), name)
-            if stored is not None:
-                stored.parent.mkdir(parents=True, exist_ok=True)
-                temp = stored.with_suffix(f".{os.getpid()}.tmp")
-                temp.write_text(json.dumps(have[name].to_json()))
-                temp.replace(stored)
-    return Baselines({spec: {n: _BASELINES[spec][n] for n in names} for spec in specs})
+                _BASELINES[key] = TraceRun.from_json(json.loads(stored.read_text()))
+            else:
+                missing.append((spec, name))
+    if jobs > 1 and len(missing) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(missing))) as pool:
+            done = list(pool.map(_baseline_run, *zip(*[(s, objective, n, secret) for s, n in missing], strict=True)))
+    else:
+        done = [_baseline_run(s, objective, n, secret) for s, n in missing]
+    for (spec, name), run in zip(missing, done, strict=True):
+        _BASELINES[(spec, name, tag)] = run
+        if cache is not None:
+            stored = _cache_file(cache, spec, name, secret)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            temp = stored.with_suffix(f".{os.getpid()}.tmp")
+            temp.write_text(json.dumps(run.to_json()))
+            temp.replace(stored)
+    return Baselines({spec: {n: _BASELINES[(spec, n, tag)] for n in names} for spec in specs})
 
 
 def geomean(values: Sequence[float]) -> float:
@@ -167,29 +215,28 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def violations(runs: dict[str, TraceRun], baselines: Baselines) -> list[str]:
-    """Starvation checks (the sandbox and the simulator catch the rest)."""
-    found = []
+def violations(runs: dict[str, TraceRun], baselines: Baselines, inversions: Sequence[str] = ()) -> list[str]:
+    """Starvation, tenant fairness and priority inversions (the sandbox and the parent's cluster
+    model catch the rest)."""
+    found = list(inversions)
     for trace, run in runs.items():
         fifo = baselines.runs[trace]["fifo"]
-        if run.never_started > fifo.never_started or run.finished < fifo.finished:
-            found.append(
-                f"starvation on {trace}: {run.never_started} jobs never started and {run.jobs - run.finished} "
-                f"never finished (FIFO: {fifo.never_started} and {fifo.jobs - fifo.finished})"
-            )
-        bound = baselines.starvation_bound(trace)
-        if run.max_wait > bound:
-            found.append(f"starvation on {trace}: a job waited {run.max_wait:.0f} s, bound {bound:.0f} s")
+        eligible = baselines.eligible(trace)
+        for problem in (starvation_problem(run, fifo, baselines.starvation_bound(trace), trace),
+                        fairness_problem(run, eligible, trace=trace)):
+            if problem:
+                found.append(problem)
     return found
 
 
-def score_runs(runs: dict[str, TraceRun], baselines: Baselines, objective: str) -> dict[str, Any]:
+def score_runs(runs: dict[str, TraceRun], baselines: Baselines, objective: str,
+               inversions: Sequence[str] = ()) -> dict[str, Any]:
     """The metrics dict for a candidate whose runs all completed (validity checks included)."""
     get_objective(objective)
-    problems = violations(runs, baselines)
+    problems = violations(runs, baselines, inversions)
     metrics: dict[str, Any] = {}
     primary: list[float] = []
-    guards: dict[str, list[float]] = {m: [] for m in OBJECTIVES if m != objective}
+    guards: dict[str, list[float]] = {m: [] for m in guard_objectives(objective)}
     lines = [f"{'trace':<70}{'metric':>14}{'candidate':>12}{'best human':>12}{'policy':>12}{'score':>8}"]
     for trace, run in runs.items():
         for metric, value in run.metrics.items():
@@ -233,17 +280,21 @@ def load_config() -> dict[str, Any]:
 def evaluate_source(
     source: str, *, objective: str = "mean_jct", traces: Sequence[str] = TRAINING, filename: str = "<candidate>",
     timeout: float = DEFAULT_TIMEOUT, memory: int = DEFAULT_MEMORY, baselines: Baselines | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, secret: Secret | None = None,
 ) -> dict[str, Any]:
-    """Score the candidate policy in ``source`` on ``traces`` (workload specs) for ``objective``."""
+    """Score the candidate policy in ``source`` on ``traces`` (workload specs) for ``objective``,
+    masked with ``secret`` (default: the one kept in ``cache_dir``, else a fresh one; pass the
+    secret ``baselines`` were computed with)."""
     specs = list(traces)
-    loaded = [load_trace_cached(s) for s in specs]
-    base = baselines or compute_baselines(specs, cache_dir=cache_dir)
-    outcome = run_candidate(source, loaded, filename=filename, timeout=timeout, memory=memory)
+    if secret is None:
+        secret = Secret.load_or_create(cache_dir) if cache_dir else Secret.fresh()
+    loaded = [load_trace_cached(s, secret) for s in specs]
+    base = baselines or compute_baselines(specs, objective, secret=secret, cache_dir=cache_dir)
+    outcome = run_candidate(source, loaded, filename=filename, timeout=timeout, memory=memory, probe=True)
     if not outcome.ok:
         return invalid(outcome.error, outcome.kind)
     runs = {t: TraceRun.from_json(r) for t, r in outcome.runs.items()}
-    return score_runs(runs, base, objective)
+    return score_runs(runs, base, objective, outcome.inversions)
 
 
 def evaluate(

@@ -11,8 +11,13 @@ A genome is a policy with two expression trees over what the daemon knows at a m
   GPUs after placement, the chosen GPU's leftover share, idle GPUs left, the node's size and
   whether the GPU is already shared; none means first fit;
 
+- ``share`` (optional): how a fraction that pinned no mode shares a GPU (``Policy.share``), from
+  the job's size, memory share, class and estimate and the GPU's state (idle, its mode, its jobs,
+  whether it has MIG): above 1 a MIG slice, above 0 a time-slice turn, else MPS; none means MPS;
+
 plus whether it preempts (a waiting job may preempt running ones whose rank exceeds
-``scale`` x its own plus ``margin``; SRTF's "twice as much left" is scale 2) and its round period. :func:`render` turns a genome into a readable Python
+``scale`` x its own plus ``margin``; SRTF's "twice as much left" is scale 2), its round period
+and its time-slice quantum (a constant in [``QUANTUM_MIN``, ``QUANTUM_MAX``] seconds). :func:`render` turns a genome into a readable Python
 policy file; the engine evaluates exactly that source (loaded with the sandbox's restrictions),
 so what is shipped is what was scored.
 
@@ -31,6 +36,13 @@ from typing import Any
 JOB_FEATURES = ("size", "age", "service", "estimate", "remaining", "latency", "priority", "preempted",
                 "gpu_seconds", "work")
 PLACE_FEATURES = ("size", "node_free", "gpu_left", "node_idle", "node_gpus", "shared")
+SHARE_FEATURES = ("size", "memory", "latency", "estimate", "gpu_free", "gpu_jobs", "gpu_idle", "gpu_mig",
+                  "gpu_mps", "gpu_turns", "has_mig")
+# The share expression's bands: above the first a MIG slice, above the second a turn, else MPS.
+SHARE_MIG_ABOVE = 1.0
+SHARE_TURNS_ABOVE = 0.0
+QUANTUM_MIN, QUANTUM_MAX = 0.1, 60.0
+QUANTA = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 BINARY = ("add", "sub", "mul", "div", "min", "max")
 UNARY = ("neg", "log", "sqrt")
 MAX_DEPTH = 6
@@ -141,16 +153,21 @@ class Genome:
     margin: float = 1.0
     period: float = 0.0
     scale: float = 1.0
+    share: Tree | None = None
+    quantum: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {"order": _tree_json(self.order), "place": None if self.place is None else _tree_json(self.place),
-                "preempt": self.preempt, "margin": self.margin, "period": self.period, "scale": self.scale}
+                "preempt": self.preempt, "margin": self.margin, "period": self.period, "scale": self.scale,
+                "share": None if self.share is None else _tree_json(self.share), "quantum": self.quantum}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Genome:
-        place = data.get("place")
+        """A genome from :meth:`to_json`; one saved before a field existed gets its default."""
+        place, share = data.get("place"), data.get("share")
         return cls(_tree_from(data["order"]), None if place is None else _tree_from(place), bool(data["preempt"]),
-                   float(data["margin"]), float(data["period"]), float(data.get("scale", 1.0)))
+                   float(data["margin"]), float(data["period"]), float(data.get("scale", 1.0)),
+                   None if share is None else _tree_from(share), float(data.get("quantum", 1.0)))
 
     def but(self, **changes: Any) -> Genome:
         """A copy with ``changes`` (``dataclasses.replace``)."""
@@ -167,6 +184,9 @@ def _tree_from(data: Any) -> Tree:
     return float(data) if isinstance(data, (int, float)) else str(data)
 
 
+# A fraction goes to a MIG slice where the GPU has MIG and holds no other mode (idle or already
+# sliced), else it is an MPS client: a slice isolates it from its neighbours' interference.
+MIG_WHERE_FREE: Tree = ("mul", 2.0, ("mul", "has_mig", ("max", "gpu_idle", "gpu_mig")))
 # A latency-class job ranks this far ahead of any other (more than any remaining time in a trace).
 LATENCY_FIRST = 1e6
 # Hand-made starting points, so the search starts where people already are (the header of an
@@ -189,6 +209,9 @@ SEEDS: tuple[Genome, ...] = (
     Genome(("sub", "remaining", ("mul", LATENCY_FIRST, "latency")), place="node_free", preempt=True,
            margin=LATENCY_FIRST / 2),
     Genome("remaining", place="node_free", preempt=True, margin=0.0, scale=2.0),
+    # The sharing choice, beside today's default (every seed above: MPS, 1 s quanta).
+    Genome(("neg", "age"), share=MIG_WHERE_FREE),
+    Genome("remaining", place=("neg", "node_free"), preempt=True, margin=0.0, scale=2.0, share=MIG_WHERE_FREE),
 )
 
 
@@ -199,30 +222,49 @@ def random_genome(rng: random.Random) -> Genome:
         rng.random() < 0.25,
         round(math.exp(rng.uniform(0.0, 8.0)), 2),
         rng.choice(PERIODS),
+        share=random_tree(rng, SHARE_FEATURES, rng.randint(1, 3)) if rng.random() < 0.3 else None,
+        quantum=rng.choice(QUANTA),
     )
+
+
+def _mutate_optional(tree: Tree | None, rng: random.Random, features: Sequence[str]) -> Tree | None:
+    """Grow a missing tree, drop one now and then (back to the default), or mutate it."""
+    if tree is None:
+        return random_tree(rng, features, 2)
+    return None if rng.random() < 0.15 else mutate_tree(tree, rng, features)
+
+
+def _mutate_quantum(quantum: float, rng: random.Random) -> float:
+    return round(min(QUANTUM_MAX, max(QUANTUM_MIN, quantum * math.exp(rng.gauss(0.0, 0.7)))), 3)
 
 
 def mutate(g: Genome, rng: random.Random) -> Genome:
     roll = rng.random()
-    if roll < 0.55:
+    if roll < 0.5:
         return g.but(order=mutate_tree(g.order, rng, JOB_FEATURES))
-    if roll < 0.75:
-        place = random_tree(rng, PLACE_FEATURES, 2) if g.place is None else (
-            None if rng.random() < 0.15 else mutate_tree(g.place, rng, PLACE_FEATURES))
-        return g.but(place=place)
-    if roll < 0.85:
+    if roll < 0.67:
+        return g.but(place=_mutate_optional(g.place, rng, PLACE_FEATURES))
+    if roll < 0.78:
+        return g.but(share=_mutate_optional(g.share, rng, SHARE_FEATURES))
+    if roll < 0.86:
         return g.but(preempt=not g.preempt)
     if roll < 0.90:
         return g.but(margin=round(g.margin * math.exp(rng.gauss(0.0, 1.0)), 3))
-    if roll < 0.95:
+    if roll < 0.94:
         return g.but(scale=rng.choice(SCALES))
+    if roll < 0.97:
+        return g.but(quantum=_mutate_quantum(g.quantum, rng))
     return g.but(period=rng.choice(PERIODS))
 
 
 def crossover(a: Genome, b: Genome, rng: random.Random) -> Genome:
-    """GEPA's merge in tree form: ``a``'s genome with parts of ``b`` (its placement, or a subtree)."""
-    if rng.random() < 0.3:
+    """GEPA's merge in tree form: ``a``'s genome with parts of ``b`` (its placement, its sharing
+    choice and quantum, or a subtree of its order)."""
+    roll = rng.random()
+    if roll < 0.2:
         return a.but(place=b.place)
+    if roll < 0.35:
+        return a.but(share=b.share, quantum=b.quantum)
     return a.but(order=crossover_tree(a.order, b.order, rng))
 
 
@@ -256,7 +298,20 @@ _PLACE_CODE = {
     "node_gpus": "float(len(node.gpus))",
     "shared": "1.0 if any(g.jobs for g in gpus) else 0.0",
 }
-_NEEDS = {"remaining": ("estimate", "service", "size"), "gpu_seconds": ("size", "estimate"),
+_SHARE_CODE = {
+    "size": "job.request.compute_milli / 1000",
+    "memory": "job.request.memory_bytes / gpu.memory_total if job.request.memory_bytes else size",
+    "latency": '1.0 if job.qos in ("LS", "Guaranteed") else 0.0',
+    "estimate": "job.estimated_seconds",
+    "gpu_free": "gpu.milli_free / 1000",
+    "gpu_jobs": "float(len(gpu.jobs))",
+    "gpu_idle": "1.0 if gpu.idle else 0.0",
+    "gpu_mig": '1.0 if gpu.sharing == "mig" else 0.0',
+    "gpu_mps": '1.0 if gpu.sharing == "mps" else 0.0',
+    "gpu_turns": '1.0 if gpu.sharing == "timeslice" else 0.0',
+    "has_mig": "1.0 if gpu.mig_profiles else 0.0",
+}
+_NEEDS = {"memory": ("size",), "remaining": ("estimate", "service", "size"), "gpu_seconds": ("size", "estimate"),
           "work": ("size", "remaining"), "node_free": ("take",), "gpu_left": ("take",)}
 
 
@@ -288,7 +343,7 @@ def _class_name(name: str) -> str:
 
 def render(g: Genome, name: str, header: str = "", register: bool = False) -> str:
     """A readable policy file for ``g`` named ``name`` (with ``@register`` for shipping)."""
-    ops = _names(g.order) | (_names(g.place) if g.place is not None else set())
+    ops = _names(g.order) | set().union(*(_names(t) for t in (g.place, g.share) if t is not None))
     helpers = [_HELPERS[h] for h in ("pdiv", "plog", "psqrt") if h[1:] in ops]
     lines = [f'"""{header.strip()}\n"""' if header else '"""An evolved policy (gpuos.agents.gp)."""', ""]
     lines += ["from __future__ import annotations", ""]
@@ -297,7 +352,11 @@ def render(g: Genome, name: str, header: str = "", register: bool = False) -> st
     lines += ["from collections.abc import Sequence", ""]
     imports = ["JobView", "Policy", "Snapshot"]
     if g.place is not None:
-        imports += ["GpuView", "NodeView"]
+        imports += ["NodeView"]
+    if g.place is not None or g.share is not None:
+        imports += ["GpuView"]
+    if g.share is not None:
+        imports += ["Share"]
     if register:
         imports.append("register")
     lines.append(f"from gpuos.scheduler import {', '.join(sorted(imports))}")
@@ -341,6 +400,26 @@ def render(g: Genome, name: str, header: str = "", register: bool = False) -> st
             f"            eligible=lambda r: self.rank(r, snap.now) > {_threshold(g)},",
             "            preference=lambda r: -self.rank(r, snap.now),",
             "        )",
+        ]
+    if g.share is not None:
+        lines += [
+            "",
+            "    def share(self, job: JobView, gpu: GpuView, snap: Snapshot) -> Share:",
+            f'        """A MIG slice where the rule exceeds {SHARE_MIG_ABOVE!r}, a time-slice turn where it exceeds'
+            f' {SHARE_TURNS_ABOVE!r}, else MPS."""',
+            *_feature_lines(g.share, _SHARE_CODE),
+            f"        rule = {render_top(g.share)}",
+            f"        if rule > {SHARE_MIG_ABOVE!r}:",
+            "            return Share.MIG",
+            f"        if rule > {SHARE_TURNS_ABOVE!r}:",
+            "            return Share.TIMESLICE",
+            "        return Share.MPS",
+        ]
+    if g.quantum != 1.0:
+        lines += [
+            "",
+            "    def quantum(self, job: JobView, snap: Snapshot) -> float:",
+            f"        return {g.quantum!r}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -393,7 +472,7 @@ TIRESIAS_SPACE = ParamSpace(
     "gpuos.scheduler.policies.tiresias", "Tiresias",
     (Param("thresholds", 60.0, 200_000.0, 0), Param("thresholds", 600.0, 2_000_000.0, 1),
      Param("promote_knob", 0.5, 64.0), Param("period", 10.0, 600.0)),
-    defaults={"thresholds[0]": 3600.0, "thresholds[1]": 36000.0, "promote_knob": 8.0, "period": 60.0},
+    defaults={"thresholds[0]": 3250.0, "thresholds[1]": 7200.0, "promote_knob": 8.0, "period": 60.0},
 )
 SPACES = {"tiresias": TIRESIAS_SPACE}
 

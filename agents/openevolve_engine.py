@@ -87,7 +87,8 @@ def feature_dimensions(configured: Sequence[str], objective: str) -> list[str]:
 
     own = f"guard/{objective}"
     spare = [
-        f"guard/{name}" for name in OBJECTIVES if f"guard/{name}" not in configured and name != objective
+        f"guard/{name}" for name, o in OBJECTIVES.items()
+        if o.guard and f"guard/{name}" not in configured and name != objective
     ]
     return [spare.pop(0) if name == own and spare else name for name in configured]
 

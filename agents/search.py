@@ -33,14 +33,16 @@ from gpuos.agents import gp
 from gpuos.agents.evaluator import (
     Baselines,
     compute_baselines,
-    geomean,
     invalid,
     load_trace_cached,
     score_runs,
 )
+from gpuos.agents.masking import Secret
 from gpuos.agents.objectives import OBJECTIVES, TraceRun, simulate
 from gpuos.agents.pareto import Scored, pareto_front, select_parent
-from gpuos.agents.sandbox import CandidateRejected, load_policy_class, run_candidate
+from gpuos.agents.sandbox import CandidateRejected, load_policy_class
+from gpuos.agents.validity import policy_order, priority_inversions
+from gpuos.agents.verify import format_verdict, verify
 from gpuos.agents.workloads import HELD_OUT, TRAINING
 from gpuos.scheduler.sim import SimulationError
 
@@ -137,36 +139,42 @@ def make_engine(config: RunConfig) -> Engine:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(specs: list[str], baselines: dict[str, Any], objective: str) -> None:
-    _WORKER.update(specs=specs, baselines=Baselines.from_json(baselines), objective=objective)
+def _init_worker(specs: list[str], baselines: dict[str, Any], objective: str, secret: Secret) -> None:
+    _WORKER.update(specs=specs, baselines=Baselines.from_json(baselines), objective=objective, secret=secret)
 
 
-def evaluate_in_process(source: str, specs: Sequence[str], baselines: Baselines, objective: str) -> dict[str, Any]:
-    """Score engine-made ``source`` here (sandbox rules for loading, no subprocess)."""
+def evaluate_in_process(source: str, specs: Sequence[str], baselines: Baselines, objective: str,
+                        secret: Secret | None = None) -> dict[str, Any]:
+    """Score engine-made ``source`` here (sandbox rules for loading, no subprocess), on the traces
+    masked with ``secret`` that ``baselines`` ran on."""
     try:
         cls = load_policy_class(source)
+        inversions = priority_inversions(policy_order(cls()))
     except CandidateRejected as exc:
         return invalid(str(exc), "forbidden")
+    except Exception as exc:  # noqa: BLE001 - a candidate's failure is its score, not ours
+        return invalid(f"crash on the priority probes: {type(exc).__name__}: {exc}", "crash")
     runs: dict[str, TraceRun] = {}
     for spec in specs:
         try:
-            runs[spec] = simulate(load_trace_cached(spec), cls())
+            runs[spec] = simulate(load_trace_cached(spec, secret), cls())
         except SimulationError as exc:
             return invalid(f"invalid on {spec}: {exc}", "invalid")
         except Exception as exc:  # noqa: BLE001 - a candidate's failure is its score, not ours
             return invalid(f"crash on {spec}: {type(exc).__name__}: {exc}", "crash")
-    return score_runs(runs, baselines, objective)
+    return score_runs(runs, baselines, objective, inversions)
 
 
 def _worker_evaluate(source: str) -> dict[str, Any]:
-    return evaluate_in_process(source, _WORKER["specs"], _WORKER["baselines"], _WORKER["objective"])
+    return evaluate_in_process(source, _WORKER["specs"], _WORKER["baselines"], _WORKER["objective"],
+                               _WORKER["secret"])
 
 
 class Evaluator:
     """Evaluates many sources at once: a local process pool, a Ray pool, or inline (jobs=1)."""
 
-    def __init__(self, config: RunConfig, baselines: Baselines) -> None:
-        args = (list(config.traces), baselines.to_json(), config.objective)
+    def __init__(self, config: RunConfig, baselines: Baselines, secret: Secret) -> None:
+        args = (list(config.traces), baselines.to_json(), config.objective, secret)
         self.inline: tuple[Any, ...] | None = None
         self.pool: Any = None
         if config.backend == "ray":
@@ -250,11 +258,13 @@ def search(config: RunConfig, run_dir: str | Path, resume: bool = False, progres
         config = stored
     saved.write_text(json.dumps(asdict(config), indent=2) + "\n")
     engine = make_engine(config)
+    # One secret per run (kept in the run directory), so a resumed run sees the same masked traces.
+    secret = Secret.load_or_create(run_dir)
     base_file = run_dir / "baselines.json"
     if base_file.exists():
         baselines = Baselines.from_json(json.loads(base_file.read_text()))
     else:
-        baselines = compute_baselines(config.traces)
+        baselines = compute_baselines(config.traces, config.objective, secret=secret)
         base_file.write_text(json.dumps(baselines.to_json()) + "\n")
     archive: dict[str, Candidate] = {}
     history: list[dict[str, Any]] = []
@@ -268,7 +278,7 @@ def search(config: RunConfig, run_dir: str | Path, resume: bool = False, progres
         history.append(data["best"])
         start += 1
     bar = Progress((config.iterations - start) * config.population) if progress else None
-    evaluator = Evaluator(config, baselines) if start < config.iterations else None
+    evaluator = Evaluator(config, baselines, secret) if start < config.iterations else None
     try:
         for gen in range(start, config.iterations):
             rng = random.Random(f"{config.seed}/{gen}")
@@ -346,53 +356,9 @@ def _next_population(engine: Engine, archive: dict[str, Candidate], config: RunC
 
 
 def held_out_table(source: str, specs: Sequence[str], objective: str) -> dict[str, Any]:
-    """Run ``source`` in the sandbox on held-out ``specs`` and compare it, for ``objective``, with
-    FIFO, random-fit, the best human policy picked per trace (``score``, ``guard``) and the single
-    human policy best over all of ``specs`` (``single``), each on every objective."""
-    loaded = [load_trace_cached(s) for s in specs]
-    baselines = compute_baselines(specs)
-    outcome = run_candidate(source, loaded, timeout=600.0)
-    if not outcome.ok:
-        return {"valid": False, "error": outcome.error}
-    runs = {t: TraceRun.from_json(r) for t, r in outcome.runs.items()}
-    scores = {o: score_runs(runs, baselines, o) for o in OBJECTIVES}
-    single_policy, single_score = baselines.single_best(objective)
-    rows = []
-    for spec in specs:
-        best_policy, best = baselines.best(spec, objective)
-        rows.append({
-            "trace": spec,
-            "fifo": baselines.runs[spec]["fifo"].metrics[objective],
-            "random-fit": baselines.runs[spec]["random-fit"].metrics[objective],
-            "best_human": best, "best_human_policy": best_policy,
-            "single_best": baselines.runs[spec][single_policy].metrics[objective],
-            "evolved": runs[spec].metrics[objective],
-            "ratio": best / runs[spec].metrics[objective],
-            "others": {m: runs[spec].metrics[m] / baselines.runs[spec][best_policy].metrics[m]
-                       for m in OBJECTIVES if m != objective},
-        })
-    primary = scores[objective]
-    return {
-        "valid": bool(primary["valid"]),
-        "error": primary.get("error", ""),
-        "objective": objective,
-        "score": primary["primary_score"],
-        "combined": primary["combined_score"],
-        "guard": {m: primary[f"guard/{m}"] for m in OBJECTIVES if m != objective},
-        "per_objective_scores": {o: s["primary_score"] for o, s in scores.items()},
-        "trivial": {p: _against(baselines, specs, objective, {s: baselines.runs[s][p] for s in specs})
-                    for p in ("fifo", "random-fit")},
-        "single": {"policy": single_policy, "score": single_score,
-                   "evolved": {m: geomean([baselines.runs[s][single_policy].metrics[m] / runs[s].metrics[m]
-                                           if runs[s].metrics[m] > 0 else 1.0 for s in specs])
-                               for m in OBJECTIVES}},
-        "rows": rows,
-    }
-
-
-def _against(baselines: Baselines, specs: Sequence[str], objective: str, runs: dict[str, TraceRun]) -> float:
-    """Geometric mean over ``specs`` of best human (per trace) / ``runs`` for ``objective``."""
-    return geomean([baselines.best(s, objective)[1] / runs[s].metrics[objective] for s in specs])
+    """The held-out protocol's report for ``source`` on ``specs`` (:func:`gpuos.agents.verify.verify`,
+    with a fresh secret: the held-out traces are masked unlike anything the search saw)."""
+    return verify(source, objective, specs)
 
 
 def finish(config: RunConfig, run_dir: Path, engine: Engine, best: Candidate, history: list[dict[str, Any]],
@@ -413,40 +379,13 @@ def format_report(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [f"objective {cfg['objective']} | engine {cfg['engine']} | {cfg['iterations']} generations x "
              f"{cfg['population']} | seed {cfg['seed']}",
-             f"training combined score (best human = 1.0): {report['best']['training_combined']:.3f}"]
+             f"training combined score (best baseline per trace = 1.0): {report['best']['training_combined']:.3f}"]
     if cfg["engine"] == "verify":
         lines = [f"objective {cfg['objective']}: verification of a policy file on held-out traces"]
     held = report.get("held_out") or {}
-    if held.get("rows"):
-        single = held["single"]["policy"]
-        lines += ["", f"held-out, {cfg['objective']} (lower is better):",
-                  f"{'trace':<64}{'FIFO':>10}{'random':>10}{'best human':>12}{'(policy)':>12}"
-                  f"{single:>10}{'evolved':>10}{'gain':>8}"]
-        for r in held["rows"]:
-            lines.append(f"{r['trace']:<64}{r['fifo']:>10.4g}{r['random-fit']:>10.4g}{r['best_human']:>12.4g}"
-                         f"{r['best_human_policy']:>12}{r['single_best']:>10.4g}{r['evolved']:>10.4g}"
-                         f"{r['ratio'] - 1:>+8.1%}")
-        lines.append(f"(gain: against the best human policy on that trace; valid: {held['valid']})")
-        lines += summary_lines(held)
-    elif held:
-        lines.append(f"held-out: INVALID: {held.get('error')}")
+    if held:
+        lines += ["", "held-out (traces no search saw):", format_verdict(held)]
     return "\n".join(lines)
-
-
-def summary_lines(held: dict[str, Any]) -> list[str]:
-    """The held-out verdict in words: against the per-trace best human policy (the strict oracle),
-    against the single best human policy over all held-out traces, and the trivial baselines."""
-    objective, single = held["objective"], held["single"]
-    others = [m for m in OBJECTIVES if m != objective]
-    return [
-        f"vs the best human policy picked per trace (oracle): {objective} {held['score'] - 1:+.1%} (geomean); "
-        "other objectives vs that policy: " + ", ".join(f"{m} {held['guard'][m] - 1:+.1%}" for m in others),
-        f"vs the single best human policy on these traces, {single['policy']} (itself {single['score'] - 1:+.1%} "
-        f"vs the oracle): {objective} {single['evolved'][objective] - 1:+.1%}; other objectives: "
-        + ", ".join(f"{m} {single['evolved'][m] - 1:+.1%}" for m in others),
-        f"trivial baselines vs the oracle: FIFO {held['trivial']['fifo'] - 1:+.1%}, "
-        f"random-fit {held['trivial']['random-fit'] - 1:+.1%}",
-    ]
 
 
 def plot(report: dict[str, Any], run_dir: Path) -> None:
@@ -473,12 +412,12 @@ def plot(report: dict[str, Any], run_dir: Path) -> None:
     labels = [re.sub(r"\?n=\d+&", " ", r["trace"].split("|")[0]).replace("alibaba-", "").replace("synthetic:", "")
               for r in rows]
     width = 0.27
-    for i, (key, label) in enumerate((("fifo", "FIFO"), ("random-fit", "random-fit"), ("evolved", "evolved"))):
+    for i, (key, label) in enumerate((("fifo", "FIFO"), ("ceiling", "clairvoyant"), ("candidate", "evolved"))):
         ax.bar([x + (i - 1) * width for x in range(len(rows))],
-               [r["best_human"] / r[key] if r[key] else math.nan for r in rows], width, label=label)
-    ax.axhline(1.0, color="grey", linestyle="--", label="best human")
+               [r["single_best"] / r[key] if r[key] else math.nan for r in rows], width, label=label)
+    ax.axhline(1.0, color="grey", linestyle="--", label=f"single best ({held_policy(report)})")
     ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=7)
-    ax.set_ylabel(f"best human / policy ({report['config']['objective']})")
+    ax.set_ylabel(f"single best / policy ({report['config']['objective']})")
     ax.set_title("held-out traces (higher is better)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -486,31 +425,28 @@ def plot(report: dict[str, Any], run_dir: Path) -> None:
     plt.close(fig)
 
 
+def held_policy(report: dict[str, Any]) -> str:
+    return str((report.get("held_out") or {}).get("single_best", "?"))
+
+
 def emit(report: dict[str, Any], config: RunConfig, run_dir: Path, command: str, path: Path) -> Path:
-    """Write the best candidate as a shippable policy file with a provenance header."""
+    """Write the best candidate as a shippable policy file with a provenance header (the held-out
+    verdict included: a file is shipped only when that verdict says so, see docs/adrs.md)."""
     engine = make_engine(config)
     genome = engine.from_json(report["best"]["genome"])
     held = report.get("held_out") or {}
-    rows = held.get("rows") or []
     header = [
         f"Evolved policy {config.policy_name}: optimises {config.objective} ({OBJECTIVES[config.objective].description}).",
         "",
         f"Found by gpuos.agents ({config.engine} engine), run {run_dir.name}: {config.iterations} generations x "
-        f"{config.population}, seed {config.seed}.",
-        "Engine-made, seeded with hand-made rules (FIFO, SJF, SRTF, LAS, smallest GPU-seconds, best-fit and spread",
-        "placement, latency class first)"
-        + (f" and {len(config.warm_start)} genome(s) from earlier runs' results (--warm-start)" if config.warm_start
-           else "") + "; selected by training score only.",
+        f"{config.population}, seed {config.seed}; selected by training score only.",
         f"Command: {command}",
         "Training traces (the only ones the search saw):",
         *[f"  {t}" for t in config.traces],
-        f"Training score (geomean best-human/evolved): {report['best']['training_combined']:.3f}",
-        "Held-out traces, never seen in the search: evolved vs the best human policy on each",
-        f"({config.objective}, lower is better; gain = best/evolved - 1):",
-        *[f"  {r['trace']}: {r['evolved']:.4g} vs {r['best_human_policy']} {r['best_human']:.4g} "
-          f"(FIFO {r['fifo']:.4g}, random-fit {r['random-fit']:.4g}), gain {r['ratio'] - 1:+.1%}" for r in rows],
+        f"Training score (geomean best-baseline-per-trace / evolved): {report['best']['training_combined']:.3f}",
     ]
-    if rows:
-        header += ["Held-out verdict (geomean gains, + is better):", *(f"  {line}" for line in summary_lines(held))]
+    if held.get("rows"):
+        header += ["Held-out verification (gpuos.agents.verify; traces no search saw):",
+                   *(f"  {line}" for line in format_verdict(held).splitlines())]
     path.write_text(engine.render(genome, config.policy_name, "\n".join(header), register=True))
     return path

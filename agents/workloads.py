@@ -11,40 +11,80 @@ that the offered GPU demand (sum of GPUs x duration over cluster GPUs x span) is
 the cluster. The cut is deterministic; ``seed`` goes to the trace loader (user estimates).
 
 ``TRAINING`` is what the search sees; ``HELD_OUT`` is never shown to it, and results count only
-there. They share no job: each held-out kind (a pod list of the Alibaba GPU trace, the GenAI trace, a
-synthetic generator) also appears in training, but through other windows or other seeds
-(:func:`job_keys` names the jobs a spec takes; a test checks the two sets are disjoint).
+there. The two share no job *by content* (:func:`content_key`: the resource and time fields of a
+job as the original trace has them, not its id), across all pod lists of the Alibaba trace: the
+lists resample one pool of pods, so windows of two lists can hold the same pods under other ids.
+
+How the windows were chosen (:func:`plan` is this rule as code; a test checks that ``TRAINING``
+and ``HELD_OUT`` are its output). No result of any policy went into it.
+
+- Four families: the Alibaba GPU pod lists (all of :data:`ALIBABA_LISTS`), the GenAI trace, and
+  the synthetic ``bursty`` and ``llm-decode`` generators. Every window holds 300 jobs, runs at
+  offered load 1.2, and each family alternates between a homogeneous and a heterogeneous
+  cluster (:data:`CLUSTERS`; window i of a family takes cluster i mod 2 in training, i+1 mod 2
+  held out).
+- Trace windows start at one of ten evenly spaced slots, ``start = (k + 0.5) / 10``. Even slots
+  are for training, odd slots for held-out windows, so that training and held-out windows of
+  lists that share pods lie at different times of the original trace.
+- Alibaba list i (in :data:`ALIBABA_LISTS` order) trains on slot ``2 * (i mod 5)`` and is held
+  out on slot ``2 * ((i + 2) mod 5) + 1``; a held-out window that shares any content key with a
+  training window moves to the next odd slot (cyclically) until it shares none, and is left
+  out if no odd slot is clean. GenAI trains on slots 2 and 6 and is held out on slots 1, 3, 5,
+  7 and 9, with the same check.
+- Synthetic families train on seeds 11 and 12 and are held out on seeds 21 to 25.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
+from gpuos.agents.masking import Secret, mask
 from gpuos.errors import InvalidArgument
-from gpuos.scheduler.sim import Trace, load_trace, parse_gpus
+from gpuos.scheduler.sim import Trace, TraceJob, load_trace, parse_gpus
 
 TRAINING: tuple[str, ...] = (
-    "alibaba-gpu-2023:gpushare40|gpus=2x8xG2|start=0.2|jobs=300|load=1.2",
-    "alibaba-gpu-2023:multigpu20|gpus=2x8xG2|start=0.5|jobs=300|load=1.2",
+    "alibaba-gpu-2023|gpus=2x8xG2|start=0.05|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare20|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.25|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare40|gpus=2x8xG2|start=0.45|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare60|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.65|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare80|gpus=2x8xG2|start=0.85|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare100|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.05|jobs=300|load=1.2",
+    "alibaba-gpu-2023:multigpu20|gpus=2x8xG2|start=0.25|jobs=300|load=1.2",
+    "alibaba-gpu-2023:multigpu50|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.45|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=2x4xA10|start=0.25|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=1x4xA10,1x4xT4|start=0.65|jobs=300|load=1.2",
     "synthetic:bursty?n=300&seed=11|gpus=2x8xA100-80GB|load=1.2",
-    "synthetic:llm-decode?n=300&seed=11|gpus=1x8xH100-80GB|load=1.2",
-    # One window of each held-out kind (other windows, other seeds), so that no held-out workload is
-    # unlike everything the search saw (the first shipped policies lost 52% on GenAI without one).
-    "alibaba-gpu-2023|gpus=2x8xG2|start=0.3|jobs=300|load=1.2",
-    "alibaba-gpu-2023:gpushare80|gpus=2x8xG2|start=0.8|jobs=300|load=1.2",
-    "alibaba-gpu-2023:multigpu50|gpus=2x8xG2|start=0.15|jobs=300|load=1.2",
-    "alibaba-genai-2026|gpus=2x4xA10|start=0.2|jobs=400|load=1.2",
-    "alibaba-genai-2026|gpus=2x4xA10|start=0.8|jobs=400|load=1.2",
-    "synthetic:bursty?n=300&seed=12|gpus=2x8xA100-80GB|load=1.2",
-    "synthetic:llm-decode?n=300&seed=12|gpus=1x8xH100-80GB|load=1.2",
+    "synthetic:bursty?n=300&seed=12|gpus=1x8xA100-80GB,1x8xA100-40GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=11|gpus=2x8xH100-80GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=12|gpus=1x8xH100-80GB,1x8xA100-80GB|load=1.2",
 )
 HELD_OUT: tuple[str, ...] = (
-    "alibaba-gpu-2023|gpus=2x8xG2|start=0.6|jobs=300|load=1.2",
-    "alibaba-gpu-2023:gpushare80|gpus=2x8xG2|start=0.4|jobs=300|load=1.2",
-    "alibaba-gpu-2023:multigpu50|gpus=2x8xG2|start=0.7|jobs=300|load=1.2",
-    "alibaba-genai-2026|gpus=2x4xA10|start=0.5|jobs=400|load=1.2",
-    "synthetic:bursty?n=300&seed=23|gpus=2x8xA100-80GB|load=1.2",
-    "synthetic:llm-decode?n=300&seed=23|gpus=1x8xH100-80GB|load=1.2",
+    "alibaba-gpu-2023|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.55|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare20|gpus=2x8xG2|start=0.75|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare40|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.95|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare60|gpus=2x8xG2|start=0.15|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare80|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.35|jobs=300|load=1.2",
+    "alibaba-gpu-2023:gpushare100|gpus=2x8xG2|start=0.55|jobs=300|load=1.2",
+    "alibaba-gpu-2023:multigpu20|gpus=1x8xG2,1x4xT4,1x4xV100M32|start=0.75|jobs=300|load=1.2",
+    "alibaba-gpu-2023:multigpu50|gpus=2x8xG2|start=0.95|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=1x4xA10,1x4xT4|start=0.15|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=2x4xA10|start=0.35|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=1x4xA10,1x4xT4|start=0.55|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=2x4xA10|start=0.75|jobs=300|load=1.2",
+    "alibaba-genai-2026|gpus=1x4xA10,1x4xT4|start=0.95|jobs=300|load=1.2",
+    "synthetic:bursty?n=300&seed=21|gpus=1x8xA100-80GB,1x8xA100-40GB|load=1.2",
+    "synthetic:bursty?n=300&seed=22|gpus=2x8xA100-80GB|load=1.2",
+    "synthetic:bursty?n=300&seed=23|gpus=1x8xA100-80GB,1x8xA100-40GB|load=1.2",
+    "synthetic:bursty?n=300&seed=24|gpus=2x8xA100-80GB|load=1.2",
+    "synthetic:bursty?n=300&seed=25|gpus=1x8xA100-80GB,1x8xA100-40GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=21|gpus=1x8xH100-80GB,1x8xA100-80GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=22|gpus=2x8xH100-80GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=23|gpus=1x8xH100-80GB,1x8xA100-80GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=24|gpus=2x8xH100-80GB|load=1.2",
+    "synthetic:llm-decode?n=300&seed=25|gpus=1x8xH100-80GB,1x8xA100-80GB|load=1.2",
 )
 # Stage 1: one tiny synthetic scenario (no trace files), so a broken candidate fails in well under a second.
 STAGE1: tuple[str, ...] = ("synthetic:bursty?n=60&seed=5|gpus=1x8xA100-80GB|load=1.5",)
@@ -81,24 +121,59 @@ class WorkloadSpec:
         return cls(trace, **fields)  # type: ignore[arg-type]
 
 
-def job_keys(text: str) -> set[tuple[str, str]]:
-    """The jobs a spec takes, keyed by source and job id; pod lists of one trace (``name:variant``)
-    share job ids, so they count as one source, while a synthetic generator's seed is its own."""
-    trace = WorkloadSpec.parse(text).trace
-    source = trace if trace.startswith("synthetic:") else trace.split(":")[0]
-    return {(source, j.id) for j in load_workload(text).jobs}
+def content_key(job: TraceJob) -> str:
+    """A hash of what ``job`` is, not what it is called: its request, CPU, host memory,
+    duration and arrival. Pass the job as the trace has it, before a window moves or rescales
+    its arrival; the same pod in two pod lists has the same key."""
+    r = job.request
+    fields = (
+        r.gpus,
+        r.gpu_milli,
+        r.memory_bytes,
+        r.mig_profile,
+        r.gpu_types,
+        r.sharing,
+        job.cpu_milli,
+        job.host_memory,
+        job.duration,
+        job.arrival,
+    )
+    return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
-def load_workload(text: str) -> Trace:
-    """The trace a workload spec describes, named by the spec itself."""
+def content_keys(text: str) -> frozenset[str]:
+    """The :func:`content_key` of every job a workload spec takes (independent of any secret)."""
     spec = WorkloadSpec.parse(text)
-    trace = load_trace(spec.trace, seed=spec.seed)
-    nodes = parse_gpus(spec.gpus) if spec.gpus else trace.nodes
+    return frozenset(content_key(j) for j in _cut(text, spec, _full_trace(spec.trace, spec.seed, None)))
+
+
+@lru_cache(maxsize=16)
+def _full_trace(name: str, seed: int, estimate_seed: int | None) -> Trace:
+    return load_trace(name, seed=seed, estimate_seed=estimate_seed)
+
+
+def _cut(text: str, spec: WorkloadSpec, trace: Trace) -> list[TraceJob]:
+    """The jobs of ``trace`` in the spec's window, as the trace has them."""
     jobs = sorted(trace.jobs, key=lambda j: (j.arrival, j.id))
     first = int(spec.start * len(jobs))
     jobs = jobs[first : first + spec.jobs] if spec.jobs else jobs[first:]
     if not jobs:
         raise InvalidArgument("trace", f"{text}: the window holds no jobs")
+    return jobs
+
+
+def load_workload(text: str, secret: Secret | None = None) -> Trace:
+    """The trace a workload spec describes, named by the spec itself.
+
+    With a ``secret``, the users' estimates are drawn from a seed derived from it and the spec,
+    and job ids are masked (:func:`gpuos.agents.masking.mask`): the jobs, arrivals and
+    durations are those of the plain load, so baselines judged on it score as on the plain one.
+    """
+    spec = WorkloadSpec.parse(text)
+    estimate_seed = None if secret is None else secret.seed(f"estimates\0{text}")
+    trace = _full_trace(spec.trace, spec.seed, estimate_seed)
+    nodes = parse_gpus(spec.gpus) if spec.gpus else trace.nodes
+    jobs = _cut(text, spec, trace)
     origin = jobs[0].arrival
     scale = 1.0
     if spec.load > 0:
@@ -107,4 +182,95 @@ def load_workload(text: str) -> Trace:
         demand = sum(j.duration * j.request.compute_milli / 1000 for j in jobs)
         scale = demand / (capacity * span) / spec.load
     moved = tuple(replace(j, arrival=(j.arrival - origin) * scale) for j in jobs)
-    return Trace(text, nodes, moved, trace.source)
+    loaded = Trace(text, nodes, moved, trace.source)
+    return loaded if secret is None else mask(loaded, secret)
+
+
+# The pod lists of the Alibaba GPU trace in the shared trace folder (its gpuspec and cpu lists are
+# not published there).
+ALIBABA_LISTS: tuple[str, ...] = (
+    "alibaba-gpu-2023",
+    "alibaba-gpu-2023:gpushare20",
+    "alibaba-gpu-2023:gpushare40",
+    "alibaba-gpu-2023:gpushare60",
+    "alibaba-gpu-2023:gpushare80",
+    "alibaba-gpu-2023:gpushare100",
+    "alibaba-gpu-2023:multigpu20",
+    "alibaba-gpu-2023:multigpu50",
+)
+# (homogeneous, heterogeneous) cluster of each family, 16 GPUs but GenAI's 8. The heterogeneous
+# ones mix models the family's jobs all fit on (llm-decode's 1g.10gb MIG slices need 80 GB parts).
+CLUSTERS: dict[str, tuple[str, str]] = {
+    "alibaba-gpu-2023": ("2x8xG2", "1x8xG2,1x4xT4,1x4xV100M32"),
+    "alibaba-genai-2026": ("2x4xA10", "1x4xA10,1x4xT4"),
+    "synthetic:bursty": ("2x8xA100-80GB", "1x8xA100-80GB,1x8xA100-40GB"),
+    "synthetic:llm-decode": ("2x8xH100-80GB", "1x8xH100-80GB,1x8xA100-80GB"),
+}
+WINDOW_JOBS = 300
+WINDOW_LOAD = 1.2
+SLOTS = 10
+TRAINING_SEEDS = (11, 12)
+HELD_OUT_SEEDS = (21, 22, 23, 24, 25)
+GENAI_TRAINING_SLOTS = (2, 6)
+
+
+def family(text: str) -> str:
+    """The trace family of a workload spec: a key of :data:`CLUSTERS`."""
+    trace = WorkloadSpec.parse(text).trace
+    return trace.split("?")[0] if trace.startswith("synthetic:") else trace.split(":")[0]
+
+
+def plan() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training, held-out) windows by the rule in the module docstring. Needs the full traces."""
+
+    def window(trace: str, slot: int, cluster: str) -> str:
+        return (
+            f"{trace}|gpus={cluster}|start={(slot + 0.5) / SLOTS:g}|jobs={WINDOW_JOBS}|load={WINDOW_LOAD:g}"
+        )
+
+    def synthetic(kind: str, seeds: Iterable[int], shift: int) -> list[str]:
+        clusters = CLUSTERS[f"synthetic:{kind}"]
+        return [
+            f"synthetic:{kind}?n={WINDOW_JOBS}&seed={s}|gpus={clusters[(i + shift) % 2]}|load={WINDOW_LOAD:g}"
+            for i, s in enumerate(seeds)
+        ]
+
+    alibaba, genai = CLUSTERS["alibaba-gpu-2023"], CLUSTERS["alibaba-genai-2026"]
+    training = [window(t, 2 * (i % 5), alibaba[i % 2]) for i, t in enumerate(ALIBABA_LISTS)]
+    training += [window("alibaba-genai-2026", k, genai[i % 2]) for i, k in enumerate(GENAI_TRAINING_SLOTS)]
+    training += synthetic("bursty", TRAINING_SEEDS, 0) + synthetic("llm-decode", TRAINING_SEEDS, 0)
+    seen = frozenset().union(*(content_keys(t) for t in training))
+    odd = list(range(1, SLOTS, 2))
+
+    def clean(trace: str, first: int, cluster: str) -> str | None:
+        for step in range(len(odd)):
+            spec = window(trace, odd[(first + step) % len(odd)], cluster)
+            if not content_keys(spec) & seen:
+                return spec
+        return None
+
+    held = [clean(t, (i + 2) % 5, alibaba[(i + 1) % 2]) for i, t in enumerate(ALIBABA_LISTS)]
+    held += [clean("alibaba-genai-2026", i, genai[(i + 1) % 2]) for i in range(len(odd))]
+    held_out = [h for h in held if h is not None]
+    held_out += synthetic("bursty", HELD_OUT_SEEDS, 1) + synthetic("llm-decode", HELD_OUT_SEEDS, 1)
+    return tuple(training), tuple(held_out)
+
+
+USER_WINDOWS = 5
+
+
+def windows_of(text: str) -> list[str]:
+    """The workload specs ``--trace TEXT`` stands for: ``training`` / ``held-out`` (the built-in
+    sets), a spec with options (``trace|...``) or a ``synthetic:`` generator as it is, and any
+    other trace (a short name or a CSV path of one's own) cut by the rule the built-in windows
+    follow: ``USER_WINDOWS`` windows of up to ``WINDOW_JOBS`` consecutive arrivals at evenly
+    spaced starts, on the trace's own cluster, at offered load ``WINDOW_LOAD``."""
+    if text in ("training", "held-out"):
+        return list(TRAINING if text == "training" else HELD_OUT)
+    if "|" in text or text.startswith("synthetic:"):
+        WorkloadSpec.parse(text)
+        return [text]
+    jobs = len(load_trace(text).jobs)
+    size = max(1, min(WINDOW_JOBS, jobs // USER_WINDOWS))
+    return [f"{text}|start={(k + 0.5) / USER_WINDOWS - size / jobs / 2:.4f}|jobs={size}|load={WINDOW_LOAD:g}"
+            for k in range(USER_WINDOWS)]

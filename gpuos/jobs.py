@@ -127,8 +127,9 @@ class Resources:
     memory_bytes: int = 0
     mig_profile: str = ""
     gpu_types: tuple[str, ...] = ()
-    # How a shared GPU is shared: "" (a whole GPU, or MPS for a fraction) or "timeslice" (take
-    # turns with the GPU's other time-sharers; gpu_milli is then the job's weight in turns).
+    # How a shared GPU is shared: "" (a whole GPU, or for a fraction whatever its policy chooses,
+    # MPS by default: Policy.share), "mps" (an MPS client, pinned) or "timeslice" (take turns with
+    # the GPU's other time-sharers; gpu_milli is then the job's weight in turns).
     sharing: str = ""
 
     @property

@@ -7,7 +7,7 @@ cannot tell which one it runs in.
 from gpuos.scheduler.framework import schedule
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.registry import available, get_policy, register
-from gpuos.scheduler.snapshot import Decision, GpuView, JobView, NodeView, Place, Preempt, Snapshot
+from gpuos.scheduler.snapshot import Decision, GpuView, JobView, NodeView, Place, Preempt, Share, Snapshot
 
 __all__ = [
     "Decision",
@@ -17,6 +17,7 @@ __all__ = [
     "Place",
     "Policy",
     "Preempt",
+    "Share",
     "Snapshot",
     "available",
     "get_policy",

@@ -7,11 +7,11 @@ over-commit a GPU's memory, compute share or MIG slices.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import fields
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields, replace
 
-from gpuos.jobs import Resources
-from gpuos.mig import Instance, find_slot
+from gpuos.jobs import TIMESLICE, Resources
+from gpuos.mig import Instance, MigProfile, find_slot
 from gpuos.scheduler.index import group_states, need
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (
@@ -24,6 +24,7 @@ from gpuos.scheduler.snapshot import (
     NodeView,
     Place,
     Preempt,
+    Share,
     Snapshot,
 )
 
@@ -57,6 +58,42 @@ def sharing_of(request: Resources) -> str:
     return "mps" if request.gpu_milli else ""
 
 
+def flexible(request: Resources) -> bool:
+    """Whether the policy chooses how a job with ``request`` shares its GPU (``Policy.share``): a
+    fraction whose user pinned no mode (no MIG profile, no time-slicing, no explicit MPS)."""
+    return bool(request.gpu_milli) and not request.sharing and not request.mig_profile
+
+
+def covering_profile(request: Resources, gpu: GpuView) -> MigProfile | None:
+    """The smallest MIG profile of ``gpu`` with at least fraction ``request``'s compute and memory."""
+    milli, memory = demand(request, gpu)
+    covering = [p for p in gpu.mig_profiles
+                if p.slices * MILLI >= milli * MIG_COMPUTE_SLICES and p.memory_bytes >= memory]
+    return min(covering, key=lambda p: (p.slices, p.memory_bytes), default=None)
+
+
+def shared_as(request: Resources, gpu: GpuView, share: Share) -> Resources:
+    """What flexible ``request`` takes of ``gpu`` when it shares it as ``share``: the one place a
+    policy's choice becomes a request, which the framework checks capacity against and the model
+    checks the placement by. A turn holds the memory the MPS share would; a GPU with no covering
+    MIG profile takes the job as an MPS client."""
+    if share is Share.TIMESLICE:
+        return replace(request, memory_bytes=demand(request, gpu)[1], sharing=TIMESLICE)
+    if share is Share.MIG:
+        profile = covering_profile(request, gpu)
+        if profile is not None:
+            return replace(request, memory_bytes=0, mig_profile=profile.name)
+    return request
+
+
+def placed_request(request: Resources, place: Place, gpu: GpuView) -> Resources:
+    """The request ``place`` holds its job by on ``gpu``: the job's own, or, for a flexible job
+    its policy placed by turns or a MIG slice, that choice (:func:`shared_as`)."""
+    if flexible(request) and place.sharing in (Share.TIMESLICE.value, Share.MIG.value):
+        return shared_as(request, gpu, Share(place.sharing))
+    return request
+
+
 def gpu_fits(request: Resources, gpu: GpuView) -> bool:
     """Whether ``gpu``, as it stands, can take one GPU's worth of ``request``."""
     if not gpu.healthy:
@@ -79,15 +116,20 @@ def gpu_fits(request: Resources, gpu: GpuView) -> bool:
     return gpu.idle
 
 
-def options(job: JobView, node: NodeView) -> Iterator[tuple[GpuView, ...]]:
-    """Every distinct way ``node`` can host ``job``: one GPU for a share, k free GPUs for k GPUs."""
+def options(job: JobView, node: NodeView,
+            choose: Callable[[GpuView], Resources] | None = None) -> Iterator[tuple[GpuView, ...]]:
+    """Every distinct way ``node`` can host ``job``: one GPU for a share, k free GPUs for k GPUs.
+    ``choose``, for a flexible job, gives what it would take of each GPU (its policy's choice)."""
     if job.cpu_milli > node.cpu_milli_free or job.host_memory > node.host_memory_free:
         return
     request = job.request
     if request.gpus == 0 and not request.gpu_milli and not request.mig_profile:
         yield ()
         return
-    fitting = [g for g in node.gpus if gpu_fits(request, g)]
+    if choose is not None:
+        fitting = [g for g in node.gpus if gpu_fits(choose(g), g)]
+    else:
+        fitting = [g for g in node.gpus if gpu_fits(request, g)]
     if request.gpu_milli or request.mig_profile or request.timeslice:
         # GPUs that differ only in index are interchangeable: offer the lowest-indexed one.
         seen: set[tuple[object, ...]] = set()
@@ -114,12 +156,14 @@ assert tuple(tuple(f.name for f in fields(view)) for view in (GpuView, NodeView)
 )
 
 
-def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[NodeView, Place]:
-    """The node after ``job`` is placed on ``gpus``, and the decision that records it."""
+def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...],
+          request: Resources | None = None) -> tuple[NodeView, Place]:
+    """The node after ``job`` is placed on ``gpus`` holding ``request`` (default: its own), and the
+    decision that records it."""
     taken: dict[int, GpuView] = {}
     milli = memory = 0
     slot = -1
-    request = job.request
+    request = job.request if request is None else request
     sharing = sharing_of(request)
     for gpu in gpus:
         milli, memory = demand(request, gpu)
@@ -157,6 +201,30 @@ def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...]) -> tuple[Node
         milli = request.gpu_milli or MILLI  # the job's weight in turns
     place = Place(job.id, node.name, tuple(g.index for g in gpus), milli, memory, request.mig_profile, slot, sharing)
     return new_node, place
+
+
+class _Choices:
+    """``Policy.share`` for one job, asked once per GPU and kept: the GPU the framework offers and
+    the one it takes are held alike even by a policy that would not answer alike twice."""
+
+    __slots__ = ("policy", "snap", "job", "asked")
+
+    def __init__(self, policy: Policy, snap: Snapshot, job: JobView) -> None:
+        self.policy, self.snap, self.job = policy, snap, job
+        self.asked: dict[tuple[str, int], Resources] = {}
+
+    def on(self, node: NodeView) -> Callable[[GpuView], Resources]:
+        def choose(gpu: GpuView) -> Resources:
+            key = (node.name, gpu.index)
+            found = self.asked.get(key)
+            if found is None:
+                share = self.policy.share(self.job, gpu, self.snap)
+                if not isinstance(share, Share):
+                    raise ValueError(f"policy {self.policy.name}: share() answered {share!r}, not a Share")
+                found = self.asked[key] = shared_as(self.job.request, gpu, share)
+            return found
+
+        return choose
 
 
 class _Round:
@@ -262,11 +330,18 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     # jobs (a flood of submits, a trace's repeated shapes) then costs a lookup per job, not a
     # fit test per GPU.
     no_room: set[tuple[int, Resources, int, int]] = set()
+    # Asked only of a policy that overrides share(): the default keeps every fraction an MPS client.
+    chooses = type(policy).share is not Policy.share
     for job in policy.order(snap.pending, snap):
         shape = (job.request, job.cpu_milli, job.host_memory)
-        groups = by_state.groups(job) if by_state is not None else None
+        choices = _Choices(policy, snap, job) if chooses and flexible(job.request) else None
+        groups = by_state.groups(job) if by_state is not None and choices is None else None
         if groups is not None:
             candidates: Iterable[int] = [first for first, _, _ in groups]
+        elif choices is not None:
+            # The index bounds a job by its own request, and the no-room memo by its shape; a
+            # chosen mode may fit where the request would not, and may differ between alike jobs.
+            candidates = range(len(nodes))
         else:
             candidates = index.candidates(job) if index is not None else range(len(nodes))
         best: tuple[float, int, tuple[GpuView, ...]] | None = None
@@ -274,11 +349,11 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         feasible: list[tuple[int, list[tuple[GpuView, ...]]]] = []
         for i in candidates:
             node = nodes[i]
-            if node.name in reserved or (i, *shape) in no_room:
+            if node.name in reserved or (choices is None and (i, *shape) in no_room):
                 continue
             offered = False
             fitting: list[tuple[GpuView, ...]] = []
-            for gpus in options(job, node):
+            for gpus in options(job, node, None if choices is None else choices.on(node)):
                 offered = True
                 if not policy.fits(job, node, gpus, snap):
                     continue
@@ -293,7 +368,7 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                     best = (value, i, gpus)
             if fitting:
                 feasible.append((i, fitting))
-            if not offered:
+            if not offered and choices is None:
                 no_room.add((i, *shape))
             if best is not None and policy.first_fit:
                 break
@@ -301,7 +376,8 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
             best = _pick(policy, job, snap, feasible, groups, by_state)
         if best is not None:
             _, i, gpus = best
-            nodes[i], place = _take(job, nodes[i], gpus)
+            chosen = None if choices is None else choices.on(nodes[i])(gpus[0])
+            nodes[i], place = _take(job, nodes[i], gpus, chosen)
             if by_state is not None:
                 by_state.leave(i, changed=True)
             decisions.append(place)

@@ -1,19 +1,21 @@
 """The policy interface: a few pure methods at named extension points.
 
 The framework (:mod:`gpuos.scheduler.framework`) owns the loop, checks capacity and applies
-decisions; a policy only orders, filters, scores, picks victims and sets quanta. Every method
-is a pure function of its arguments, so the same object runs in the daemon and the simulator.
+decisions; a policy only orders, filters, scores, picks victims, chooses how a fraction shares
+its GPU and sets quanta. Every method is a pure function of its arguments, so the same object
+runs in the daemon and the simulator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Snapshot
+from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Share, Snapshot
 
 
 class Policy:
-    """Base policy: FIFO order, first fit, no preemption, 1 s quanta, requeue after faults.
+    """Base policy: FIFO order, first fit, no preemption, fractions as MPS clients, 1 s quanta,
+    requeue after faults.
 
     Subclasses override only what makes them different. ``first_fit`` tells the framework to
     take the first feasible option instead of scoring them all (the common fast case).
@@ -26,6 +28,11 @@ class Policy:
 
     name: str = "base"
     description: str = ""
+    # Where the policy came from: a paper (and the implementation it follows), "hand-written",
+    # or the search run that evolved it. ``verified_gain`` is an evolved policy's held-out gain as
+    # the verifier measured it, in words ("" for a policy no search produced).
+    provenance: str = "hand-written"
+    verified_gain: str = ""
     first_fit: bool = True
     strict_order: bool = False
     # The framework may score one node per distinct node state (see index.node_state) and let
@@ -61,6 +68,12 @@ class Policy:
     def victims(self, job: JobView, snap: Snapshot) -> Sequence[str]:
         """Running jobs to preempt so that ``job`` can run; empty means wait."""
         return ()
+
+    def share(self, job: JobView, gpu: GpuView, snap: Snapshot) -> Share:
+        """How ``job``, a fraction whose user pinned no sharing mode, would share ``gpu`` (asked
+        once per GPU the framework considers; a user's explicit mode is never asked about).
+        With ``scores_node_state_only`` it must read only ``gpu``'s state, as ``score`` does."""
+        return Share.MPS
 
     def quantum(self, job: JobView, snap: Snapshot) -> float:
         """Seconds ``job`` may run before a job sharing its GPU gets a turn."""

@@ -6,6 +6,7 @@ and attained service. It never holds a job's true remaining duration.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,6 +54,15 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
+class Stint:
+    """One finished run of a job: from ``start`` to ``stop`` it earned ``service`` GPU-seconds."""
+
+    start: float
+    stop: float
+    service: float
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     id: str
     request: Resources
@@ -76,6 +86,10 @@ class JobView:
     # job's view never has to be rebuilt just because time passed.
     service_rate: float = 0.0
     service_since: float = 0.0
+    # The job's finished runs, oldest first (it was preempted or requeued after each): what a
+    # policy needs to know how long a job waited since it last ran, or since some past event
+    # (Tiresias's promotion). The model keeps it (scheduler/state.py); empty for a fresh job.
+    stints: tuple[Stint, ...] = ()
 
     def attained(self, now: float) -> float:
         """GPU-seconds of service received up to ``now`` (what LAS policies rank by)."""
@@ -124,6 +138,21 @@ class Place:
     # First memory slice of the MIG instance to create (-1: not a MIG placement).
     mig_slot: int = -1
     sharing: str = ""
+
+
+class Share(enum.Enum):
+    """How a fractional job whose user pinned no sharing mode shares the GPU it lands on
+    (``Policy.share``); the framework turns the choice into what the job takes (framework.shared_as).
+
+    - ``MPS``: an MPS client at the job's requested compute share (the default);
+    - ``TIMESLICE``: a time-slice turn, weighted by the share, holding the share's memory;
+    - ``MIG``: the smallest MIG profile of the GPU that covers the job's compute and memory (MPS
+      where the GPU has none).
+    """
+
+    MPS = "mps"
+    TIMESLICE = "timeslice"
+    MIG = "mig"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,10 @@ GPU's compute it holds on each of its GPUs:
   turns give it on average;
 - a paused job: 0.
 
+A placement is checked and accounted by what it says, not by the job's request alone: a fraction
+whose user pinned no mode may be placed by its policy's choice (``Policy.share``) as a time-slice
+turn or a MIG slice, and then holds, earns and progresses as one (framework.placed_request).
+
 Sharing costs (:class:`Costs`) set how fast a job progresses, which only the simulator needs
 (the daemon's jobs progress as fast as the hardware lets them): see :meth:`ClusterState.rate`.
 When rounds run is :class:`Cadence`, the same rule for both drivers.
@@ -35,11 +39,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from gpuos.jobs import Resources
 from gpuos.mig import Instance, fits_at
 from gpuos.partitions.timeslice import turn_length
-from gpuos.scheduler.framework import demand, gpu_fits, sharing_of
+from gpuos.scheduler.framework import demand, gpu_fits, placed_request, sharing_of
 from gpuos.scheduler.index import NodeIndex
-from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Snapshot
+from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Snapshot, Stint
 
 
 class StateError(RuntimeError):
@@ -105,6 +110,12 @@ class Holding:
     share: float = 0.0
     quantum: float = 0.0  # the policy's time-slice quantum (time-sliced jobs only)
     paused: bool = False
+    # What the job holds its GPUs by: its request, or the mode its policy chose for it.
+    request: Resources | None = None
+
+    @property
+    def held(self) -> Resources:
+        return self.view.request if self.request is None else self.request
 
 
 NodeListener = Callable[[int, NodeView], None]
@@ -202,6 +213,11 @@ class ClusterState:
         """``view``'s job waits (new, or its view changed: a new priority, say)."""
         if view.id in self.running:
             raise StateError(f"{view.id!r} is running; it cannot also wait")
+        known = self.pending.get(view.id)
+        if known is not None and known.stints and not view.stints:
+            # The model keeps a job's run history; a driver resubmitting the job's record (the
+            # daemon after a requeue) need not know it.
+            view = replace(view, stints=known.stints)
         self.pending[view.id] = view
         self._pending_tuple = None
 
@@ -228,13 +244,14 @@ class ClusterState:
         if pos is None:
             raise StateError(f"placed {place.job_id!r} on unknown node {place.node!r}")
         node = self.nodes[pos]
-        new_node = self._take(view, node, place)
+        new_node, request = self._take(view, node, place)
         del self.pending[place.job_id]
         self._pending_tuple = None
         held = Holding(view, place, pos, now if started_at is None else started_at,
                        now if since is None else since,
                        view.attained_service if attained is None else attained,
-                       quantum=quantum if place.sharing == "timeslice" else 0.0)
+                       quantum=quantum if place.sharing == "timeslice" else 0.0,
+                       request=None if request is view.request else request)
         self.running[place.job_id] = held
         self._set_node(pos, new_node)
         held.share = self._share_of(held)  # earned from ``since`` on; neighbours fold theirs now
@@ -249,8 +266,10 @@ class ClusterState:
         """A running job goes back to the queue (preempted, or its GPU failed) with the service it
         earned and one more preemption; returns the jobs whose rate may have changed."""
         held = self._release(job_id, now)
+        stint = Stint(held.started_at, now, held.attained - held.view.attained_service)
         self.pending[job_id] = replace(held.view, attained_service=held.attained,
-                                       preemptions=held.view.preemptions + 1)
+                                       preemptions=held.view.preemptions + 1,
+                                       stints=(*held.view.stints, stint))
         self._pending_tuple = None
         return self._reshare(held, now)
 
@@ -308,19 +327,21 @@ class ClusterState:
         if self._on_node is not None:
             self._on_node(pos, node)
 
-    def _take(self, view: JobView, node: NodeView, place: Place) -> NodeView:
-        """``node`` after ``view``'s job takes ``place``, checked against every rule."""
-        request = view.request
-        try:
-            gpus = tuple(node.gpus[i] for i in place.gpus)
-        except IndexError:
-            raise StateError(f"placement {place} names a GPU the node lacks") from None
+    def _take(self, view: JobView, node: NodeView, place: Place) -> tuple[NodeView, Resources]:
+        """``node`` after ``view``'s job takes ``place``, checked against every rule, and what the
+        job holds it by."""
+        # A negative index would alias another GPU (gpus[-1]); a decision made in an untrusted
+        # process may say anything, so the range is checked, not assumed.
+        if any(not 0 <= i < len(node.gpus) for i in place.gpus):
+            raise StateError(f"placement {place} names a GPU the node lacks")
+        gpus = tuple(node.gpus[i] for i in place.gpus)
+        request = placed_request(view.request, place, gpus[0]) if gpus else view.request
         if view.cpu_milli > node.cpu_milli_free or view.host_memory > node.host_memory_free:
             raise StateError(f"placement {place} over-commits CPU or host memory of {place.node}")
         if len(set(place.gpus)) != len(place.gpus) or not all(gpu_fits(request, g) for g in gpus):
             raise StateError(f"placement {place} over-commits a GPU of {place.node}")
-        if len(gpus) != max(1, request.gpus) and (request.gpus or request.gpu_milli):
-            raise StateError(f"placement {place} gives {len(gpus)} GPUs to a job asking {request.gpus}")
+        if len(gpus) != _gpus_wanted(request):
+            raise StateError(f"placement {place} gives {len(gpus)} GPUs to a job asking {_gpus_wanted(request)}")
         sharing = sharing_of(request)
         if place.sharing != sharing or place.mig_profile != request.mig_profile:
             raise StateError(f"placement {place} shares the GPU unlike the job asks ({sharing or 'exclusive'})")
@@ -345,7 +366,7 @@ class ClusterState:
             tuple([taken.get(g.index, g) for g in node.gpus]),
             node.cpu_milli_free - view.cpu_milli,
             node.host_memory_free - view.host_memory,
-        )
+        ), request
 
     def _release(self, job_id: str, now: float) -> Holding:
         held = self.running.pop(job_id, None)
@@ -355,7 +376,7 @@ class ClusterState:
         held.attained += (now - held.since) * held.share
         held.since = now
         self._running_tuple = None
-        place, request = held.place, held.view.request
+        place, request = held.place, held.held
         node = self.nodes[held.pos]
         freed: dict[int, GpuView] = {}
         for index in place.gpus:
@@ -439,12 +460,22 @@ class ClusterState:
         held.share = share
         view, place = held.view, held.place
         # Built whole rather than with dataclasses.replace, which costs three times as much.
+        # A running job's view shows what it holds, so that policies free the right room when
+        # they weigh preempting it.
         self._views[view.id] = JobView(
-            view.id, view.request, view.tenant, view.priority, view.qos, view.submitted_at,
+            view.id, held.held, view.tenant, view.priority, view.qos, view.submitted_at,
             held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
-            place.node, place.gpus, held.paused, view.preemptions, held.share, held.since,
+            place.node, place.gpus, held.paused, view.preemptions, held.share, held.since, view.stints,
         )
         self._running_tuple = None
+
+
+def _gpus_wanted(request: Resources) -> int:
+    """How many GPUs a placement of ``request`` holds, as framework.options offers them: none for
+    a CPU-only job, one for a share, a turn or a MIG slice, else the whole GPUs it asks."""
+    if not (request.gpus or request.gpu_milli or request.mig_profile):
+        return 0
+    return 1 if request.gpu_milli or request.mig_profile or request.timeslice else request.gpus
 
 
 def _with_gpu(node: NodeView, gpu: GpuView) -> NodeView:

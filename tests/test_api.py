@@ -162,6 +162,15 @@ def test_policy_list_shows_the_active_one_and_set_swaps_it(client: Client) -> No
     assert client.set_policy("fifo").active
 
 
+def test_policy_list_says_where_each_policy_came_from_and_its_verified_gain(client: Client) -> None:
+    infos = {p.name: p for p in client.policies()}
+    assert "SymbioticLab/Tiresias" in infos["tiresias"].provenance
+    assert infos["fifo"].provenance == "hand-written"
+    assert infos["fifo"].verified_gain == ""
+    evolved = [p for p in infos.values() if p.name.startswith("evolved-")]
+    assert all(p.verified_gain for p in evolved)
+
+
 def test_unknown_policy_is_invalid_argument(client: Client) -> None:
     with pytest.raises(ApiError) as err:
         client.set_policy("no-such-policy")

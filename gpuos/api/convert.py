@@ -160,10 +160,9 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
     sharing = r.sharing.strip().lower()
     if sharing not in SHARING_MODES:
         raise InvalidArgument("resources.sharing", f"{quote(r.sharing)} is not one of mps, timeslice (or empty)")
-    if sharing == "mps":
-        if not milli:
-            raise InvalidArgument("resources.sharing", "mps shares a GPU by fraction; also set a gpu_fraction below 1")
-        sharing = ""  # a fraction is shared with MPS unless it asks for turns
+    if sharing == "mps" and not milli:
+        raise InvalidArgument("resources.sharing", "mps shares a GPU by fraction; also set a gpu_fraction below 1")
+    # "mps" stays: it pins the mode, where an empty one lets the policy choose (Policy.share).
     if sharing and mig:
         raise InvalidArgument("resources.sharing", "a MIG slice is not shared; leave sharing empty")
     if sharing == TIMESLICE and gpus != 1:

@@ -38,7 +38,7 @@ from gpuos.errors import (
     Unauthenticated,
 )
 from gpuos.jobs import Job, JobKind, JobSpec, JobState, PartitionKind
-from gpuos.scheduler import available, get_policy
+from gpuos.scheduler import Policy, available, get_policy
 from gpuos.store import decode_page_token, encode_page_token
 from gpuos.text import clip_utf8, quote
 from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
@@ -388,8 +388,7 @@ class PolicyServicer(_Base):
         active = self.service.policy_name
         return policy_pb2.ListPoliciesResponse(
             policies=[
-                policy_pb2.PolicyInfo(name=name, description=cls.description, active=name == active)
-                for name, cls in available().items()
+                _info(name, cls, active=name == active) for name, cls in available().items()
             ]
         )
 
@@ -403,7 +402,12 @@ class PolicyServicer(_Base):
             raise InvalidArgument("name", "is empty; name a policy (see `gpuosctl policy list`)")
         policy = get_policy(name)
         self.service.set_policy(policy)
-        return policy_pb2.PolicyInfo(name=policy.name, description=policy.description, active=True)
+        return _info(policy.name, type(policy), active=True)
+
+
+def _info(name: str, cls: type[Policy], active: bool) -> policy_pb2.PolicyInfo:
+    return policy_pb2.PolicyInfo(name=name, description=cls.description, active=active,
+                                 provenance=cls.provenance, verified_gain=cls.verified_gain)
 
 
 SERVICE_NAMES = (

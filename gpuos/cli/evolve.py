@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def add_evolve_parser(sub: Any) -> None:
                     "workload specs (trace|gpus=..|start=..|jobs=..|load=..), comma-separated, or 'training' / "
                     "'held-out' for the built-in sets (gpuos.agents.workloads).",
     )
-    p.add_argument("--objective", default="mean_jct", help="mean_jct, p99_latency, fragmentation or makespan")
+    p.add_argument("--objective", default="mean_jct",
+                   help="mean_jct, slo_miss, latency_wait_p99, slowdown, idle_while_waiting, fragmentation or makespan")
     p.add_argument("--traces", default="training", help="training traces (default: the built-in training set)")
     p.add_argument("--held-out", default="held-out", help="held-out traces for the report ('' to skip)")
     p.add_argument("--engine", choices=("gp", "tune", "openevolve"), default="gp")
@@ -41,7 +43,13 @@ def add_evolve_parser(sub: Any) -> None:
                    help="gp: also start from the best genome of an earlier run (its report.json); repeatable")
     p.add_argument("--run-dir", default="", help="directory for state, report and plots (required to search)")
     p.add_argument("--verify", default="", metavar="POLICY_FILE",
-                   help="no search: score this policy file on the held-out traces against the baselines")
+                   help="no search: judge this policy file by the held-out protocol (gpuos.agents.verify) on "
+                        "--trace (default: the built-in held-out set)")
+    p.add_argument("--trace", action="append", default=[], metavar="FILE",
+                   help="with --verify: a trace of one's own (CSV path or name, cut into windows), a workload "
+                        "spec, or 'held-out'; repeatable")
+    p.add_argument("--no-robustness", action="store_true",
+                   help="with --verify: skip the reruns at other interference and preemption costs")
     p.add_argument("--resume", action="store_true", help="continue the search in --run-dir")
     p.add_argument("--emit", default="", help="also write the best policy, with its provenance header, here")
     p.add_argument("--api-base", default=None, help="openevolve: OpenAI-compatible endpoint")
@@ -54,7 +62,9 @@ def _traces(text: str, default: tuple[str, ...], builtin: dict[str, tuple[str, .
         return []
     if text in builtin:
         return list(builtin[text])
-    return [t.strip() for t in text.split(",") if t.strip()] or list(default)
+    # Commas separate traces, but a spec's cluster (gpus=1x8xG2,1x4xT4) has commas too: split
+    # only where the next item does not start with a digit.
+    return [t.strip() for t in re.split(r",(?!\d)", text) if t.strip()] or list(default)
 
 
 # Every engine scores candidates in the simulator (numpy); openevolve also drives an LLM.
@@ -86,7 +96,15 @@ def run_evolve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.verify:
-        return _verify(args, held_out, args.verify)
+        from gpuos.agents.workloads import windows_of
+        from gpuos.errors import GpuosError
+
+        try:
+            specs = [w for t in args.trace for w in windows_of(t)] if args.trace else held_out
+        except (GpuosError, OSError, ValueError) as exc:
+            print(f"gpuosctl evolve: --trace: {exc}", file=sys.stderr)
+            return 2
+        return _verify(args, specs, args.verify)
     if not args.run_dir:
         print("gpuosctl evolve: --run-dir is required for a search", file=sys.stderr)
         return 2
@@ -124,20 +142,19 @@ def run_evolve(args: argparse.Namespace) -> int:
     return 0 if not held or held.get("valid") else 1
 
 
-def _verify(args: argparse.Namespace, held_out: list[str], path: str | Path) -> int:
-    """Score the policy file at ``path`` on ``held_out`` and print the report."""
-    from gpuos.agents.search import format_report, held_out_table
+def _verify(args: argparse.Namespace, specs: list[str], path: str | Path) -> int:
+    """Judge the policy file at ``path`` on ``specs`` by the held-out protocol and print the report."""
+    from gpuos.agents.verify import format_verdict, verify
 
     try:
         source = Path(path).read_text()
     except OSError as exc:
         print(f"gpuosctl evolve: cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    held = held_out_table(source, held_out, args.objective)
-    report = {"config": {"objective": args.objective, "engine": "verify", "iterations": 0, "population": 0,
-                         "seed": args.seed}, "best": {"training_combined": float("nan")}, "held_out": held}
-    print(json.dumps(report, indent=1) if args.output == "json" else format_report(report))
-    return 0 if held.get("valid") else 1
+    report = verify(source, args.objective, specs, filename=str(path),
+                    robustness=not getattr(args, "no_robustness", False))
+    print(json.dumps(report, indent=1) if args.output == "json" else format_verdict(report))
+    return 0 if report.get("valid") else 1
 
 
 def _run_openevolve(args: argparse.Namespace, traces: list[str], held_out: list[str]) -> int:

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mig-profile", default="", help="a MIG slice, e.g. 1g.10gb")
     p.add_argument("--gpu-type", action="append", default=[], help="allowed GPU model (repeatable)")
     p.add_argument("--share", default="", choices=["", "mps", "timeslice"],
-                   help="how to share a GPU: mps (default for --gpu-fraction) or timeslice (take turns)")
+                   help="how to share a GPU: mps or timeslice (take turns); unset, the policy chooses "
+                        "for a --gpu-fraction (MPS unless it says otherwise)")
     p.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
     p.add_argument("--tenant", default="", help="submit for this tenant (admins only; default: you)")
     p.add_argument("--qos", default="", choices=["", "LS", "BE", "ls", "be"], help="LS latency-sensitive, BE best-effort")
@@ -220,11 +221,13 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
             if args.policy_cmd == "list":
                 policies = client.policies()
                 if as_json:
-                    print(output.dumps([{"name": p.name, "description": p.description, "active": p.active}
+                    print(output.dumps([{"name": p.name, "description": p.description, "active": p.active,
+                                         "provenance": p.provenance, "verified_gain": p.verified_gain}
                                         for p in policies]))
                 else:
-                    print(output.table(["", "POLICY", "DESCRIPTION"],
-                                       [["*" if p.active else "", p.name, p.description] for p in policies]))
+                    print(output.table(["", "POLICY", "DESCRIPTION", "PROVENANCE", "VERIFIED GAIN"],
+                                       [["*" if p.active else "", p.name, p.description, p.provenance,
+                                         p.verified_gain or "-"] for p in policies]))
             else:
                 info = client.set_policy(args.name)
                 print(f"policy is now {info.name}")

@@ -17,7 +17,6 @@ from gpuos.devices.backend import DeviceInfo
 from gpuos.jobs import Job, JobState
 from gpuos.mig import Instance
 from gpuos.scheduler import GpuView, JobView, NodeView, Place, Snapshot
-from gpuos.scheduler.framework import sharing_of
 from gpuos.scheduler.snapshot import MILLI
 from gpuos.scheduler.state import ClusterState, Holding, StateError
 
@@ -48,7 +47,7 @@ def place_of(job: Job) -> Place:
     granted = placement.granted
     # A share's or a slice's compute, a time-sharer's weight; a whole GPU's is all of it.
     return Place(job.id, NODE, placement.devices, granted.gpu_milli or MILLI, granted.memory_bytes,
-                 granted.mig_profile, placement.mig_slot, sharing_of(job.spec.resources))
+                 granted.mig_profile, placement.mig_slot, placement.sharing)
 
 
 class Cluster:

@@ -24,7 +24,17 @@ from gpuos.daemon.partitioning import Partitioned, Partitions
 from gpuos.daemon.turns import Turns
 from gpuos.devices.backend import DeviceBackend, DeviceInfo
 from gpuos.errors import BackendError, FailedPrecondition, GpuosError
-from gpuos.jobs import Job, JobKind, JobState, Partition, PartitionKind, Placement, Reason, Resources
+from gpuos.jobs import (
+    TIMESLICE,
+    Job,
+    JobKind,
+    JobState,
+    Partition,
+    PartitionKind,
+    Placement,
+    Reason,
+    Resources,
+)
 from gpuos.partitions.memory import Overrun
 from gpuos.runtime.process import Handle, Launch, ProcessRuntime
 from gpuos.scheduler import Place
@@ -77,7 +87,8 @@ def placement_of(place: Place, job: Job, devices: Sequence[DeviceInfo]) -> Place
             gpu_milli=place.milli if (request.gpu_milli or place.mig_profile or request.timeslice) else 0,
             memory_bytes=place.memory,
             mig_profile=place.mig_profile,
-            sharing=request.sharing,
+            # A turn its policy chose is a turn (Policy.share); a user's pinned mode is kept.
+            sharing=TIMESLICE if place.sharing == TIMESLICE else request.sharing,
         ),
         mig_slot=place.mig_slot,
     )

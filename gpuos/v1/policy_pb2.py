@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpuos/v1/policy.proto\x12\x08gpuos.v1\"?\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\x15\n\x13ListPoliciesRequest\">\n\x14ListPoliciesResponse\x12&\n\x08policies\x18\x01 \x03(\x0b\x32\x14.gpuos.v1.PolicyInfo\" \n\x10SetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x8f\x01\n\rPolicyService\x12\x45\n\x04List\x12\x1d.gpuos.v1.ListPoliciesRequest\x1a\x1e.gpuos.v1.ListPoliciesResponse\x12\x37\n\x03Set\x12\x1a.gpuos.v1.SetPolicyRequest\x1a\x14.gpuos.v1.PolicyInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpuos/v1/policy.proto\x12\x08gpuos.v1\"j\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x12\n\nprovenance\x18\x04 \x01(\t\x12\x15\n\rverified_gain\x18\x05 \x01(\t\"\x15\n\x13ListPoliciesRequest\">\n\x14ListPoliciesResponse\x12&\n\x08policies\x18\x01 \x03(\x0b\x32\x14.gpuos.v1.PolicyInfo\" \n\x10SetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x8f\x01\n\rPolicyService\x12\x45\n\x04List\x12\x1d.gpuos.v1.ListPoliciesRequest\x1a\x1e.gpuos.v1.ListPoliciesResponse\x12\x37\n\x03Set\x12\x1a.gpuos.v1.SetPolicyRequest\x1a\x14.gpuos.v1.PolicyInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuos.v1.policy_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POLICYINFO']._serialized_start=35
-  _globals['_POLICYINFO']._serialized_end=98
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=100
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=121
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=123
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=185
-  _globals['_SETPOLICYREQUEST']._serialized_start=187
-  _globals['_SETPOLICYREQUEST']._serialized_end=219
-  _globals['_POLICYSERVICE']._serialized_start=222
-  _globals['_POLICYSERVICE']._serialized_end=365
+  _globals['_POLICYINFO']._serialized_end=141
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=143
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=164
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=166
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=228
+  _globals['_SETPOLICYREQUEST']._serialized_start=230
+  _globals['_SETPOLICYREQUEST']._serialized_end=262
+  _globals['_POLICYSERVICE']._serialized_start=265
+  _globals['_POLICYSERVICE']._serialized_end=408
 # @@protoc_insertion_point(module_scope)

@@ -7,14 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("name", "description", "active")
+    __slots__ = ("name", "description", "active", "provenance", "verified_gain")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_GAIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     active: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., active: _Optional[bool] = ...) -> None: ...
+    provenance: str
+    verified_gain: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., active: _Optional[bool] = ..., provenance: _Optional[str] = ..., verified_gain: _Optional[str] = ...) -> None: ...
 
 class ListPoliciesRequest(_message.Message):
     __slots__ = ()

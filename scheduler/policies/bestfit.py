@@ -16,6 +16,7 @@ from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Snapshot
 class BestFit(Policy):
     name = "best-fit"
     description = "least free GPU capacity left on the node (then on the GPU)"
+    provenance = "Best-fit, the baseline of FGD (USENIX ATC'23), after Kubernetes' MostAllocated"
     first_fit = False
     scores_node_state_only = True
 

@@ -44,6 +44,7 @@ def dominant(held: tuple[float, float, float], total: tuple[float, float, float]
 class DominantResourceFairness(Policy):
     name = "drf"
     description = "tenant with the least dominant share first (DRF; max-min on GPUs alone)"
+    provenance = "DRF, NSDI'11 (Ghodsi et al.)"
 
     def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
         total = capacity(snap)

@@ -23,6 +23,7 @@ from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Snapshot
 class Fgd(Policy):
     name = "fgd"
     description = "least growth of expected GPU fragmentation (FGD, ATC'23)"
+    provenance = "FGD, USENIX ATC'23 (Weng et al.)"
     first_fit = False
     scores_node_state_only = True
 
@@ -52,3 +53,13 @@ class Fgd(Policy):
         frees = tuple(sorted(f for f in left if f > 0))
         after = frag.of(model, frees, node.cpu_milli_free - job.cpu_milli)
         return before - after
+
+
+def given_workload(policy: Policy, classes: Sequence[TaskClass]) -> Policy:
+    """``policy``, or, where it is an FGD given no target workload, the FGD that targets ``classes``
+    (the simulator gives it the trace's request mix; a candidate's own process, which never holds
+    the trace, is sent the mix)."""
+    if isinstance(policy, Fgd) and policy.workload is None:
+        # Its own class: a policy combining FGD placement with another order stays that policy.
+        return type(policy)(workload=classes)
+    return policy

@@ -24,6 +24,7 @@ from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Snapshot
 class Gandiva(Policy):
     name = "gandiva"
     description = "time-slicing by suspend/resume in quanta, packing shares onto used GPUs"
+    provenance = "Gandiva, OSDI'18 (Xiao et al.), time-slicing and packing"
     first_fit = False
     scores_node_state_only = True
     # A time slice of one minute: long against suspend/resume cost, short against job lengths.

@@ -25,6 +25,7 @@ def rank(job: JobView) -> int:
 class StrictPriority(Policy):
     name = "priority"
     description = "LS before BE, then priority and arrival; LS preempts BE"
+    provenance = "strict QoS priority with preemption (Kubernetes priority classes)"
 
     def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
         return sorted(pending, key=lambda j: (-rank(j), -j.priority, j.submitted_at, j.id))

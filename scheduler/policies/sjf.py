@@ -23,6 +23,7 @@ def estimate(job: JobView) -> float:
 class ShortestJobFirst(Policy):
     name = "sjf"
     description = "shortest user estimate first, first fit, no preemption"
+    provenance = "SJF, on users' estimates"
 
     def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
         return sorted(pending, key=lambda j: (estimate(j), j.submitted_at, j.id))

@@ -27,6 +27,10 @@ def remaining(job: JobView, now: float) -> float:
 class ShortestRemainingTimeFirst(Policy):
     name = "srtf"
     description = "least estimated remaining time first; preempts jobs with more left"
+    provenance = "SRTF (Schrage, 1968), on users' estimates"
+    # A running job is preempted only if it has this many times the waiting job's work left:
+    # only jobs with clearly more left are worth a checkpoint-restore.
+    margin = 2.0
 
     def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
         return sorted(pending, key=lambda j: (remaining(j, snap.now), j.submitted_at, j.id))
@@ -35,9 +39,8 @@ class ShortestRemainingTimeFirst(Policy):
         mine = remaining(job, snap.now)
         if mine == math.inf:
             return ()
-        # Only jobs with clearly more left are worth a checkpoint-restore.
         return victims_to_fit(
             job, snap,
-            eligible=lambda r: remaining(r, snap.now) > 2 * mine,
+            eligible=lambda r: remaining(r, snap.now) > self.margin * mine,
             preference=lambda r: -remaining(r, snap.now),
         )

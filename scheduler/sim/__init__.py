@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.sim.cluster import NodeSpec, describe, parse_gpus
-from gpuos.scheduler.sim.engine import SimConfig, SimulationError, Simulator, resolve_policy
+from gpuos.scheduler.sim.engine import Decide, SimConfig, SimulationError, Simulator, resolve_policy
 from gpuos.scheduler.sim.fill import FillResult, fill_cluster
 from gpuos.scheduler.sim.metrics import ClassStats, SimResult, summarise
 from gpuos.scheduler.sim.traces import Trace, TraceJob, load_trace, with_cluster
@@ -40,16 +40,18 @@ def run_simulation(
     gpus: str | None = None,
     seed: int = 0,
     config: SimConfig | None = None,
+    decide: Decide | None = None,
 ) -> SimResult:
     """Replay ``trace`` under ``policy`` on the trace's cluster, or on ``gpus`` (a ``--gpus`` spec).
 
     Deterministic for a given (trace, policy, gpus, seed, config). Raises
-    :class:`SimulationError` if a decision breaks the cluster's rules.
+    :class:`SimulationError` if a decision breaks the cluster's rules. ``decide``, when given,
+    makes each round's decisions in place of ``schedule(snapshot, policy)`` (see Simulator).
     """
     loaded = trace if isinstance(trace, Trace) else load_trace(trace, seed=seed)
     loaded = with_cluster(loaded, gpus)
     instance = resolve_policy(policy, loaded)
     started = time.perf_counter()
-    outcome = Simulator(loaded, instance, seed=seed, config=config).run()
+    outcome = Simulator(loaded, instance, seed=seed, config=config, decide=decide).run()
     wall = time.perf_counter() - started
     return summarise(outcome, loaded.name, instance.name, describe(loaded.nodes), seed, wall)

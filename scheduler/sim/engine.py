@@ -27,15 +27,16 @@ import gc
 import heapq
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gpuos.scheduler.fragmentation import Fragmentation, workload
-from gpuos.scheduler.framework import schedule
+from gpuos.scheduler.framework import options, schedule
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.registry import get_policy
 from gpuos.scheduler.sim.cluster import node_view
 from gpuos.scheduler.sim.traces import Trace, TraceJob
-from gpuos.scheduler.snapshot import MILLI, JobView, NodeView, Place, Preempt, Snapshot
+from gpuos.scheduler.snapshot import MILLI, Decision, JobView, NodeView, Place, Preempt, Snapshot
 from gpuos.scheduler.state import Cadence, ClusterState, Costs, StateError
 
 # Rounds at one instant: a round that preempts frees capacity, so one more round places the
@@ -91,6 +92,11 @@ class JobRecord:
     since: float = 0.0
     version: int = 0
 
+    @property
+    def gpu(self) -> bool:
+        """Whether the job holds GPU compute: CPU-only pods stay out of every GPU metric."""
+        return self.job.request.compute_milli > 0
+
 
 @dataclass
 class Timeline:
@@ -101,6 +107,9 @@ class Timeline:
     fragmented: list[float] = field(default_factory=list)  # share unusable by fragmentation
     queued: list[int] = field(default_factory=list)
     running: list[int] = field(default_factory=list)
+    # Whether a GPU job that an empty cluster could take waits (FGD's "unallocated GPU while
+    # jobs wait" counts only then); empty where the source of the timeline cannot tell.
+    gpu_waiting: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -110,26 +119,37 @@ class Outcome:
     rounds: int
     failures: int
     capacity: int  # GPUs
+    # When the run stopped: the horizon if it stopped there, else its last instant (NaN: unknown,
+    # read the timeline); jobs unfinished then count up to it in the GPU metrics.
+    end: float = math.nan
 
 
 def resolve_policy(policy: str | Policy, trace: Trace) -> Policy:
     """A policy instance; FGD is given the trace's request distribution as its target workload
     (the paper assumes the workload is known from history, and the trace is that history)."""
-    from gpuos.scheduler.policies.fgd import Fgd
+    from gpuos.scheduler.policies.fgd import given_workload
 
     instance = get_policy(policy) if isinstance(policy, str) else policy
-    if isinstance(instance, Fgd) and instance.workload is None:
-        instance = Fgd(workload=workload((j.request, j.cpu_milli) for j in trace.jobs))
-    return instance
+    return given_workload(instance, workload((j.request, j.cpu_milli) for j in trace.jobs))
+
+
+Decide = Callable[[Snapshot], Sequence[Decision]]
+"""One scheduling round: a snapshot to the decisions it leads to (``schedule`` with the policy, by
+default; an untrusted candidate's process, for the evaluator, agents/sandbox.py)."""
 
 
 class Simulator:
     """Drives the shared cluster-state model (scheduler/state.py) through a trace; what it adds is
-    the truth the daemon never sees: each job's remaining work, and when it will finish."""
+    the truth the daemon never sees: each job's remaining work, and when it will finish.
 
-    def __init__(self, trace: Trace, policy: Policy, seed: int = 0, config: SimConfig | None = None) -> None:
+    ``decide`` makes each round's decisions (default: :func:`schedule` with ``policy`` here); the
+    model checks every one of them, wherever it was made."""
+
+    def __init__(self, trace: Trace, policy: Policy, seed: int = 0, config: SimConfig | None = None,
+                 decide: Decide | None = None) -> None:
         self.trace = trace
         self.policy = policy
+        self.decide: Decide = decide if decide is not None else (lambda snap: schedule(snap, policy))
         self.config = config or SimConfig()
         self.rng = random.Random(f"sim/{seed}")
         nodes = [node_view(spec) for spec in trace.nodes]
@@ -147,6 +167,7 @@ class Simulator:
         self.repairs = 0
         self.dirty = False
         self._tick_at = math.inf
+        self._end = math.inf
         self.capacity = sum(len(n.gpus) for n in nodes)
         self.frag = Fragmentation(workload((j.request, j.cpu_milli) for j in trace.jobs))
         self._node_frag = [self.frag.node(n) for n in nodes]
@@ -155,9 +176,27 @@ class Simulator:
         self._frag_total = sum(self._node_frag)
         self._alloc_total = sum(self._node_alloc)
         self._healthy_total = sum(self._node_health)
+        self._fits_empty = self._fitting_gpu_jobs(nodes)
         self.state = ClusterState(nodes, self.config.costs, on_node=self._node_changed)
 
     # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _fitting_gpu_jobs(self, nodes: list[NodeView]) -> frozenset[str]:
+        """The GPU jobs some node could take while the cluster is empty: a wait of one of them,
+        unlike a job no node can hold, is the policy's to answer for."""
+        shapes = list({(n.gpus, n.cpu_milli_free, n.host_memory_free): n for n in nodes}.values())
+        fits: dict[tuple[object, ...], bool] = {}
+        found = []
+        for rec in self.records.values():
+            if not rec.gpu:
+                continue
+            view = self._pending_view(rec, 0.0)
+            key = (view.request, view.cpu_milli, view.host_memory)
+            if key not in fits:
+                fits[key] = any(next(options(view, n), None) is not None for n in shapes)
+            if fits[key]:
+                found.append(view.id)  # the id the pending queue holds it under
+        return frozenset(found)
 
     @staticmethod
     def _allocated(node: NodeView) -> int:
@@ -286,13 +325,15 @@ class Simulator:
             if not self.state.pending:
                 return
             self.rounds += 1
-            decisions = schedule(self.snapshot(now), self.policy)
+            decisions = self.decide(self.snapshot(now))
             preempted = False
             for decision in decisions:
                 if isinstance(decision, Place):
                     self._start(decision, now)
                 elif isinstance(decision, Preempt):
                     preempted |= self._preempt(decision.job_id, now)
+                else:
+                    raise SimulationError(f"policy {self.policy.name}: {decision!r:.80} is not a decision")
             if not preempted:
                 return
 
@@ -364,6 +405,7 @@ class Simulator:
                 self._tick_at,
             )
             if now == math.inf or now > self.config.horizon:
+                self._end = min(now, self.config.horizon)
                 break
             while next_arrival < len(arrivals) and arrivals[next_arrival].arrival <= now:
                 self._enqueue(self.records[arrivals[next_arrival].id], now)
@@ -401,7 +443,8 @@ class Simulator:
             if self.config.check_invariants:
                 self.check(now)
             self._sample(now)
-        return Outcome(list(self.records.values()), self.timeline, self.rounds, self.failures, self.capacity)
+        end = self._end if self._end < math.inf else (self.timeline.times[-1] if self.timeline.times else 0.0)
+        return Outcome(list(self.records.values()), self.timeline, self.rounds, self.failures, self.capacity, end)
 
     def _sample(self, now: float) -> None:
         t = self.timeline
@@ -412,11 +455,14 @@ class Simulator:
             t.fragmented.pop()
             t.queued.pop()
             t.running.pop()
+            t.gpu_waiting.pop()
         t.times.append(now)
         t.allocated.append(self._alloc_total / capacity)
         t.fragmented.append(self._frag_total / capacity)
         t.queued.append(len(self.state.pending))
         t.running.append(len(self.state.running))
+        fits = self._fits_empty
+        t.gpu_waiting.append(any(j in fits for j in self.state.pending))
 
     def check(self, now: float) -> None:
         """Raise :class:`SimulationError` if any GPU or node is over-committed or a job is lost."""

@@ -3,9 +3,24 @@
 JCT = finish - arrival; queueing delay = first start - arrival; both per QoS class over the jobs
 that finished (unfinished jobs are counted apart). Allocation and fragmentation are time
 averages over [first arrival, last event] of the share of healthy GPU capacity allocated, and
-unusable by fragmentation (FGD's measure against the trace's own request distribution). SLO
-attainment: latency-class jobs (LS, Guaranteed) finished by their SLO, over all latency-class
-jobs. Jain's index is over tenants' mean service ratio duration / JCT (1 = equal treatment).
+unusable by fragmentation (FGD's measure against the trace's own request distribution).
+
+The user-facing figures count GPU jobs only (a request with GPU compute; CPU-only pods are left
+out), and a job unfinished when the run stopped counts as if it finished (or, never started,
+started) then, so a policy cannot improve a figure by leaving a job out of it:
+
+- ``gpu_jct_mean``: mean JCT of the GPU jobs that finished (0 when none did);
+- the latency group: the latency-class (LS, Guaranteed) GPU jobs, or all GPU jobs in a trace
+  without any. ``slo_attainment``: its share finished within the job's SLO (a job without one
+  gets the latency class's rule, :func:`slo_for`); ``latency_wait_p99``: the 99th percentile of
+  its queueing delays;
+- ``slowdown_mean``: mean bounded slowdown, max(1, JCT / max(duration, ``SLOWDOWN_TAU``));
+- ``idle_while_waiting``: FGD's "unallocated GPU while jobs wait": over the time some GPU job
+  waits that an empty cluster could take, the time-averaged share of healthy GPU capacity
+  left unallocated (0 when no such job ever waits);
+- ``jain``: Jain's index over tenants of their GPU jobs' mean service ratio min(1, duration /
+  JCT) (1 = equal treatment); ``gpu_max_wait``: the longest queueing delay of a GPU job that
+  started; ``gpu_never_started``: GPU jobs that never did.
 """
 
 from __future__ import annotations
@@ -15,8 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuos.scheduler.sim.engine import JobRecord, Outcome
-from gpuos.scheduler.sim.traces import LATENCY_CLASSES
+from gpuos.scheduler.sim.engine import JobRecord, Outcome, Timeline
+from gpuos.scheduler.sim.traces import LATENCY_CLASSES, slo_for
+
+# Bounded slowdown's threshold (Feitelson): a job shorter than this is judged as if it took this
+# long, so a 1-second job that waited 10 s does not outweigh every long job's slowdown.
+SLOWDOWN_TAU = 10.0
+# The class whose SLO rule applies to a job that carries no SLO of its own.
+_LATENCY_RULE = "LS"
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,12 @@ class SimResult:
     failures: int
     rounds: int
     wall_seconds: float
+    gpu_jct_mean: float
+    latency_wait_p99: float
+    slowdown_mean: float
+    idle_while_waiting: float
+    gpu_max_wait: float
+    gpu_never_started: int
     outcome: Outcome = field(repr=False)
 
     @property
@@ -143,6 +170,47 @@ def jain_index(values: list[float]) -> float:
     return float(a.sum() ** 2 / denom) if denom else 1.0
 
 
+def _end(outcome: Outcome) -> float:
+    """When the run stopped; for an outcome that does not say, its last recorded instant."""
+    if outcome.end == outcome.end:
+        return outcome.end
+    instants = [*outcome.timeline.times[-1:], *(r.finish for r in outcome.records if r.finish is not None),
+                *(r.first_start for r in outcome.records if r.first_start is not None)]
+    return max(instants, default=0.0)
+
+
+def _jct(r: JobRecord, end: float) -> float:
+    """Completion time, up to ``end`` for a job that had not finished by then."""
+    return max(0.0, (r.finish if r.finish is not None else end) - r.job.arrival)
+
+
+def _wait(r: JobRecord, end: float) -> float:
+    """Queueing delay (first start - arrival), up to ``end`` for a job that never started."""
+    return max(0.0, (r.first_start if r.first_start is not None else end) - r.job.arrival)
+
+
+def _slo(r: JobRecord) -> float:
+    return r.job.slo or slo_for(_LATENCY_RULE, r.job.duration)
+
+
+def _idle_while_waiting(t: Timeline, end: float) -> float:
+    """Time-averaged unallocated share of healthy GPU capacity while a GPU job that an empty
+    cluster could take waits; each sample holds until the next one (the last until ``end``).
+    NaN where the timeline does not record waiting (a replay of gpuosd)."""
+    if not t.times:
+        return 0.0
+    if len(t.gpu_waiting) != len(t.times):
+        return float("nan")
+    times = np.append(np.asarray(t.times, dtype=float), max(end, t.times[-1]))
+    dt = np.diff(times)
+    waiting = np.asarray(t.gpu_waiting, dtype=bool)
+    span = float(dt[waiting].sum())
+    if span <= 0:
+        return 0.0
+    idle = 1.0 - np.asarray(t.allocated, dtype=float)
+    return float((idle[waiting] * dt[waiting]).sum() / span)
+
+
 def summarise(outcome: Outcome, trace: str, policy: str, cluster: str, seed: int, wall: float) -> SimResult:
     records = outcome.records
     by_qos: dict[str, list[JobRecord]] = {}
@@ -150,13 +218,18 @@ def summarise(outcome: Outcome, trace: str, policy: str, cluster: str, seed: int
         by_qos.setdefault(r.job.qos, []).append(r)
     classes = [_class_stats(q, rs) for q, rs in sorted(by_qos.items())]
     classes.append(_class_stats("all", records))
-    latency = [r for r in records if r.job.qos in LATENCY_CLASSES]
-    met = sum(1 for r in latency if r.finish is not None and r.finish - r.job.arrival <= r.job.slo)
+    end = _end(outcome)
+    gpu = [r for r in records if r.gpu]
+    latency = [r for r in gpu if r.job.qos in LATENCY_CLASSES] or gpu
+    met = sum(1 for r in latency if r.finish is not None and r.finish - r.job.arrival <= _slo(r))
     ratios: dict[str, list[float]] = {}
-    for r in records:
-        if r.finish is not None:
-            jct = r.finish - r.job.arrival
-            ratios.setdefault(r.job.tenant, []).append(min(1.0, r.job.duration / jct) if jct > 0 else 1.0)
+    for r in gpu:
+        jct = _jct(r, end)
+        ratios.setdefault(r.job.tenant, []).append(min(1.0, r.job.duration / jct) if jct > 0 else 1.0)
+    done = [_jct(r, end) for r in gpu if r.finish is not None]
+    latency_waits = [_wait(r, end) for r in latency]
+    started = [_wait(r, end) for r in gpu if r.first_start is not None]
+    slowdowns = [max(1.0, _jct(r, end) / max(r.job.duration, SLOWDOWN_TAU)) for r in gpu]
     t = outcome.timeline
     allocation = fragmentation = 0.0
     if len(t.times) > 1:
@@ -185,5 +258,11 @@ def summarise(outcome: Outcome, trace: str, policy: str, cluster: str, seed: int
         failures=outcome.failures,
         rounds=outcome.rounds,
         wall_seconds=wall,
+        gpu_jct_mean=float(np.mean(done)) if done else 0.0,
+        latency_wait_p99=float(np.percentile(latency_waits, 99)) if latency_waits else 0.0,
+        slowdown_mean=float(np.mean(slowdowns)) if slowdowns else 1.0,
+        idle_while_waiting=_idle_while_waiting(t, end),
+        gpu_max_wait=max(started, default=0.0),
+        gpu_never_started=len(gpu) - len(started),
         outcome=outcome,
     )

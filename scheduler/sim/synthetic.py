@@ -22,7 +22,7 @@ import random
 from gpuos.errors import InvalidArgument
 from gpuos.jobs import TIMESLICE, Resources
 from gpuos.scheduler.sim.cluster import parse_gpus
-from gpuos.scheduler.sim.traces import Trace, TraceJob, noisy_estimate, slo_for
+from gpuos.scheduler.sim.traces import Trace, TraceJob, draw_estimate, estimate_rng, slo_for
 
 _CLUSTERS = {"llm-decode": "4x8xH100-80GB", "bursty": "8x8xA100-80GB", "large": "64x8xA100-80GB"}
 _DEFAULT_N = {"llm-decode": 1000, "bursty": 2000, "large": 100_000}
@@ -50,8 +50,9 @@ def _training_request(rng: random.Random) -> tuple[Resources, float]:
     return Resources(gpus=gpus), float(gpus)
 
 
-def generate(kind: str, params: dict[str, str], seed: int = 0) -> Trace:
-    """A synthetic trace of ``kind``; ``params`` may set n, seed and load."""
+def generate(kind: str, params: dict[str, str], seed: int = 0, estimate_seed: int | None = None) -> Trace:
+    """A synthetic trace of ``kind``; ``params`` may set n, seed and load. ``estimate_seed``: see
+    :func:`~gpuos.scheduler.sim.traces.load_trace`."""
     if kind not in _CLUSTERS:
         raise InvalidArgument("trace", f"unknown synthetic kind {kind!r}; known: {', '.join(_CLUSTERS)}")
     try:
@@ -63,6 +64,7 @@ def generate(kind: str, params: dict[str, str], seed: int = 0) -> Trace:
     nodes = parse_gpus(_CLUSTERS[kind])
     capacity = sum(len(node.gpus) for node in nodes)
     rng = random.Random(f"{kind}/{seed}")
+    secret = estimate_rng(estimate_seed)
     if kind == "llm-decode":
         median, sigma, ls_share, make = 120.0, 1.0, 0.6, _llm_request
     else:
@@ -87,7 +89,7 @@ def generate(kind: str, params: dict[str, str], seed: int = 0) -> Trace:
                 tenant=f"tenant-{rng.randrange(8)}",
                 qos=qos,
                 priority=2 if qos == "LS" else 0,
-                estimate=noisy_estimate(rng, duration),
+                estimate=draw_estimate(rng, secret, duration),
                 slo=slo_for(qos, duration),
             )
         )

@@ -80,19 +80,41 @@ def noisy_estimate(rng: random.Random, duration: float) -> float:
     return duration * math.exp(rng.gauss(0.0, ESTIMATE_SIGMA))
 
 
-def load_trace(name: str | Path, seed: int = 0) -> Trace:
-    """The trace called ``name`` (a short name, ``synthetic:...``, or a CSV path)."""
+def estimate_rng(estimate_seed: int | None) -> random.Random | None:
+    """The generator of a loader's estimate noise when ``estimate_seed`` is given, else None.
+
+    Noise drawn from the loader's public seed can be replayed from a job's row number, which
+    gives its true duration away; a secret seed makes the noise unguessable.
+    """
+    return None if estimate_seed is None else random.Random(estimate_seed)
+
+
+def draw_estimate(rng: random.Random, secret: random.Random | None, duration: float) -> float:
+    """The estimate of ``duration``. ``rng`` is always drawn from, so that a trace's job set,
+    arrivals and durations stay the same whichever generator the estimate comes from."""
+    public = noisy_estimate(rng, duration)
+    return public if secret is None else noisy_estimate(secret, duration)
+
+
+def load_trace(name: str | Path, seed: int = 0, estimate_seed: int | None = None) -> Trace:
+    """The trace called ``name`` (a short name, ``synthetic:...``, or a CSV path).
+
+    ``estimate_seed`` (None: the noise follows ``seed``) draws the users' estimates from a
+    separate generator; the jobs, arrivals and durations are the same either way.
+    """
     text = str(name)
     if text.startswith("synthetic:"):
         from gpuos.scheduler.sim.synthetic import generate
 
         kind, _, query = text[len("synthetic:") :].partition("?")
         params = dict(parse_qsl(query))
-        return generate(kind, params, seed)
+        return generate(kind, params, seed, estimate_seed=estimate_seed)
     base, _, variant = text.partition(":")
     if base == "alibaba-gpu-2023":
         folder = trace_dir() / "alibaba-gpu-2023"
-        return load_alibaba_gpu(folder / f"openb_pod_list_{variant or 'default'}.csv", seed=seed, name=text)
+        return load_alibaba_gpu(
+            folder / f"openb_pod_list_{variant or 'default'}.csv", seed=seed, name=text, estimate_seed=estimate_seed
+        )
     if base == "alibaba-genai-2026":
         return load_genai(trace_dir() / "alibaba-genai-2026" / "lora_request_trace.csv", seed=seed, name=text)
     path = Path(text)
@@ -106,7 +128,7 @@ def load_trace(name: str | Path, seed: int = 0) -> Trace:
     if "gmt_create" in header:
         return load_genai(path, seed=seed)
     if "num_gpu" in header:
-        return load_alibaba_gpu(path, seed=seed)
+        return load_alibaba_gpu(path, seed=seed, estimate_seed=estimate_seed)
     raise InvalidArgument("trace", f"{path}: neither an openb pod list nor a GenAI request trace")
 
 
@@ -121,7 +143,9 @@ def load_alibaba_nodes(path: Path) -> tuple[NodeSpec, ...]:
     return tuple(nodes)
 
 
-def load_alibaba_gpu(path: Path, seed: int = 0, name: str = "", nodes_path: Path | None = None) -> Trace:
+def load_alibaba_gpu(
+    path: Path, seed: int = 0, name: str = "", nodes_path: Path | None = None, estimate_seed: int | None = None
+) -> Trace:
     """An openb pod list on the cluster of ``openb_node_list_gpu_node.csv`` beside it.
 
     arrival = creation_time; duration = deletion_time - scheduled_time, or deletion_time -
@@ -134,6 +158,7 @@ def load_alibaba_gpu(path: Path, seed: int = 0, name: str = "", nodes_path: Path
     if not path.exists():
         raise NotFound(f"trace file {path} not found; set GPUOS_TRACES or pass a path")
     rng = random.Random(seed)
+    secret = estimate_rng(estimate_seed)
     with path.open() as f:
         rows = list(csv.DictReader(f))
     nodes_path = nodes_path or path.parent / "openb_node_list_gpu_node.csv"
@@ -164,7 +189,7 @@ def load_alibaba_gpu(path: Path, seed: int = 0, name: str = "", nodes_path: Path
                 tenant=qos,
                 qos=qos,
                 priority=Qos.rank_of(qos),
-                estimate=noisy_estimate(rng, duration),
+                estimate=draw_estimate(rng, secret, duration),
                 cpu_milli=int(row["cpu_milli"]),
                 host_memory=int(row["memory_mib"]) * MiB,
                 slo=slo_for(qos, duration),

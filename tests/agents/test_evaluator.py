@@ -9,10 +9,13 @@ import pytest
 
 from gpuos.agents import evaluate
 from gpuos.agents.evaluator import compute_baselines, evaluate_source, evaluate_stage1
+from gpuos.agents.masking import Secret
 from gpuos.agents.sandbox import CandidateRejected, check_source
 
 QUICK = ["synthetic:bursty?n=60&seed=5|gpus=1x8xA100-80GB|load=1.5"]
 CALM = ["synthetic:bursty?n=40&seed=7|gpus=2x8xA100-80GB|load=0.4"]
+# One secret for the candidates and the baselines they are compared with here, as in a search.
+SECRET = Secret.fresh()
 
 HEADER = """
 from __future__ import annotations
@@ -30,7 +33,7 @@ def candidate(body: str, imports: str = "") -> str:
 
 
 def score(source: str, traces: list[str] = QUICK, **kwargs: object) -> dict[str, object]:
-    return evaluate_source(source, traces=traces, **kwargs)  # type: ignore[arg-type]
+    return evaluate_source(source, traces=traces, secret=SECRET, **kwargs)  # type: ignore[arg-type]
 
 
 SHORTEST_ESTIMATE = candidate(
@@ -44,7 +47,7 @@ SHORTEST_ESTIMATE = candidate(
 def test_a_valid_candidate_scores_its_ratio_to_the_best_human_policy() -> None:
     result = score(SHORTEST_ESTIMATE)
     assert result["valid"] == 1.0 and "error" not in result
-    base = compute_baselines(QUICK)
+    base = compute_baselines(QUICK, secret=SECRET)
     _, best = base.best(QUICK[0], "mean_jct")
     assert result[f"{QUICK[0]}/score"] == pytest.approx(best / result[f"{QUICK[0]}/mean_jct"])
     assert result["combined_score"] == pytest.approx(result["primary_score"] * result["guard_penalty"])
@@ -52,13 +55,13 @@ def test_a_valid_candidate_scores_its_ratio_to_the_best_human_policy() -> None:
 
 def test_fifo_as_a_candidate_scores_what_fifo_measured_as_a_baseline() -> None:
     result = score(candidate("pass"))
-    fifo = compute_baselines(QUICK).runs[QUICK[0]]["fifo"]
+    fifo = compute_baselines(QUICK, secret=SECRET).runs[QUICK[0]]["fifo"]
     assert result[f"{QUICK[0]}/mean_jct"] == pytest.approx(fifo.metrics["mean_jct"])
 
 
 def test_the_objective_chooses_the_metric_of_the_ratio() -> None:
     result = score(SHORTEST_ESTIMATE, objective="makespan")
-    _, best = compute_baselines(QUICK).best(QUICK[0], "makespan")
+    _, best = compute_baselines(QUICK, "makespan", secret=SECRET).best(QUICK[0], "makespan")
     assert result[f"{QUICK[0]}/score"] == pytest.approx(best / result[f"{QUICK[0]}/makespan"])
 
 
@@ -67,7 +70,10 @@ def test_stage1_takes_under_a_second_from_a_file(tmp_path: Path) -> None:
 
     path = tmp_path / "candidate.py"
     path.write_text(SHORTEST_ESTIMATE)
-    compute_baselines(["synthetic:bursty?n=60&seed=5|gpus=1x8xA100-80GB|load=1.5"])
+    import tempfile
+
+    cache = Path(tempfile.gettempdir()) / "gpuos-adrs-baselines"
+    compute_baselines(["synthetic:bursty?n=60&seed=5|gpus=1x8xA100-80GB|load=1.5"], secret=Secret.load_or_create(cache))
     started = time.perf_counter()
     result = evaluate_stage1(path)
     assert time.perf_counter() - started < 1.0
@@ -78,11 +84,11 @@ def test_config_file_sets_objective_and_traces(tmp_path: Path, monkeypatch: pyte
     path = tmp_path / "candidate.py"
     path.write_text(SHORTEST_ESTIMATE)
     config = tmp_path / "adrs.json"
-    config.write_text(f'{{"objective": "makespan", "traces": ["{CALM[0]}"]}}')
+    config.write_text(f'{{"objective": "makespan", "traces": ["{CALM[0]}"], "cache_dir": "{tmp_path / "cache"}"}}')
     monkeypatch.setenv("GPUOS_ADRS_CONFIG", str(config))
     result = evaluate(path)
     assert f"{CALM[0]}/score" in result
-    _, best = compute_baselines(CALM).best(CALM[0], "makespan")
+    _, best = compute_baselines(CALM, "makespan", secret=Secret.load_or_create(tmp_path / "cache")).best(CALM[0], "makespan")
     assert result[f"{CALM[0]}/score"] == pytest.approx(best / result[f"{CALM[0]}/makespan"])
 
 
@@ -177,7 +183,7 @@ def test_a_candidate_that_holds_one_job_back_until_the_end_is_starvation() -> No
     bad = candidate(
         """
         def fits(self, job: JobView, node: NodeView, gpus: tuple[GpuView, ...], snap: Snapshot) -> bool:
-            return not job.id.endswith("000001") or snap.now > 14000
+            return job.submitted_at > 0 or snap.now > 14000  # the first arrival waits (ids are salted)
         """
     )
     assert_zero(score(bad, traces=CALM), "starvation")

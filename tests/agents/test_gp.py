@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
 from gpuos.agents import gp
 from gpuos.agents.evaluator import compute_baselines
+from gpuos.agents.objectives import simulate
 from gpuos.agents.sandbox import check_source, load_policy_class
 from gpuos.agents.search import evaluate_in_process
 from gpuos.agents.workloads import load_workload
-from gpuos.scheduler import Policy
+from gpuos.jobs import Resources
+from gpuos.scheduler import GpuView, JobView, Policy, Share, Snapshot
 from gpuos.scheduler.policies.tiresias import Tiresias
 from gpuos.scheduler.sim import load_trace, run_simulation
+from gpuos.scheduler.sim.cluster import gpu_type
 
 QUICK = ["synthetic:bursty?n=60&seed=5|gpus=1x8xA100-80GB|load=1.5"]
 
@@ -110,3 +115,66 @@ def test_parameter_mutation_stays_in_bounds() -> None:
         values = gp.TIRESIAS_SPACE.mutate(values, rng, scale=2.0)
         for p in gp.TIRESIAS_SPACE.params:
             assert p.low <= values[p.label] <= p.high
+
+
+# -- the sharing choice and the quantum ----------------------------------------------------------
+
+LLM = "synthetic:llm-decode?n=60&seed=5|gpus=1x8xH100-80GB"
+
+
+def test_a_genome_saved_before_the_sharing_choice_existed_loads_as_mps_with_one_second_quanta() -> None:
+    old = {"order": "remaining", "place": None, "preempt": False, "margin": 1.0, "period": 0.0, "scale": 1.0}
+    g = gp.Genome.from_json(old)
+    assert (g.share, g.quantum) == (None, 1.0)
+    assert "def share" not in gp.render(g, "evolved-old") and "def quantum" not in gp.render(g, "evolved-old")
+
+
+def test_genomes_with_a_sharing_rule_and_quantum_round_trip_through_json() -> None:
+    g = gp.Genome("remaining", share=gp.MIG_WHERE_FREE, quantum=2.5)
+    assert gp.Genome.from_json(g.to_json()) == g
+
+
+def test_mutation_and_crossover_reach_the_sharing_rule_and_the_quantum_within_bounds() -> None:
+    rng = random.Random(7)
+    g = gp.SEEDS[0]
+    shares, quanta = set(), set()
+    for _ in range(400):
+        g = gp.mutate(g, rng)
+        assert g.share is None or gp.depth(g.share) <= gp.MAX_DEPTH
+        assert gp.QUANTUM_MIN <= g.quantum <= gp.QUANTUM_MAX
+        shares.add(g.share)
+        quanta.add(g.quantum)
+    assert len(shares) > 5 and len(quanta) > 5
+    donor = gp.Genome("age", share=gp.MIG_WHERE_FREE, quantum=5.0)
+    merged = {gp.crossover(gp.SEEDS[0], donor, random.Random(i)) for i in range(40)}
+    assert any(m.share == gp.MIG_WHERE_FREE and m.quantum == 5.0 for m in merged)
+
+
+def test_a_rendered_sharing_rule_and_quantum_load_in_the_sandbox_and_answer_as_the_rule_says() -> None:
+    source = gp.render(gp.Genome(("neg", "age"), share=gp.MIG_WHERE_FREE, quantum=2.5), "evolved-share")
+    check_source(source)
+    policy = load_policy_class(source)()
+    kind = gpu_type("H100-80GB")
+    idle = GpuView(0, kind.name, kind.memory, kind.memory, mig_profiles=kind.mig_profiles)
+    mps = replace(idle, sharing="mps", jobs=("x",), milli_free=500)
+    job = JobView("j", Resources(gpu_milli=250))
+    now = Snapshot(0.0, (), ())
+    assert (policy.share(job, idle, now), policy.share(job, mps, now)) == (Share.MIG, Share.MPS)
+    assert policy.quantum(job, now) == 2.5
+
+
+def test_a_genome_choosing_mig_places_fractions_as_mig_instances_in_a_simulation() -> None:
+    trace = load_workload(LLM)
+    flexible = {j.id for j in trace.jobs if j.request.gpu_milli and not j.request.sharing}
+    assert flexible
+    base = load_policy_class(gp.render(gp.Genome(("neg", "age"), share=("add", 2.0, "size")), "evolved-mig"))
+    sliced: set[str] = set()
+
+    class Watching(base):  # type: ignore[valid-type,misc]
+        def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
+            sliced.update(j.id for j in snap.running if j.request.mig_profile and j.id in flexible)
+            return super().order(pending, snap)
+
+    run = simulate(trace, Watching())
+    assert run.finished == run.jobs == len(trace.jobs)
+    assert len(sliced) > len(flexible) // 2

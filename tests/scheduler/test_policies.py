@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gpuos.jobs import Resources
 from gpuos.scheduler import Place, Preempt, get_policy, schedule
 from gpuos.scheduler.fragmentation import Fragmentation, TaskClass
 from gpuos.scheduler.policies.drf import capacity, dominant, usage
 from gpuos.scheduler.policies.fgd import Fgd
 from gpuos.scheduler.policies.tiresias import Tiresias
+from gpuos.scheduler.policies.tiresias_gittins import TiresiasGittins
+from gpuos.scheduler.snapshot import JobView, Stint
 
 from .helpers import job, node, place, snap
 
@@ -51,15 +55,13 @@ def test_las_preempts_a_demoted_job_for_a_new_one() -> None:
     assert decisions == [Preempt("old")]
 
 
-def test_las_does_not_preempt_a_demoted_job_before_its_lease_ends() -> None:
+def test_las_preempts_a_demoted_job_without_a_lease() -> None:
+    # The reference (SymbioticLab/Tiresias) leases nothing: a job ranked ahead takes the GPUs now.
     policy = Tiresias()
     t = policy.thresholds[0] + 10
     n, old = place(node("a", 1), job("old", service_rate=1.0, attained_service=t - 60), now=t - 60)
     new = job("new", submitted_at=t - 5)
-    assert old.attained(t) > policy.thresholds[0]
-    assert schedule(snap([n], [new], [old], now=t), policy) == []
-    later = t - 60 + policy.min_lease
-    assert schedule(snap([n], [new], [old], now=later), policy) == [Preempt("old")]
+    assert schedule(snap([n], [new], [old], now=t), policy) == [Preempt("old")]
 
 
 def test_las_does_not_preempt_a_job_still_in_the_top_queue() -> None:
@@ -69,12 +71,63 @@ def test_las_does_not_preempt_a_job_still_in_the_top_queue() -> None:
     assert schedule(snap([n], [new], [old], now=100), policy) == []
 
 
-def test_las_promotes_a_job_that_waited_too_long() -> None:
+def ran(id: str, start: float, stop: float, **kw: object) -> JobView:
+    """A waiting job that ran alone on one GPU from ``start`` to ``stop`` and was preempted."""
+    return job(id, attained_service=stop - start, stints=(Stint(start, stop, stop - start),), **kw)
+
+
+def test_las_promotes_a_job_once_its_wait_since_it_ran_reaches_the_knob_times_its_run() -> None:
     policy = Tiresias()
-    starved = job("starved", attained_service=policy.thresholds[-1] + 1, submitted_at=0)
-    ran = starved.attained_service
-    assert policy.queue(starved, now=ran + 1, waiting=True) == len(policy.thresholds)
-    assert policy.queue(starved, now=ran * (policy.promote_knob + 2), waiting=True) == 0
+    run = 8000.0  # past the last threshold: the bottom queue
+    starved = ran("starved", 0.0, run)
+    due = run + policy.promote_knob * run
+    assert policy.queue(starved, now=due - 1) == len(policy.thresholds)
+    assert policy.queue(starved, now=due + 1) == 0
+
+
+def test_las_does_not_count_the_wait_before_the_first_run_towards_promotion() -> None:
+    policy = Tiresias()
+    run = 8000.0
+    # It waited 10000 s for its first run: the old rule (all time not running) would promote it.
+    late = ran("late", 10_000.0, 10_000.0 + run, submitted_at=0.0)
+    assert policy.queue(late, now=10_000.0 + run + policy.promote_knob * run - 1) == len(policy.thresholds)
+
+
+def test_las_restarts_the_service_count_when_it_promotes_a_job() -> None:
+    policy = Tiresias()
+    run = 8000.0
+    promoted_at = run + policy.promote_knob * run
+    restart = promoted_at + 100
+    again = replace(ran("again", 0.0, run), started_at=restart, service_rate=1.0, service_since=restart)
+    # 9000 GPU-seconds in all, but only 1000 since the promotion: still the top queue.
+    assert policy.queue(again, now=restart + 1000) == 0
+    assert policy.queue(again, now=restart + policy.thresholds[0] + 1) == 1
+
+
+def test_las_serves_a_queue_in_the_order_jobs_entered_it() -> None:
+    policy = Tiresias()
+    # "early" arrived first but entered the second queue later than "late" did.
+    early = ran("early", 5000.0, 5000.0 + policy.thresholds[0] + 100, submitted_at=0.0)
+    late = ran("late", 1000.0, 1000.0 + policy.thresholds[0] + 100, submitted_at=500.0)
+    now = 9000.0
+    s = snap([], [early, late], now=now)
+    assert [policy.queue(j, now) for j in (early, late)] == [1, 1]
+    assert [j.id for j in policy.order([early, late], s)] == ["late", "early"]
+
+
+def test_tiresias_gittins_runs_first_the_job_likelier_to_finish_soon_within_a_queue() -> None:
+    policy = TiresiasGittins()
+    # Sizes (estimates, GPU-seconds): half finish at 4500, half run to 50000.
+    sizes = [job(f"f{i}", estimated_seconds=4500.0 if i % 2 else 50_000.0, submitted_at=9000.0) for i in range(8)]
+    near = ran("near", 100.0, 4100.0, submitted_at=50.0, estimated_seconds=4500.0)
+    far = ran("far", 0.0, 3300.0, submitted_at=0.0, estimated_seconds=50_000.0)
+    now = 4200.0
+    pending = [far, near, *sizes]
+    s = snap([], pending, now=now)
+    assert policy.queue(near, now) == policy.queue(far, now) == 1
+    ordered = [j.id for j in policy.order(pending, s) if j.id in ("near", "far")]
+    assert ordered == ["near", "far"]
+    assert [j.id for j in Tiresias().order([far, near], s)] == ["far", "near"]
 
 
 def test_priority_preempts_best_effort_for_latency_sensitive() -> None:
@@ -180,3 +233,24 @@ def test_type_constraint_is_respected_by_every_policy() -> None:
     for name in available():
         got = placed(schedule(snap(nodes, [JobView("p", picky)]), get_policy(name)))
         assert got["p"].node == "v100", name
+
+
+def test_a_combined_policy_orders_like_its_order_policy_and_places_like_its_placement() -> None:
+    combo = get_policy("srtf+bestfit")
+    jobs = [job("long", estimated_seconds=900, submitted_at=0), job("short", estimated_seconds=10, submitted_at=5)]
+    s = snap([node("a", 2)], jobs)
+    assert [j.id for j in combo.order(jobs, s)] == [j.id for j in get_policy("srtf").order(jobs, s)]
+    # best-fit: the half-used node over the empty one.
+    n_used, _ = place(node("used", 2), job("x"))
+    one = [job("one")]
+    got = placed(schedule(snap([node("empty", 2), n_used], one), combo))
+    assert got["one"].node == "used"
+    assert combo.provenance.startswith("SRTF")
+
+
+def test_giving_a_combined_fgd_policy_its_workload_keeps_its_queue_order() -> None:
+    from gpuos.scheduler.policies.fgd import given_workload
+    from gpuos.scheduler.policies.srtf import ShortestRemainingTimeFirst
+
+    policy = given_workload(get_policy("srtf+fgd"), [TaskClass(1, 0, 0, (), 1.0)])
+    assert isinstance(policy, ShortestRemainingTimeFirst) and policy.name == "srtf+fgd"
