@@ -36,8 +36,11 @@ from gpuos.scheduler.sim.engine import Decide
 FRAGMENTATION_FLOOR = 0.005
 # One missed SLO in a latency class of about a hundred jobs: below it, misses are noise.
 SLO_MISS_FLOOR = 0.01
-# Seconds: a wait this short is the round cadence, not the policy's order.
-WAIT_FLOOR = 1.0
+# Seconds added to the latency class's p99 wait. Scores are ratios, and on many 300-job windows
+# the best policy starts every latency job at once: with a 1 s floor a 200 s wait scored 1/200
+# and such windows decided every search. Half a minute is what a latency job barely notices
+# against its pod's start-up time.
+WAIT_FLOOR = 30.0
 # The same share as fragmentation's floor, for the same reason.
 IDLE_FLOOR = 0.005
 HORIZON_FACTOR = 3.0

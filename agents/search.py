@@ -44,9 +44,18 @@ from gpuos.agents.sandbox import CandidateRejected, load_policy_class
 from gpuos.agents.validity import policy_order, priority_inversions
 from gpuos.agents.verify import format_verdict, verify
 from gpuos.agents.workloads import HELD_OUT, TRAINING
+from gpuos.scheduler.framework import schedule
 from gpuos.scheduler.sim import SimulationError
 
 ELITE = 2
+# Wall seconds one engine-made candidate may take over all training traces (a thrashing
+# preemption rule can otherwise run to the horizon for minutes); the evaluator's child has the
+# same kind of deadline.
+CANDIDATE_SECONDS = 60.0
+
+
+class OverBudget(Exception):
+    """An in-process candidate ran past :data:`CANDIDATE_SECONDS`."""
 
 
 @dataclass
@@ -155,9 +164,22 @@ def evaluate_in_process(source: str, specs: Sequence[str], baselines: Baselines,
     except Exception as exc:  # noqa: BLE001 - a candidate's failure is its score, not ours
         return invalid(f"crash on the priority probes: {type(exc).__name__}: {exc}", "crash")
     runs: dict[str, TraceRun] = {}
+    deadline = time.monotonic() + CANDIDATE_SECONDS
+
+    def decide_in_time(policy: Any) -> Any:
+        def decide(snap: Any) -> Any:
+            if time.monotonic() > deadline:
+                raise OverBudget(f"over its {CANDIDATE_SECONDS:g} s budget")
+            return schedule(snap, policy)
+
+        return decide
+
     for spec in specs:
         try:
-            runs[spec] = simulate(load_trace_cached(spec, secret), cls())
+            policy = cls()
+            runs[spec] = simulate(load_trace_cached(spec, secret), policy, decide=decide_in_time(policy))
+        except OverBudget as exc:
+            return invalid(f"timeout on {spec}: {exc}", "timeout")
         except SimulationError as exc:
             return invalid(f"invalid on {spec}: {exc}", "invalid")
         except Exception as exc:  # noqa: BLE001 - a candidate's failure is its score, not ours

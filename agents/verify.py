@@ -73,6 +73,18 @@ def _gain(reference: dict[str, TraceRun], runs: dict[str, TraceRun], metric: str
     return geomean(ratios) - 1.0
 
 
+def ship_reasons(gain: Gain, guards: dict[str, float], robust: dict[str, float], invalid: str = "") -> list[str]:
+    """Why a result must not ship (empty: it may): the rule of the module docstring."""
+    reasons = [f"invalid: {invalid}"] if invalid else []
+    if gain.mean < SHIP_GAIN:
+        reasons.append(f"gain {gain.mean:+.1%} is under the {SHIP_GAIN:.0%} needed")
+    if not gain.holds:
+        reasons.append(f"the interval {gain.format()} does not exclude 0")
+    reasons += [f"guard {m} loses {-g:.1%} (at most {GUARD_LOSS:.0%})" for m, g in guards.items() if g < -GUARD_LOSS]
+    reasons += [f"the gain does not hold at {label} ({g:+.1%})" for label, g in robust.items() if g <= 0]
+    return reasons
+
+
 def verify(
     source: str, objective: str, specs: Sequence[str], *, filename: str = "<candidate>",
     secret: Secret | None = None, robustness: bool = True, timeout: float = VERIFY_TIMEOUT,
@@ -120,16 +132,8 @@ def verify(
             "gain": reference[s].metrics[objective] / runs[s].metrics[objective] - 1.0
             if runs[s].metrics[objective] > 0 else 0.0,
         })
-    reasons = []
     valid = bool(scored["valid"])
-    if not valid:
-        reasons.append(f"invalid: {scored.get('error')}")
-    if gain.mean < SHIP_GAIN:
-        reasons.append(f"gain {gain.mean:+.1%} is under the {SHIP_GAIN:.0%} needed")
-    if not gain.holds:
-        reasons.append(f"the interval {gain.format()} does not exclude 0")
-    reasons += [f"guard {m} loses {-g:.1%} (at most {GUARD_LOSS:.0%})" for m, g in guards.items() if g < -GUARD_LOSS]
-    reasons += [f"the gain does not hold at {label} ({g:+.1%})" for label, g in robust.items() if g <= 0]
+    reasons = ship_reasons(gain, guards, robust, "" if valid else str(scored.get("error")))
     return {
         "valid": valid,
         "error": scored.get("error", ""),
