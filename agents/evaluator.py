@@ -183,9 +183,9 @@ def compute_baselines(specs: Sequence[str], objective: str = "mean_jct", *, secr
     for spec in specs:
         for name in names:
             key = (spec, name, tag)
-            stored = _cache_file(cache, spec, name, secret) if cache else None
             if key in _BASELINES:
                 continue
+            stored = _cache_file(cache, spec, name, secret) if cache else None
             if stored is not None and stored.is_file():
                 _BASELINES[key] = TraceRun.from_json(json.loads(stored.read_text()))
             else:

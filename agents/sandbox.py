@@ -539,18 +539,16 @@ def run_candidate(
             hello = wire.decode_hello(child.ask(load))
             if not hello.seccomp:
                 log.warning("candidate %s runs without a seccomp filter (pyseccomp is not installed)", filename)
-            runs: dict[str, dict[str, Any]] = {}
-            for trace in traces:
-                where = f" on {trace.name}"
-                remote = RemotePolicy.reset(child, trace)
-                runs[trace.name] = simulate(trace, remote, decide=remote.decide).to_json()
-            others: dict[str, dict[str, dict[str, Any]]] = {}
-            for label, config in (variants or {}).items():
+            # The plain runs (label "") and each variant's: one loop, one fresh policy per run.
+            measured: dict[str, dict[str, dict[str, Any]]] = {}
+            for label, config in [("", None), *(variants or {}).items()]:
                 for trace in traces:
-                    where = f" on {trace.name} ({label})"
+                    where = f" on {trace.name}" + (f" ({label})" if label else "")
                     remote = RemotePolicy.reset(child, trace)
-                    others.setdefault(label, {})[trace.name] = simulate(
+                    measured.setdefault(label, {})[trace.name] = simulate(
                         trace, remote, config=config, decide=remote.decide).to_json()
+            runs = measured.pop("", {})
+            others = measured
             inversions: list[str] = []
             if probe and traces:
                 where = " on the priority probes"

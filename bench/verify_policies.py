@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 from gpuos.agents.ceilings import ceiling
-from gpuos.agents.evaluator import compute_baselines, geomean, load_trace_cached
+from gpuos.agents.evaluator import Baselines, compute_baselines, geomean, load_trace_cached
 from gpuos.agents.masking import Secret
 from gpuos.agents.verify import format_verdict, verify
 from gpuos.agents.workloads import windows_of
 
 
-def baseline_lines(base, specs: list[str], objective: str, secret: Secret) -> list[str]:  # type: ignore[no-untyped-def]
+def baseline_lines(base: Baselines, specs: list[str], objective: str, secret: Secret) -> list[str]:
     single, _ = base.single_best(objective)
     ref = {s: base.runs[s][single].metrics[objective] for s in specs}
     rows = []
