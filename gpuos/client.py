@@ -155,12 +155,57 @@ class Client:
         cwd: str = "",
         estimated_seconds: float = 0.0,
         idempotency_key: str | None = None,
+        group: str = "",
+        group_mode: str = "",
+        group_budget: float = 0.0,
+        dedupe_key: str = "",
     ) -> jobs_pb2.Job:
         """Submit a process job (``command``) or a kernel job (``kernel`` and ``params``).
 
         Returns the job once the daemon has made it durable. Retries are safe: the request
         carries an idempotency key, so a retry after a lost reply cannot start the job twice.
+
+        ``group`` makes the job a member of that group of the tenant's (created by the first
+        submit that names it, with ``group_mode`` "all", "first-success" or "best-of:K" and a
+        budget of ``group_budget`` GPU-seconds). With ``dedupe_key`` (see
+        :func:`gpuos.dedupe.key_for`), a pending, running or recently succeeded job of the tenant
+        with the same key is returned instead of a new one; see :meth:`submit_request` and
+        :meth:`submit_batch` to learn which happened.
         """
+        request = self.submit_request(
+            command, kernel=kernel, params=params, name=name, gpus=gpus, gpu_fraction=gpu_fraction, memory=memory,
+            mig_profile=mig_profile, gpu_types=gpu_types, sharing=sharing, priority=priority, tenant=tenant, qos=qos,
+            env=env, cwd=cwd, estimated_seconds=estimated_seconds, idempotency_key=idempotency_key, group=group,
+            group_mode=group_mode, group_budget=group_budget, dedupe_key=dedupe_key,
+        )
+        return self._call(self._jobs.Submit, request, retries=3).job
+
+    @staticmethod
+    def submit_request(
+        command: Sequence[str] = (),
+        *,
+        kernel: str = "",
+        params: Mapping[str, object] | None = None,
+        name: str = "",
+        gpus: int | None = None,
+        gpu_fraction: float | None = None,
+        memory: int | str | None = None,
+        mig_profile: str = "",
+        gpu_types: Sequence[str] = (),
+        sharing: str = "",
+        priority: str = "normal",
+        tenant: str = "",
+        qos: str = "",
+        env: Mapping[str, str] | None = None,
+        cwd: str = "",
+        estimated_seconds: float = 0.0,
+        idempotency_key: str | None = None,
+        group: str = "",
+        group_mode: str = "",
+        group_budget: float = 0.0,
+        dedupe_key: str = "",
+    ) -> jobs_pb2.SubmitRequest:
+        """The SubmitRequest :meth:`submit` sends (for :meth:`submit_batch`); same arguments."""
         resources = common_pb2.Resources(mig_profile=mig_profile, gpu_types=list(gpu_types), sharing=sharing)
         if gpus is not None:
             resources.gpus = gpus
@@ -182,9 +227,73 @@ class Client:
             env=dict(env or {}),
             cwd=cwd,
             estimated_seconds=estimated_seconds,
+            group=group,
+            dedupe_key=dedupe_key,
         )
-        request = jobs_pb2.SubmitRequest(spec=spec, idempotency_key=idempotency_key or uuid.uuid4().hex)
-        return self._call(self._jobs.Submit, request, retries=3).job
+        options = jobs_pb2.GroupOptions(mode=group_mode, budget_gpu_seconds=group_budget)
+        return jobs_pb2.SubmitRequest(spec=spec, idempotency_key=idempotency_key or uuid.uuid4().hex,
+                                      group_options=options)
+
+    def submit_batch(self, requests: Sequence[jobs_pb2.SubmitRequest]) -> builtins.list[jobs_pb2.SubmitResponse]:
+        """Submit up to 10,000 jobs in one durable commit, all or none (a bad one refuses the
+        batch, naming its index). One reply per request, in order: ``.job`` and ``.duplicate``."""
+        reply = self._call(self._jobs.SubmitBatch, jobs_pb2.SubmitBatchRequest(jobs=list(requests)), retries=3)
+        return builtins.list(reply.jobs)
+
+    def submit_group(
+        self, group: str, variants: Sequence[Mapping[str, object]], *, mode: str = "first-success",
+        budget: float = 0.0,
+    ) -> builtins.list[jobs_pb2.Job]:
+        """Launch the ``variants`` of one piece of work as group ``group`` in one commit.
+
+        Each variant is the keyword arguments of :meth:`submit` (``command=[...]``, ``gpus=1``...).
+        In ``first-success`` mode the first member to succeed stops the others; ``best-of:K``
+        stops them after K successes; ``all`` runs them all. ``budget`` bounds the GPU-seconds of
+        the whole group (0: no bound).
+        """
+        requests = [
+            self.submit_request(**{**variant, "group": group, "group_mode": mode, "group_budget": budget})  # type: ignore[arg-type]
+            for variant in variants
+        ]
+        return [r.job for r in self.submit_batch(requests)]
+
+    def set_priority(self, job_id: str, priority: str) -> jobs_pb2.Job:
+        """Steer: give a pending or running job a new priority (high, normal, low)."""
+        if priority.lower() not in _PRIORITIES:
+            raise ValueError(f"priority {priority!r} is not one of high, normal, low")
+        request = jobs_pb2.SetPriorityRequest(id=job_id, priority=_PRIORITIES[priority.lower()])
+        return self._call(self._jobs.SetPriority, request)
+
+    def stop(self, job_id: str) -> jobs_pb2.Job:
+        """Steer: a running kernel job stops at its next step boundary, keeping its progress."""
+        return self._call(self._jobs.Stop, jobs_pb2.StopJobRequest(id=job_id))
+
+    def group(self, name: str, tenant: str = "") -> jobs_pb2.Group:
+        """A group with its members."""
+        return self._call(self._jobs.GetGroup, jobs_pb2.GetGroupRequest(name=name, tenant=tenant))
+
+    def groups(self, tenant: str = "") -> builtins.list[jobs_pb2.Group]:
+        """The tenant's groups (without members), oldest first."""
+        return builtins.list(self._call(self._jobs.ListGroups, jobs_pb2.ListGroupsRequest(tenant=tenant)).groups)
+
+    def cancel_group(self, name: str, tenant: str = "") -> jobs_pb2.Group:
+        """End a group: its pending members are cancelled and its running ones stopped."""
+        return self._call(self._jobs.CancelGroup, jobs_pb2.CancelGroupRequest(name=name, tenant=tenant))
+
+    def group_events(self, name: str, follow: bool = False, since: int = 0) -> Iterator[jobs_pb2.Event]:
+        """The events of a group's members, in order; with ``follow``, until the caller stops."""
+        yield from self._stream(self._jobs.Watch, jobs_pb2.WatchRequest(group=name, since_seq=since, follow=follow))
+
+    def wait_group(self, name: str, timeout: float | None = None) -> jobs_pb2.Group:
+        """Block until every member of the group has ended; returns the group."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            group = self.group(name)
+            if all(m.state in TERMINAL for m in group.members):
+                return group
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"group {name} still has members running")
+            time.sleep(0.1)
 
     def get(self, job_id: str) -> jobs_pb2.Job:
         return self._call(self._jobs.Get, jobs_pb2.GetJobRequest(id=job_id))

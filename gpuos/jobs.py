@@ -111,6 +111,12 @@ class Reason:
     TIME_SLICE = "time-slice"
     RELEASED = "released"
     SUPERVISOR_LOST = "supervisor-lost"
+    # A member of a job group stopped by its group (gpuos/groups.py).
+    SIBLING_SUCCEEDED = "sibling-succeeded"
+    GROUP_BUDGET = "group-budget"
+    # A kernel job asked to stop at its next step boundary (steering): it ends CANCELLED with
+    # exit code 0 and its progress so far.
+    STOPPED_AT_STEP = "stopped-at-step"
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,11 @@ class JobSpec:
     # An EXTERNAL job's reservation keys (the device plugin's device ids): a new reservation that
     # names any of them releases the older one that holds it.
     reservation_keys: tuple[str, ...] = ()
+    # The job group it belongs to (per tenant; gpuos/groups.py), "" for none.
+    group: str = ""
+    # Deduplication: a submit whose key matches a pending, running or recently succeeded job of
+    # the same tenant returns that job instead ("" for no deduplication).
+    dedupe_key: str = ""
 
 
 class PartitionKind(str, enum.Enum):
@@ -247,6 +258,11 @@ class Job:
     shim_started: float = 0.0
     child_pid: int = 0
     cancel_requested: bool = False
+    # Why the cancel was asked for (cancelled-by-user, sibling-succeeded, group-budget): what
+    # the job ends with once its process is gone, after a restart too.
+    cancel_reason: str = ""
+    # A kernel job asked to stop at its next step boundary (Reason.STOPPED_AT_STEP).
+    stop_requested: bool = False
     preemptions: int = 0
     # Start of the current stretch of running (None while paused or not running): attained
     # service counts only time actually on the GPU.
@@ -263,6 +279,7 @@ class Event:
     reason: str = ""
     message: str = ""
     tenant: str = ""
+    group: str = ""
 
 
 @dataclass(frozen=True)

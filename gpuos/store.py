@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import bisect
 import builtins
+import enum
 import fcntl
 import json
 import logging
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreError
+from gpuos.groups import GROUP_BUDGET, Group, GroupMode, GroupSpec, after_success, over_budget
 from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Partition, Placement, Priority, Qos, Resources
 from gpuos.private import open_private, private_dir
 from gpuos.text import quote
@@ -68,11 +70,25 @@ _SQLITE_IOERR = 10
 _SQLITE_FULL = 13
 _SQLITE_READONLY = 8
 _TERMINAL = tuple(s.value for s in JobState if s.terminal)
+_UNFINISHED = tuple(s.value for s in JobState if not s.terminal)
+# A dedupe key matches a job that succeeded at most this long ago (and is not yet purged).
+DEDUPE_RETENTION = 24 * 3600.0
+# The most jobs one SubmitBatch commits.
+MAX_BATCH_JOBS = 10_000
 
 
 def new_job_id() -> str:
     """A fresh job id: 64 random bits as 16 lower-case hex characters."""
     return secrets.token_hex(8)
+
+
+class Submitted(enum.Enum):
+    """What a submit did: made a new job, or returned an existing one for a retried idempotency
+    key or a matching dedupe key."""
+
+    NEW = "new"
+    RETRIED = "retried"
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     preemptions INTEGER NOT NULL DEFAULT 0,
     run_since REAL,
-    idempotency_key TEXT UNIQUE
+    idempotency_key TEXT UNIQUE,
+    grp TEXT NOT NULL DEFAULT '',
+    dedupe_key TEXT NOT NULL DEFAULT '',
+    cancel_reason TEXT NOT NULL DEFAULT '',
+    stop_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant);
@@ -142,26 +162,61 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT,
     reason TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT '',
-    tenant TEXT NOT NULL DEFAULT ''
+    tenant TEXT NOT NULL DEFAULT '',
+    grp TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
 CREATE INDEX IF NOT EXISTS events_tenant ON events(tenant, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    best_of INTEGER NOT NULL DEFAULT 0,
+    budget REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    spent REAL NOT NULL DEFAULT 0,
+    ended_reason TEXT NOT NULL DEFAULT '',
+    ended_at REAL,
+    PRIMARY KEY (tenant, name)
+);
+"""
+# Columns added after the first release, with their definitions: a store made before them gets
+# them at open (ALTER TABLE ... ADD COLUMN), and its rows read as jobs without a group.
+_ADDED_COLUMNS = {
+    "jobs": (("grp", "TEXT NOT NULL DEFAULT ''"), ("dedupe_key", "TEXT NOT NULL DEFAULT ''"),
+             ("cancel_reason", "TEXT NOT NULL DEFAULT ''"), ("stop_requested", "INTEGER NOT NULL DEFAULT 0")),
+    "events": (("grp", "TEXT NOT NULL DEFAULT ''"),),
+}
+# Indexes on added columns, made once the columns exist.
+_ADDED_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_group ON jobs(tenant, grp) WHERE grp != '';
+CREATE INDEX IF NOT EXISTS jobs_dedupe ON jobs(tenant, dedupe_key) WHERE dedupe_key != '';
+CREATE INDEX IF NOT EXISTS events_group ON events(tenant, grp, seq) WHERE grp != '';
 """
 
 _JOB_COLUMNS = (
     "id, seq, spec, owner_uid, tenant, state, reason, message, exit_code, placement, created_at, "
     "started_at, finished_at, attained_service, shim_pid, shim_started, child_pid, cancel_requested, preemptions, "
-    "run_since"
+    "run_since, cancel_reason, stop_requested"
 )
+_GROUP_COLUMNS = "tenant, name, mode, best_of, budget, created_at, succeeded, spent, ended_reason, ended_at"
+
+
+def _row_to_group(row: tuple[Any, ...]) -> Group:
+    tenant, name, mode, best_of, budget, created, succeeded, spent, ended_reason, ended_at = row
+    return Group(tenant=tenant, spec=GroupSpec(name, GroupMode(mode), best_of, budget), created_at=created,
+                 succeeded=succeeded, spent=spent, ended_reason=ended_reason, ended_at=ended_at)
 
 
 def spec_to_json(spec: JobSpec) -> str:
     data = asdict(spec)
     data["kind"] = spec.kind.value
     data["priority"] = spec.priority.name
-    if not spec.reservation_keys:
-        del data["reservation_keys"]  # so every other job's row reads as it always did
+    for optional in ("reservation_keys", "group", "dedupe_key"):
+        if not data[optional]:
+            del data[optional]  # so every other job's row reads as it always did
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -190,6 +245,8 @@ def spec_from_json(text: str) -> JobSpec:
         env=tuple(tuple(e) for e in data["env"]),  # type: ignore[misc]
         cwd=data["cwd"],
         estimated_seconds=data["estimated_seconds"],
+        group=data.get("group", ""),
+        dedupe_key=data.get("dedupe_key", ""),
     )
 
 
@@ -218,7 +275,8 @@ def placement_from_json(text: str | None) -> Placement | None:
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, seq, spec, uid, _tenant, state, reason, message, exit_code, placement, created, started, finished,
-     attained, shim_pid, shim_started, child_pid, cancel_requested, preemptions, run_since) = row
+     attained, shim_pid, shim_started, child_pid, cancel_requested, preemptions, run_since, cancel_reason,
+     stop_requested) = row
     return Job(
         id=id_,
         spec=spec_from_json(spec),
@@ -239,6 +297,8 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         cancel_requested=bool(cancel_requested),
         preemptions=preemptions,
         run_since=run_since,
+        cancel_reason=cancel_reason,
+        stop_requested=bool(stop_requested),
     )
 
 
@@ -256,14 +316,14 @@ def _os_problem(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
-_EVENT_COLUMNS = "seq, time, job_id, kind, state, reason, message, tenant"
+_EVENT_COLUMNS = "seq, time, job_id, kind, state, reason, message, tenant, grp"
 # Events kept in memory for follow streams (a few MB at most).
 RECENT_EVENTS = 8192
 
 
 def _row_to_event(r: tuple[Any, ...]) -> Event:
     return Event(seq=r[0], time=r[1], job_id=r[2], kind=r[3], state=JobState(r[4]) if r[4] else None,
-                 reason=r[5], message=r[6], tenant=r[7])
+                 reason=r[5], message=r[6], tenant=r[7], group=r[8])
 
 
 def _job_filters(states: Iterable[JobState], tenant: str) -> tuple[list[str], list[Any]]:
@@ -295,14 +355,19 @@ class Store:
 
     MAX_BATCH = 256
 
-    def __init__(self, state_dir: Path, *, max_pending_per_tenant: int = 0) -> None:
+    def __init__(self, state_dir: Path, *, max_pending_per_tenant: int = 0,
+                 dedupe_retention: float = DEDUPE_RETENTION) -> None:
         """Open (or create) the store in ``state_dir``; StoreError says why one cannot be opened.
 
-        ``max_pending_per_tenant`` caps each tenant's PENDING jobs (0: no cap).
+        ``max_pending_per_tenant`` caps each tenant's PENDING jobs (0: no cap). A dedupe key
+        matches a job that succeeded at most ``dedupe_retention`` seconds ago.
         """
         self.state_dir = state_dir
         self.path = state_dir / DB_NAME
         self.max_pending_per_tenant = max_pending_per_tenant
+        self.dedupe_retention = dedupe_retention
+        # The groups still open, by (tenant, name), as committed: the controller checks their budgets.
+        self._groups: dict[tuple[str, str], Group] = {}
         self._record_path = state_dir / COMMIT_RECORD
         self._record_fd = -1
         self._local = threading.local()
@@ -343,6 +408,9 @@ class Store:
                     self._placed[job.id] = job
                 if job.state == JobState.PENDING:
                     self._pending[job.spec.tenant] += 1
+            for row in conn.execute(f"SELECT {_GROUP_COLUMNS} FROM groups WHERE ended_reason = ''"):
+                group = _row_to_group(row)
+                self._groups[(group.tenant, group.name)] = group
         finally:
             conn.close()
         self._writer_conn: sqlite3.Connection | None = None
@@ -371,6 +439,7 @@ class Store:
                 more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
                 raise StoreError(self.path, f"failed its integrity check: {problems[0]}{more}")
             conn.executescript(SCHEMA)
+            self._migrate(conn)
             self._last_event, self._next_seq = self._sequences(conn)
             if existed:
                 self._check_record()
@@ -390,6 +459,16 @@ class Store:
                 raise
             raise StoreError(self.path, _os_problem(exc)) from None
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Add the columns a store made by an older gpuosd lacks (see _ADDED_COLUMNS)."""
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        conn.executescript(_ADDED_INDEXES)
 
     def _check_files(self, existed: bool) -> None:
         if existed and not self.path.is_file():
@@ -650,6 +729,12 @@ class Store:
         jobs = value if isinstance(value, list) else [value]
         with self._active_lock:
             for job in jobs:
+                if isinstance(job, Group):
+                    if job.open:
+                        self._groups[(job.tenant, job.name)] = job
+                    else:
+                        self._groups.pop((job.tenant, job.name), None)
+                    continue
                 if not isinstance(job, Job):
                     continue
                 old = self._active.get(job.id)
@@ -678,57 +763,156 @@ class Store:
     @staticmethod
     def _event(conn: sqlite3.Connection, job: Job, kind: str, message: str = "") -> None:
         conn.execute(
-            "INSERT INTO events (time, job_id, kind, state, reason, message, tenant) VALUES (?,?,?,?,?,?,?)",
-            (time.time(), job.id, kind, job.state.value, job.reason, message or job.message, job.spec.tenant),
+            "INSERT INTO events (time, job_id, kind, state, reason, message, tenant, grp) VALUES (?,?,?,?,?,?,?,?)",
+            (time.time(), job.id, kind, job.state.value, job.reason, message or job.message, job.spec.tenant,
+             job.spec.group),
         )
 
-    def submit(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "") -> tuple[Job, bool]:
-        """Persist a new PENDING job. Returns (job, created); a repeated key returns the first job.
+    def submit(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
+               group: GroupSpec | None = None) -> tuple[Job, bool]:
+        """Persist a new PENDING job. Returns (job, created); a repeated idempotency key, or a
+        dedupe key that matches (see :meth:`_insert`), returns the existing job with False.
 
+        ``group`` is the mode and budget the job's group (``spec.group``) gets if this submit
+        creates it; None for the defaults (and no check against an existing group's).
         Raises ResourceExhausted when the state dir is (nearly) full, or when the tenant already
         has ``max_pending_per_tenant`` jobs waiting.
         """
+        job, outcome = self.submit_one(spec, owner_uid, idempotency_key, group)
+        return job, outcome is Submitted.NEW
+
+    def submit_one(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
+                   group: GroupSpec | None = None) -> tuple[Job, Submitted]:
+        """:meth:`submit`, saying whether the job is new, a retry's or a duplicate's."""
+        self._check_space()
+        outcome: list[Submitted] = []
+
+        def fn(conn: sqlite3.Connection) -> builtins.list[Job | Group]:
+            # The writer keeps its in-memory view from what a write returns: the job, and the
+            # group when this submit made it.
+            made: builtins.list[Job | Group] = []
+            job, did = self._insert(conn, spec, owner_uid, idempotency_key, group, made)
+            outcome[:] = [did]
+            return [job, *made]
+
+        job = self._write(fn)[0]
+        assert isinstance(job, Job)
+        return job, outcome[0]
+
+    def submit_batch(
+        self, items: builtins.list[tuple[JobSpec, str, GroupSpec | None]], owner_uid: int,
+    ) -> builtins.list[tuple[Job, Submitted]]:
+        """Persist many submits (spec, idempotency key, group spec) in one commit, all or none:
+        the first one refused refuses the batch, its error naming the index as ``jobs[i]``."""
+        if len(items) > MAX_BATCH_JOBS:
+            raise InvalidArgument("jobs", f"{len(items)} jobs in one batch; at most {MAX_BATCH_JOBS}")
+        self._check_space()
+
+        created: list[Submitted] = []
+
+        def fn(conn: sqlite3.Connection) -> builtins.list[Job | Group]:
+            created.clear()  # a batch the writer retries starts afresh
+            jobs: builtins.list[Job | Group] = []
+            made: builtins.list[Job | Group] = []
+            for i, (spec, key, group) in enumerate(items):
+                try:
+                    job, new = self._insert(conn, spec, owner_uid, key, group, made)
+                except InvalidArgument as exc:
+                    raise InvalidArgument(f"jobs[{i}].{exc.field}", exc.problem) from None
+                except (ResourceExhausted, FailedPrecondition) as exc:
+                    raise type(exc)(f"jobs[{i}]: {exc}") from None
+                jobs.append(job)
+                created.append(new)
+            return [*jobs, *made]
+
+        jobs = [j for j in self._write(fn)[:len(items)] if isinstance(j, Job)]
+        return builtins.list(zip(jobs, created, strict=True))
+
+    def _check_space(self) -> None:
         free = _free_bytes(self.state_dir)
         if free < MIN_FREE_BYTES:
             raise ResourceExhausted(f"state dir full: {free} bytes free ({self.state_dir}); gpuosd takes new jobs "
                                     f"again once {MIN_FREE_BYTES} bytes are free")
-        created: list[bool] = []
+
+    def _insert(self, conn: sqlite3.Connection, spec: JobSpec, owner_uid: int, idempotency_key: str,
+                group: GroupSpec | None, made: builtins.list[Job | Group]) -> tuple[Job, Submitted]:
+        """One submit on the writer's connection: the job and what the submit did (a group it
+        creates is appended to ``made``).
+
+        A dedupe key returns the tenant's newest job with that key that is pending, running or
+        succeeded within ``dedupe_retention`` (failed and cancelled ones are worth running again);
+        the tenant only, so keys never reveal or share another tenant's work.
+        """
+        if idempotency_key:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                existing = _row_to_job(row)
+                if existing.owner_uid != owner_uid:
+                    raise InvalidArgument("idempotency_key", "already used by another user")
+                return existing, Submitted.RETRIED
+        now = time.time()
+        if spec.dedupe_key:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND dedupe_key = ? AND dedupe_key != '' AND "
+                f"(state IN ({','.join('?' * len(_UNFINISHED))}) OR (state = 'SUCCEEDED' AND finished_at >= ?)) "
+                "ORDER BY seq DESC LIMIT 1",
+                (spec.tenant, spec.dedupe_key, *_UNFINISHED, now - self.dedupe_retention),
+            ).fetchone()
+            if row is not None:
+                existing = _row_to_job(row)
+                self._event(conn, existing, "deduplicated", "a submit with the same dedupe key got this job")
+                return existing, Submitted.DUPLICATE
+        # Counted here, on the writer thread, from the committed count plus this batch's
+        # submits: concurrent submits cannot slip past the cap together.
         cap = self.max_pending_per_tenant
-
-        def fn(conn: sqlite3.Connection) -> Job:
-            if idempotency_key:
-                row = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    existing = _row_to_job(row)
-                    if existing.owner_uid != owner_uid:
-                        raise InvalidArgument("idempotency_key", "already used by another user")
-                    return existing
-            # Counted here, on the writer thread, from the committed count plus this batch's
-            # submits: concurrent submits cannot slip past the cap together.
-            waiting = self._pending[spec.tenant] + self._batch_submits[spec.tenant]
-            if cap and waiting >= cap:
-                raise ResourceExhausted(
-                    f"tenant {quote(spec.tenant)} already has {waiting} jobs pending, the most allowed "
-                    f"(max_pending_per_tenant = {cap}); wait for some to start or cancel some"
-                )
-            job = Job(id=self._unused_id(conn), spec=spec, owner_uid=owner_uid, created_at=time.time())
-            job.seq = self._next_seq
-            conn.execute(
-                "INSERT INTO jobs (id, seq, spec, owner_uid, tenant, state, created_at, idempotency_key) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (job.id, job.seq, spec_to_json(spec), owner_uid, spec.tenant, job.state.value, job.created_at,
-                 idempotency_key or None),
+        waiting = self._pending[spec.tenant] + self._batch_submits[spec.tenant]
+        if cap and waiting >= cap:
+            raise ResourceExhausted(
+                f"tenant {quote(spec.tenant)} already has {waiting} jobs pending, the most allowed "
+                f"(max_pending_per_tenant = {cap}); wait for some to start or cancel some"
             )
-            self._event(conn, job, "submitted")
-            self._next_seq += 1
-            self._batch_submits[spec.tenant] += 1
-            created.append(True)
-            return job
+        if spec.group:
+            new_group = self._join_group(conn, spec, group, now)
+            if new_group is not None:
+                made.append(new_group)
+        job = Job(id=self._unused_id(conn), spec=spec, owner_uid=owner_uid, created_at=now)
+        job.seq = self._next_seq
+        conn.execute(
+            "INSERT INTO jobs (id, seq, spec, owner_uid, tenant, state, created_at, idempotency_key, grp, dedupe_key) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (job.id, job.seq, spec_to_json(spec), owner_uid, spec.tenant, job.state.value, job.created_at,
+             idempotency_key or None, spec.group, spec.dedupe_key),
+        )
+        self._event(conn, job, "submitted")
+        self._next_seq += 1
+        self._batch_submits[spec.tenant] += 1
+        return job, Submitted.NEW
 
-        job = self._write(fn)
-        return job, bool(created)
+    def _join_group(self, conn: sqlite3.Connection, spec: JobSpec, given: GroupSpec | None,
+                    now: float) -> Group | None:
+        """Make ``spec.group`` exist for the tenant (as ``given`` says, when new) and take a
+        member; the group when this made it."""
+        row = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM groups WHERE tenant = ? AND name = ?",
+                           (spec.tenant, spec.group)).fetchone()
+        if row is None:
+            wanted = given if given is not None else GroupSpec(spec.group)
+            conn.execute(
+                "INSERT INTO groups (tenant, name, mode, best_of, budget, created_at) VALUES (?,?,?,?,?,?)",
+                (spec.tenant, spec.group, wanted.mode.value, wanted.best_of, wanted.budget, now),
+            )
+            return Group(tenant=spec.tenant, spec=wanted, created_at=now)
+        existing = _row_to_group(row)
+        if not existing.open:
+            raise FailedPrecondition(f"group {quote(spec.group)} has ended ({existing.ended_reason}); it takes no new "
+                                     "members: name a new group")
+        if given is not None and (given.mode, given.best_of, given.budget) != (
+                existing.spec.mode, existing.spec.best_of, existing.spec.budget):
+            raise InvalidArgument("group_options", f"group {quote(spec.group)} exists as {existing.spec.mode_text} "
+                                                   f"with a budget of {existing.spec.budget:g} GPU-seconds; "
+                                                   "a new member may not change them")
+        return None
 
     @staticmethod
     def _unused_id(conn: sqlite3.Connection) -> str:
@@ -751,10 +935,11 @@ class Store:
         """Change fields of a job atomically; with ``expect``, only if it is in one of those states.
 
         A state change always records an event (``event`` names its kind, default the new state).
+        A group member's end is applied to its group in the same transaction (see _member_ended).
         """
         allowed = set(expect) if expect is not None else None
 
-        def fn(conn: sqlite3.Connection) -> Job:
+        def fn(conn: sqlite3.Connection) -> builtins.list[Job | Group]:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"job {job_id} does not exist")
@@ -765,14 +950,144 @@ class Store:
             conn.execute(
                 "UPDATE jobs SET state=?, reason=?, message=?, exit_code=?, placement=?, started_at=?, "
                 "finished_at=?, attained_service=?, shim_pid=?, shim_started=?, child_pid=?, "
-                "cancel_requested=?, preemptions=?, run_since=? WHERE id=?",
+                "cancel_requested=?, preemptions=?, run_since=?, cancel_reason=?, stop_requested=? WHERE id=?",
                 (new.state.value, new.reason, new.message, new.exit_code, placement_to_json(new.placement),
                  new.started_at, new.finished_at, new.attained_service, new.shim_pid, new.shim_started,
-                 new.child_pid, int(new.cancel_requested), new.preemptions, new.run_since, job_id),
+                 new.child_pid, int(new.cancel_requested), new.preemptions, new.run_since, new.cancel_reason,
+                 int(new.stop_requested), job_id),
             )
             if new.state != job.state or event:
                 self._event(conn, new, event or new.state.value.lower(), event_message)
-            return new
+            if new.spec.group and new.state.terminal and not job.state.terminal:
+                return [new, *self._member_ended(conn, new)]
+            return [new]
+
+        first = self._write(fn)[0]
+        assert isinstance(first, Job)
+        return first
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def _group_row(self, conn: sqlite3.Connection, tenant: str, name: str) -> Group | None:
+        row = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM groups WHERE tenant = ? AND name = ?",
+                           (tenant, name)).fetchone()
+        return None if row is None else _row_to_group(row)
+
+    def _member_ended(self, conn: sqlite3.Connection, job: Job) -> builtins.list[Job | Group]:
+        """Apply ``job``'s end to its group: its GPU-seconds, a success that reaches the goal, a
+        budget spent. When the group ends, so do its other members, in this same transaction: a
+        crash can never keep the success and lose the siblings' cancellation."""
+        group = self._group_row(conn, job.spec.tenant, job.spec.group)
+        if group is None:
+            return []  # a store edited by hand; the member still ends
+        won = job.state == JobState.SUCCEEDED
+        reason = after_success(group) if won else ""
+        group = replace(group, spent=group.spent + job.attained_service, succeeded=group.succeeded + int(won))
+        if not reason and over_budget(group, 0.0):
+            reason = GROUP_BUDGET
+        if reason:
+            group = replace(group, ended_reason=reason, ended_at=time.time())
+        conn.execute("UPDATE groups SET spent = ?, succeeded = ?, ended_reason = ?, ended_at = ? "
+                     "WHERE tenant = ? AND name = ?",
+                     (group.spent, group.succeeded, group.ended_reason, group.ended_at, group.tenant, group.name))
+        if not reason:
+            return [group]
+        return [group, *self._stop_members(conn, group, reason)]
+
+    def _stop_members(self, conn: sqlite3.Connection, group: Group, reason: str) -> builtins.list[Job | Group]:
+        """End ``group``'s unfinished members for ``reason``: pending ones now, running ones by a
+        recorded cancel request (the controller stops their processes, after a restart too)."""
+        rows = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND grp = ? AND grp != '' AND "
+            f"state IN ({','.join('?' * len(_UNFINISHED))}) ORDER BY seq",
+            (group.tenant, group.name, *_UNFINISHED),
+        ).fetchall()
+        now = time.time()
+        out: builtins.list[Job | Group] = []
+        for row in rows:
+            member = _row_to_job(row)
+            if member.state == JobState.PENDING:
+                member = replace(member, state=JobState.CANCELLED, reason=reason, finished_at=now,
+                                 message=f"group {group.name} ended before it started ({reason})")
+                conn.execute("UPDATE jobs SET state = ?, reason = ?, message = ?, finished_at = ? WHERE id = ?",
+                             (member.state.value, member.reason, member.message, now, member.id))
+                self._event(conn, member, "cancelled")
+            elif not member.cancel_requested:
+                member = replace(member, cancel_requested=True, cancel_reason=reason)
+                conn.execute("UPDATE jobs SET cancel_requested = 1, cancel_reason = ? WHERE id = ?",
+                             (reason, member.id))
+                self._event(conn, member, "cancel-requested", f"group {group.name} ended ({reason})")
+            else:
+                continue
+            out.append(member)
+        return out
+
+    def end_group(self, tenant: str, name: str, reason: str) -> Group:
+        """End an open group for ``reason`` (a user's cancel, its budget spent) and stop its
+        unfinished members; an ended group is returned as it is. NotFound for no such group."""
+
+        def fn(conn: sqlite3.Connection) -> builtins.list[Job | Group]:
+            group = self._group_row(conn, tenant, name)
+            if group is None:
+                raise NotFound(f"tenant {quote(tenant)} has no group {quote(name)}")
+            if not group.open:
+                return [group]
+            group = replace(group, ended_reason=reason, ended_at=time.time())
+            conn.execute("UPDATE groups SET ended_reason = ?, ended_at = ? WHERE tenant = ? AND name = ?",
+                         (reason, group.ended_at, tenant, name))
+            return [group, *self._stop_members(conn, group, reason)]
+
+        first = self._write(fn)[0]
+        assert isinstance(first, Group)
+        return first
+
+    def group(self, tenant: str, name: str) -> Group:
+        """Tenant ``tenant``'s group ``name``; NotFound when it has none of that name."""
+        group = self._group_row(self._reader(), tenant, name)
+        if group is None:
+            raise NotFound(f"tenant {quote(tenant)} has no group {quote(name)}")
+        return group
+
+    def groups(self, tenant: str = "") -> builtins.list[Group]:
+        """Groups, oldest first: ``tenant``'s, or everyone's."""
+        sql = f"SELECT {_GROUP_COLUMNS} FROM groups"
+        args: builtins.list[Any] = []
+        if tenant:
+            sql += " WHERE tenant = ?"
+            args.append(tenant)
+        return [_row_to_group(r) for r in self._reader().execute(sql + " ORDER BY created_at, name", args)]
+
+    def members(self, tenant: str, name: str) -> builtins.list[Job]:
+        """A group's members in submission order."""
+        rows = self._reader().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND grp = ? AND grp != '' ORDER BY seq", (tenant, name),
+        ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def open_groups(self) -> builtins.list[Group]:
+        """The groups not yet ended (from memory: cheap; the controller checks budgets each round)."""
+        with self._active_lock:
+            return builtins.list(self._groups.values())
+
+    # -- steering -------------------------------------------------------------------------------
+
+    def set_priority(self, job_id: str, priority: Priority) -> Job:
+        """Give an unfinished job a new priority (FailedPrecondition once it ended)."""
+
+        def fn(conn: sqlite3.Connection) -> Job:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} does not exist")
+            job = _row_to_job(row)
+            if job.state.terminal:
+                raise FailedPrecondition(f"job {job_id} already ended ({job.state.value})")
+            if job.spec.priority == priority:
+                return job
+            old = job.spec.priority
+            job = replace(job, spec=replace(job.spec, priority=priority))
+            conn.execute("UPDATE jobs SET spec = ? WHERE id = ?", (spec_to_json(job.spec), job_id))
+            self._event(conn, job, "priority-changed", f"{old.name.lower()} -> {priority.name.lower()}")
+            return job
 
         return self._write(fn)
 
@@ -938,8 +1253,10 @@ class Store:
         with self._active_lock:
             return self._active.get(job_id)
 
-    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "") -> builtins.list[Event]:
-        """Up to ``limit`` events after ``after_seq`` in order, of one job and/or one tenant when given."""
+    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "",
+               group: str = "") -> builtins.list[Event]:
+        """Up to ``limit`` events after ``after_seq`` in order, of one job, one tenant and/or one
+        of its groups when given."""
         with self._events:
             recent = self._recent
             if recent and recent[0].seq <= after_seq + 1:
@@ -948,7 +1265,8 @@ class Store:
                 out: builtins.list[Event] = []
                 for i in range(start, len(recent)):
                     event = recent[i]
-                    if (not job_id or event.job_id == job_id) and (not tenant or event.tenant == tenant):
+                    if (not job_id or event.job_id == job_id) and (not tenant or event.tenant == tenant) \
+                            and (not group or event.group == group):
                         out.append(event)
                         if len(out) == limit:
                             break
@@ -961,6 +1279,9 @@ class Store:
         if tenant:
             sql += " AND tenant = ?"
             args.append(tenant)
+        if group:
+            sql += " AND grp = ?"
+            args.append(group)
         rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", [*args, limit]).fetchall()
         return [_row_to_event(r) for r in rows]
 

@@ -11,6 +11,8 @@ for a kernel job (``gpuos.daemon.controller.kernel_command``). The worker
 - without a GPU, runs the Triton kernels on the CPU under ``TRITON_INTERPRET=1``;
 - yields its time-slice turn at kernel boundaries: SIGUSR1 asks it to pause, and at the next
   step boundary it stops itself (SIGSTOP) until the daemon's SIGCONT;
+- stops for good at the next step boundary when SIGUSR2 asks it to (steering: ``gpuosctl stop``),
+  writing its progress so far and exiting 0;
 - writes its progress (steps done, per-step latency) atomically after every step, and a line per
   step to stdout, which the daemon captures as the job's log. Under gpuosd it writes
   ``progress.json`` in the directory open as descriptor ``GPUOS_PROGRESS_DIR_FD`` (the job's own
@@ -42,6 +44,10 @@ PROGRESS_FILE = "progress.json"
 STREAM_PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
+class StopAtStep(Exception):
+    """Raised at a step boundary after SIGUSR2 asked the worker to stop there."""
+
+
 class Yielder:
     """Pause at kernel boundaries when asked: the daemon's SIGUSR1 sets a request, the next
     boundary honours it by stopping this process; SIGCONT (the daemon's resume) clears a request
@@ -49,11 +55,16 @@ class Yielder:
 
     def __init__(self) -> None:
         self.requested = False
+        self.stop = False
         self.yields = 0
 
     def install(self) -> None:
         signal.signal(signal.SIGUSR1, self._ask)
+        signal.signal(signal.SIGUSR2, self._ask_stop)
         signal.signal(signal.SIGCONT, self._resumed)
+
+    def _ask_stop(self, signum: int, frame: object) -> None:
+        self.stop = True
 
     def _ask(self, signum: int, frame: object) -> None:
         self.requested = True
@@ -62,6 +73,8 @@ class Yielder:
         self.requested = False
 
     def boundary(self) -> None:
+        if self.stop:
+            raise StopAtStep
         if self.requested:
             self.requested = False
             self.yields += 1
@@ -193,8 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     yielder = Yielder()
     yielder.install()
     print(f"{spec.name}: {json.dumps(params, sort_keys=True)} seed={seed}", flush=True)
-    summary = run(spec, params, progress, yielder, os.environ.get("GPUOS_PRIORITY", "normal"),
-                  int(os.environ.get("GPUOS_MEMORY_LIMIT", "0") or 0), seed)
+    try:
+        summary = run(spec, params, progress, yielder, os.environ.get("GPUOS_PRIORITY", "normal"),
+                      int(os.environ.get("GPUOS_MEMORY_LIMIT", "0") or 0), seed)
+    except StopAtStep:
+        done = len(progress.latencies)
+        progress.write()
+        print(f"{spec.name}: stopped at step {done} of {steps} as asked, "
+              f"{json.dumps(progress.as_dict(), sort_keys=True)}", flush=True)
+        return 0
     progress.summary = {k: float(v) for k, v in summary.items()}
     progress.write()
     print(f"{spec.name}: done, {json.dumps(progress.as_dict(), sort_keys=True)}", flush=True)

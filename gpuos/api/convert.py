@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gpuos.dedupe import check_key
 from gpuos.errors import InvalidArgument
+from gpuos.groups import Group, GroupSpec, check_budget, check_name, parse_mode
 from gpuos.jobs import (
     TIMESLICE,
     Event,
@@ -55,7 +58,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+[a-z]+)?$")
 
-_PRIORITY_IN = {
+PRIORITY_FROM_PB = {
     jobs_pb2.PRIORITY_UNSPECIFIED: Priority.NORMAL,
     jobs_pb2.LOW: Priority.LOW,
     jobs_pb2.NORMAL: Priority.NORMAL,
@@ -207,7 +210,7 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
             raise InvalidArgument("kernel", "is empty; name a built-in kernel")
         get_kernel(kernel).validate(dict(params))
         job_kind = JobKind.KERNEL
-    if spec.priority not in _PRIORITY_IN:
+    if spec.priority not in PRIORITY_FROM_PB:
         raise InvalidArgument("priority", f"unknown priority {spec.priority}; use LOW, NORMAL or HIGH")
     qos = Qos.parse(spec.qos)
     if len(spec.env) > MAX_ENV:
@@ -226,6 +229,7 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
     estimate = spec.estimated_seconds
     if not math.isfinite(estimate) or estimate < 0:
         raise InvalidArgument("estimated_seconds", f"{estimate} is not a non-negative number of seconds")
+    group = check_name(spec.group.strip()) if spec.group.strip() else ""
     return JobSpec(
         name=name or _default_name(command, kernel),
         kind=job_kind,
@@ -233,13 +237,49 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
         command=command,
         kernel=kernel,
         params=params,
-        priority=_PRIORITY_IN[spec.priority],
+        priority=PRIORITY_FROM_PB[spec.priority],
         tenant=tenant,
         qos=qos,
         env=tuple(env),
         cwd=cwd,
         estimated_seconds=estimate,
+        group=group,
+        dedupe_key=check_key(spec.dedupe_key) if spec.dedupe_key else "",
     )
+
+
+def group_options_from_pb(request: jobs_pb2.SubmitRequest) -> GroupSpec | None:
+    """The mode and budget a submit asks its group to have; None when it names none (the
+    defaults for a new group, and no check against an existing one)."""
+    options = request.group_options
+    if not options.mode.strip() and not options.budget_gpu_seconds:
+        return None
+    if not request.spec.group.strip():
+        raise InvalidArgument("group_options", "give a group's mode or budget only with spec.group")
+    try:
+        mode, best_of = parse_mode(options.mode)
+    except InvalidArgument as exc:
+        raise InvalidArgument("group_options.mode", exc.problem) from None
+    try:
+        budget = check_budget(options.budget_gpu_seconds)
+    except InvalidArgument as exc:
+        raise InvalidArgument("group_options.budget_gpu_seconds", exc.problem) from None
+    return GroupSpec(check_name(request.spec.group.strip()), mode, best_of, budget)
+
+
+def group_to_pb(group: Group, running_service: float = 0.0,
+                members: Sequence[jobs_pb2.Job] = ()) -> jobs_pb2.Group:
+    """``group`` as the API shows it; ``running_service`` is its running members' GPU-seconds."""
+    out = jobs_pb2.Group(
+        name=group.name, tenant=group.tenant, mode=group.spec.mode_text, budget_gpu_seconds=group.spec.budget,
+        spent_gpu_seconds=group.spent + running_service, state="open" if group.open else "ended",
+        reason=group.ended_reason, succeeded=group.succeeded, members=list(members),
+    )
+    for name in ("created_at", "ended_at"):
+        ts = _timestamp(getattr(group, name))
+        if ts is not None:
+            getattr(out, name).CopyFrom(ts)
+    return out
 
 
 def _timestamp(t: float | None) -> Timestamp | None:
@@ -286,6 +326,8 @@ def job_to_pb(job: Job, progress: KernelProgress | None = None, waiting: WaitRea
             qos=spec.qos.value,
             cwd=spec.cwd,
             estimated_seconds=spec.estimated_seconds,
+            group=spec.group,
+            dedupe_key=spec.dedupe_key,
         ),
     )
     if job.exit_code is not None:
@@ -340,6 +382,7 @@ def event_to_pb(event: Event) -> jobs_pb2.Event:
         reason=event.reason,
         message=event.message,
         tenant=event.tenant,
+        group=event.group,
     )
     ts = _timestamp(event.time)
     assert ts is not None

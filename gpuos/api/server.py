@@ -37,9 +37,10 @@ from gpuos.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from gpuos.jobs import Job, JobKind, JobSpec, JobState, PartitionKind
+from gpuos.groups import GROUP_CANCELLED, Group, GroupSpec, check_name
+from gpuos.jobs import Job, JobKind, JobSpec, JobState, PartitionKind, Reason
 from gpuos.scheduler import Policy, available, get_policy
-from gpuos.store import decode_page_token, encode_page_token
+from gpuos.store import MAX_BATCH_JOBS, Submitted, decode_page_token, encode_page_token
 from gpuos.text import clip_utf8, quote
 from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
 
@@ -127,11 +128,46 @@ class JobServicer(_Base):
             raise PermissionDenied(f"tenant: {who.name} may submit only as tenant {who.name!r}, not {quote(tenant)}")
         if len(request.idempotency_key) > 128:
             raise InvalidArgument("idempotency_key", "is longer than 128 characters")
+        spec, group = self._submission(request, who)
+        job, outcome = self.service.store.submit_one(spec, who.uid, request.idempotency_key, group)
+        self.service.wake()
+        return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job), duplicate=outcome is Submitted.DUPLICATE)
+
+    def _submission(self, request: jobs_pb2.SubmitRequest, who: Identity) -> tuple[JobSpec, GroupSpec | None]:
+        """A submit's checked spec and group options (InvalidArgument naming the field)."""
+        tenant = request.spec.tenant.strip() or who.name
+        if tenant != who.name and not who.admin:
+            raise PermissionDenied(f"tenant: {who.name} may submit only as tenant {who.name!r}, not {quote(tenant)}")
+        if len(request.idempotency_key) > 128:
+            raise InvalidArgument("idempotency_key", "is longer than 128 characters")
         spec = convert.spec_from_pb(request.spec, convert._label(tenant, "tenant", convert.MAX_TENANT))
         spec = admit(spec, self.service.devices, self.service.mps_available)
-        job, _ = self.service.store.submit(spec, who.uid, request.idempotency_key)
+        return spec, convert.group_options_from_pb(request)
+
+    @_handled
+    def SubmitBatch(self, request: jobs_pb2.SubmitBatchRequest,
+                    context: grpc.ServicerContext) -> jobs_pb2.SubmitBatchResponse:
+        who = self.identity(context)
+        if not request.jobs:
+            raise InvalidArgument("jobs", "is empty; give one or more submits")
+        if len(request.jobs) > MAX_BATCH_JOBS:
+            raise InvalidArgument("jobs", f"holds {len(request.jobs)} submits; at most {MAX_BATCH_JOBS} per batch")
+        items: list[tuple[JobSpec, str, GroupSpec | None]] = []
+        for i, one in enumerate(request.jobs):
+            try:
+                spec, group = self._submission(one, who)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"jobs[{i}].{exc.field}", exc.problem) from None
+            except (PermissionDenied, ResourceExhausted) as exc:
+                raise type(exc)(f"jobs[{i}]: {exc}") from None
+            items.append((spec, one.idempotency_key, group))
+        results = self.service.store.submit_batch(items, who.uid)
         self.service.wake()
-        return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job))
+        reply = jobs_pb2.SubmitBatchResponse()
+        for job, outcome in results:
+            reply.jobs.append(jobs_pb2.SubmitResponse(job=convert.job_to_pb(job),
+                                                      duplicate=outcome is Submitted.DUPLICATE))
+        return reply
 
     def _visible(self, job_id: str, who: Identity) -> Job:
         # Prefixes resolve among the caller's own jobs only: another tenant's job sharing the
@@ -191,7 +227,7 @@ class JobServicer(_Base):
             # It started (or ended) meanwhile: ask the controller to stop its process.
             try:
                 job = store.update(job.id, expect={JobState.RUNNING, JobState.PAUSED}, cancel_requested=True,
-                                   event="cancel-requested")
+                                   cancel_reason=Reason.CANCELLED_BY_USER, event="cancel-requested")
             except FailedPrecondition:
                 return convert.job_to_pb(store.get(job.id))
             self.service.wake()
@@ -206,12 +242,88 @@ class JobServicer(_Base):
         return convert.job_to_pb(job)
 
     @_handled
+    def SetPriority(self, request: jobs_pb2.SetPriorityRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        job = self._visible(request.id, self.identity(context))
+        if request.priority == jobs_pb2.PRIORITY_UNSPECIFIED or request.priority not in convert.PRIORITY_FROM_PB:
+            raise InvalidArgument("priority", f"{request.priority} is not a priority; use LOW, NORMAL or HIGH")
+        job = self.service.store.set_priority(job.id, convert.PRIORITY_FROM_PB[request.priority])
+        self.service.wake()
+        return self._job_pb(job)
+
+    @_handled
+    def Stop(self, request: jobs_pb2.StopJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        job = self._visible(request.id, self.identity(context))
+        store = self.service.store
+        if job.spec.kind != JobKind.KERNEL:
+            raise FailedPrecondition(f"job {job.id} is a {job.spec.kind.value} job; only kernel jobs stop at a step "
+                                     "boundary (cancel stops any job)")
+        if job.state.terminal:
+            raise FailedPrecondition(f"job {job.id} already ended ({job.state.value})")
+        try:
+            job = store.update(job.id, expect={JobState.PENDING}, state=JobState.CANCELLED,
+                               reason=Reason.STOPPED_AT_STEP, message="stopped before it started",
+                               finished_at=time.time())
+        except FailedPrecondition:
+            try:
+                job = store.update(job.id, expect={JobState.RUNNING, JobState.PAUSED}, stop_requested=True,
+                                   event="stop-requested")
+            except FailedPrecondition:
+                job = store.get(job.id)
+        self.service.wake()
+        return self._job_pb(job)
+
+    def _group_tenant(self, tenant: str, who: Identity) -> str:
+        tenant = tenant.strip() or who.name
+        if not who.may_see(tenant):
+            raise PermissionDenied(f"tenant: {who.name} may not see the groups of tenant {quote(tenant)}")
+        return tenant
+
+    def _group_pb(self, group: Group, members: list[Job] | None = None) -> jobs_pb2.Group:
+        if members is None:
+            members = self.service.store.members(group.tenant, group.name) if group.open else []
+        running = sum(self.service.service_of(m) for m in members if m.state.active)
+        return convert.group_to_pb(group, running, [self._job_pb(m) for m in members])
+
+    @_handled
+    def GetGroup(self, request: jobs_pb2.GetGroupRequest, context: grpc.ServicerContext) -> jobs_pb2.Group:
+        who = self.identity(context)
+        tenant = self._group_tenant(request.tenant, who)
+        name = check_name(request.name.strip())
+        group = self.service.store.group(tenant, name)
+        return self._group_pb(group, self.service.store.members(tenant, name))
+
+    @_handled
+    def ListGroups(self, request: jobs_pb2.ListGroupsRequest,
+                   context: grpc.ServicerContext) -> jobs_pb2.ListGroupsResponse:
+        who = self.identity(context)
+        tenant = self._group_tenant(request.tenant, who)
+        reply = jobs_pb2.ListGroupsResponse()
+        for group in self.service.store.groups(tenant):
+            shown = self._group_pb(group)
+            del shown.members[:]
+            reply.groups.append(shown)
+        return reply
+
+    @_handled
+    def CancelGroup(self, request: jobs_pb2.CancelGroupRequest, context: grpc.ServicerContext) -> jobs_pb2.Group:
+        who = self.identity(context)
+        tenant = self._group_tenant(request.tenant, who)
+        name = check_name(request.name.strip())
+        group = self.service.store.end_group(tenant, name, GROUP_CANCELLED)
+        self.service.wake()
+        return self._group_pb(group, self.service.store.members(tenant, name))
+
+    @_handled
     def Watch(self, request: jobs_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Event]:
         who = self.identity(context)
         store = self.service.store
         job_id = ""
         if request.job_id:
             job_id = self._visible(request.job_id, who).id
+        group = ""
+        if request.group:
+            group = check_name(request.group.strip())
+            store.group(who.name, group)  # NotFound for an unknown group
         seq = request.since_seq
         if seq > MAX_SEQ:
             raise InvalidArgument("since_seq", f"{seq} is beyond any event's sequence number (at most {MAX_SEQ})")
@@ -221,7 +333,7 @@ class JobServicer(_Base):
             # Every event up to `top` is readable now; a short batch holds all of them that match,
             # so the stream moves past the others' events too instead of waking for them again.
             top = store.last_event_seq
-            batch = store.events(seq, job_id, 500, tenant)
+            batch = store.events(seq, job_id, 500, tenant or (who.name if group else ""), group)
             for event in batch:
                 seq = event.seq
                 self.streams.pace(who.name)
@@ -233,7 +345,7 @@ class JobServicer(_Base):
                 return
             if job_id and store.get(job_id).state.terminal and not store.events(seq, job_id, 1):
                 return
-            store.wait_for_events(seq, 0.5, tenant)
+            store.wait_for_events(seq, 0.5, tenant or (who.name if group else ""))
 
     @_handled
     def Logs(self, request: jobs_pb2.LogsRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.LogChunk]:

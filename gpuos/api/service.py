@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 from gpuos.api.identity import Authenticator
 from gpuos.devices.backend import DeviceInfo, DeviceStatus, MigInstance
-from gpuos.jobs import Event, Job, JobSpec, JobState, KernelProgress, Resources
+from gpuos.groups import Group, GroupSpec
+from gpuos.jobs import Event, Job, JobSpec, JobState, KernelProgress, Priority, Resources
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.policy import Policy
-from gpuos.store import JobPage
+from gpuos.store import JobPage, Submitted
 
 
 class JobStore(Protocol):
@@ -25,7 +26,21 @@ class JobStore(Protocol):
     @property
     def last_event_seq(self) -> int: ...
 
-    def submit(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "") -> tuple[Job, bool]: ...
+    def submit_one(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
+                   group: GroupSpec | None = None) -> tuple[Job, Submitted]: ...
+
+    def submit_batch(self, items: list[tuple[JobSpec, str, GroupSpec | None]],
+                     owner_uid: int) -> list[tuple[Job, Submitted]]: ...
+
+    def set_priority(self, job_id: str, priority: Priority) -> Job: ...
+
+    def group(self, tenant: str, name: str) -> Group: ...
+
+    def groups(self, tenant: str = "") -> list[Group]: ...
+
+    def members(self, tenant: str, name: str) -> list[Job]: ...
+
+    def end_group(self, tenant: str, name: str, reason: str) -> Group: ...
 
     def get(self, job_id: str, tenant: str = "") -> Job: ...
 
@@ -35,7 +50,8 @@ class JobStore(Protocol):
     def update(self, job_id: str, *, expect: Iterable[JobState] | None = None, event: str = "",
                event_message: str = "", **changes: Any) -> Job: ...
 
-    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "") -> list[Event]: ...
+    def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "",
+               group: str = "") -> list[Event]: ...
 
     def wait_for_events(self, after_seq: int, timeout: float, tenant: str = "") -> bool: ...
 
@@ -86,6 +102,10 @@ class DaemonService(Protocol):
         ...
 
     def kernel_progress(self, job_id: str) -> KernelProgress | None: ...
+
+    def service_of(self, job: Job) -> float:
+        """GPU-seconds of service ``job`` has had up to now (running jobs' included)."""
+        ...
 
     def log_path(self, job_id: str, stream: str) -> Path:
         """Where job ``job_id``'s ``stream`` ("stdout" or "stderr") is written."""

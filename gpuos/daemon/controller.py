@@ -25,6 +25,7 @@ from gpuos.daemon.partitioning import Partitions
 from gpuos.daemon.reservations import Reservations, rank
 from gpuos.daemon.turns import Turns
 from gpuos.devices.backend import DeviceBackend, DeviceInfo
+from gpuos.groups import GROUP_BUDGET, over_budget
 from gpuos.jobs import Job, JobSpec, JobState, KernelProgress, Resources
 from gpuos.runtime.process import ProcessRuntime
 from gpuos.scheduler import Place, Policy, Preempt, Snapshot, schedule
@@ -158,6 +159,7 @@ class Controller:
         """One round: reap, stop what must stop, check devices, schedule, rotate turns."""
         with self._lock:
             self.lifecycle.reap()
+            self._enforce_budgets()
             self.lifecycle.drive_stops()
             self._check_health()
             self._schedule()
@@ -170,6 +172,34 @@ class Controller:
             self.cluster.sync(self.store.active(), time.time())
             self.lifecycle.recover()
             self.cluster.sync(self.store.active(), time.time())
+
+    # -- job groups -----------------------------------------------------------------------------
+
+    def service_of(self, job: Job) -> float:
+        """GPU-seconds ``job`` has had up to now, by the model (running jobs' service grows)."""
+        return self.cluster.attained(job, time.time())
+
+    def _enforce_budgets(self) -> None:
+        """End each open group whose members' GPU-seconds reached its budget (gpuos/groups.py).
+
+        Checked every round, so a group overshoots its budget by at most what its running members
+        earn in one round plus their kill grace; a member's end is applied by the store itself.
+        """
+        budgeted = [g for g in self.store.open_groups() if g.spec.budget > 0]
+        if not budgeted:
+            return
+        now = time.time()
+        running: dict[tuple[str, str], float] = {}
+        for job in self.store.placed():
+            if job.spec.group:
+                key = (job.spec.tenant, job.spec.group)
+                running[key] = running.get(key, 0.0) + self.cluster.attained(job, now)
+        for group in budgeted:
+            if over_budget(group, running.get((group.tenant, group.name), 0.0)):
+                log.info("group %s of %s spent its budget of %g GPU-seconds; stopping its members",
+                         group.name, group.tenant, group.spec.budget)
+                self.store.end_group(group.tenant, group.name, GROUP_BUDGET)
+                self._dirty = True
 
     def _begin_stop(self, job: Job, state: JobState, reason: str, message: str) -> None:
         self.lifecycle.begin_stop(job, state, reason, message)

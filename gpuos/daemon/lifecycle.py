@@ -126,6 +126,7 @@ class Lifecycle:
         self.stopping: dict[str, _Stopping] = {}
         self._attached: dict[str, int] = {}
         self._unrecorded: set[str] = set()  # jobs whose end the store could not record yet
+        self._stop_asked: set[str] = set()  # kernel jobs asked to stop at their next step
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -171,7 +172,8 @@ class Lifecycle:
                 self.store.update(job.id, shim_pid=handle.shim_pid, shim_started=handle.shim_started,
                                   event="reattached", event_message="gpuosd restarted; job still running")
                 if job.cancel_requested:
-                    self.begin_stop(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled")
+                    self.begin_stop(job, JobState.CANCELLED, job.cancel_reason or Reason.CANCELLED_BY_USER,
+                                    "cancelled")
                 continue
             status = self.runtime.exit_status(job.id)
             if status is not None:
@@ -343,7 +345,13 @@ class Lifecycle:
         if stopping is not None:
             self.finalize(job, stopping.state, stopping.reason, stopping.message, exit_code)
         elif job.cancel_requested:
-            self.finalize(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", exit_code)
+            self.finalize(job, JobState.CANCELLED, job.cancel_reason or Reason.CANCELLED_BY_USER, "cancelled",
+                          exit_code)
+        elif job.stop_requested and not spawn_error and (exit_code == 0 or sig == signal.SIGUSR2):
+            # It stopped at a step boundary as asked: not a success (a group must not count it
+            # as one), and not a failure; its progress says how far it got. (SIGUSR2 itself
+            # ends a worker that had not yet set up its handler.)
+            self.finalize(job, JobState.CANCELLED, Reason.STOPPED_AT_STEP, "stopped at a step boundary as asked", 0)
         elif spawn_error:
             self.finalize(job, JobState.FAILED, Reason.SPAWN_FAILED, spawn_error, exit_code)
         elif exit_code == 0:
@@ -353,6 +361,7 @@ class Lifecycle:
             self.finalize(job, JobState.FAILED, Reason.EXIT_NONZERO, message, exit_code)
         # Only once recorded: a retry must still know why the job was being stopped.
         self.stopping.pop(job.id, None)
+        self._stop_asked.discard(job.id)
 
     def finalize(self, job: Job, state: JobState, reason: str, message: str, exit_code: int | None) -> None:
         """Take the job off its GPUs and record it as ``state``: requeued when PENDING, else ended."""
@@ -399,7 +408,12 @@ class Lifecycle:
         """Begin stopping the jobs whose cancel was asked for; SIGKILL those past their grace."""
         for job in self.store.placed():
             if job.cancel_requested:
-                self.begin_stop(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled")
+                self.begin_stop(job, JobState.CANCELLED, job.cancel_reason or Reason.CANCELLED_BY_USER, "cancelled")
+            elif job.stop_requested and job.id not in self._stop_asked and job.spec.kind == JobKind.KERNEL:
+                # The kernel worker stops by itself at its next step boundary (SIGUSR2); a
+                # restarted daemon asks again, which the worker takes as the same request.
+                if self.runtime.signal(job.id, signal.SIGUSR2, tree=False):
+                    self._stop_asked.add(job.id)
         now = time.time()
         for job_id, stopping in list(self.stopping.items()):
             if now >= stopping.kill_at:

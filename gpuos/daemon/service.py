@@ -99,6 +99,9 @@ class ControllerService:
     def kernel_progress(self, job_id: str) -> KernelProgress | None:
         return self._controller.kernel_progress(job_id)
 
+    def service_of(self, job: Job) -> float:
+        return self._controller.service_of(job)
+
     def log_path(self, job_id: str, stream: str) -> Path:
         return self._runtime.log_path(job_id, stream)
 

@@ -51,7 +51,7 @@ KERNEL: JobKind
 EXTERNAL: JobKind
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "kind", "command", "kernel", "params", "resources", "priority", "tenant", "qos", "env", "cwd", "estimated_seconds")
+    __slots__ = ("name", "kind", "command", "kernel", "params", "resources", "priority", "tenant", "qos", "env", "cwd", "estimated_seconds", "group", "dedupe_key")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class JobSpec(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: JobKind
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -90,7 +92,17 @@ class JobSpec(_message.Message):
     env: _containers.ScalarMap[str, str]
     cwd: str
     estimated_seconds: float
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., command: _Optional[_Iterable[str]] = ..., kernel: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., qos: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., estimated_seconds: _Optional[float] = ...) -> None: ...
+    group: str
+    dedupe_key: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., command: _Optional[_Iterable[str]] = ..., kernel: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., qos: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., estimated_seconds: _Optional[float] = ..., group: _Optional[str] = ..., dedupe_key: _Optional[str] = ...) -> None: ...
+
+class GroupOptions(_message.Message):
+    __slots__ = ("mode", "budget_gpu_seconds")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    budget_gpu_seconds: float
+    def __init__(self, mode: _Optional[str] = ..., budget_gpu_seconds: _Optional[float] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("devices", "device_uuids", "partition", "granted", "mig_device_uuid")
@@ -176,18 +188,102 @@ class KernelProgress(_message.Message):
     def __init__(self, steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., last_latency_ms: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p50_latency_ms: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., summary: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("spec", "idempotency_key")
+    __slots__ = ("spec", "idempotency_key", "group_options")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     idempotency_key: str
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    group_options: GroupOptions
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., group_options: _Optional[_Union[GroupOptions, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("job",)
+    __slots__ = ("job", "duplicate")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     job: Job
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class SubmitBatchRequest(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[SubmitRequest]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SubmitRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitBatchResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[SubmitResponse]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SubmitResponse, _Mapping]]] = ...) -> None: ...
+
+class SetPriorityRequest(_message.Message):
+    __slots__ = ("id", "priority")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    priority: Priority
+    def __init__(self, id: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+
+class StopJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class Group(_message.Message):
+    __slots__ = ("name", "tenant", "mode", "budget_gpu_seconds", "spent_gpu_seconds", "state", "reason", "created_at", "ended_at", "succeeded", "members")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPENT_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant: str
+    mode: str
+    budget_gpu_seconds: float
+    spent_gpu_seconds: float
+    state: str
+    reason: str
+    created_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    succeeded: int
+    members: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., mode: _Optional[str] = ..., budget_gpu_seconds: _Optional[float] = ..., spent_gpu_seconds: _Optional[float] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., succeeded: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class GetGroupRequest(_message.Message):
+    __slots__ = ("name", "tenant")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ListGroupsRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListGroupsResponse(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[Group]
+    def __init__(self, groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ...) -> None: ...
+
+class CancelGroupRequest(_message.Message):
+    __slots__ = ("name", "tenant")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)
@@ -224,17 +320,19 @@ class CancelJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("job_id", "since_seq", "follow")
+    __slots__ = ("job_id", "since_seq", "follow", "group")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQ_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     since_seq: int
     follow: bool
-    def __init__(self, job_id: _Optional[str] = ..., since_seq: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    group: str
+    def __init__(self, job_id: _Optional[str] = ..., since_seq: _Optional[int] = ..., follow: _Optional[bool] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "time", "job_id", "kind", "state", "reason", "message", "tenant")
+    __slots__ = ("seq", "time", "job_id", "kind", "state", "reason", "message", "tenant", "group")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +341,7 @@ class Event(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: _timestamp_pb2.Timestamp
     job_id: str
@@ -251,7 +350,8 @@ class Event(_message.Message):
     reason: str
     message: str
     tenant: str
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    group: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., tenant: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("job_id", "follow")

@@ -65,6 +65,36 @@ class JobServiceStub:
                 request_serializer=gpuos_dot_v1_dot_jobs__pb2.LogsRequest.SerializeToString,
                 response_deserializer=gpuos_dot_v1_dot_jobs__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/gpuos.v1.JobService/SubmitBatch',
+                request_serializer=gpuos_dot_v1_dot_jobs__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_jobs__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
+        self.SetPriority = channel.unary_unary(
+                '/gpuos.v1.JobService/SetPriority',
+                request_serializer=gpuos_dot_v1_dot_jobs__pb2.SetPriorityRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/gpuos.v1.JobService/Stop',
+                request_serializer=gpuos_dot_v1_dot_jobs__pb2.StopJobRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetGroup = channel.unary_unary(
+                '/gpuos.v1.JobService/GetGroup',
+                request_serializer=gpuos_dot_v1_dot_jobs__pb2.GetGroupRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_jobs__pb2.Group.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/gpuos.v1.JobService/ListGroups',
+                request_serializer=gpuos_dot_v1_dot_jobs__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_jobs__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.CancelGroup = channel.unary_unary(
+                '/gpuos.v1.JobService/CancelGroup',
+                request_serializer=gpuos_dot_v1_dot_jobs__pb2.CancelGroupRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_jobs__pb2.Group.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -111,6 +141,48 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """Up to 10,000 submits in one durable commit, all or nothing: one bad job refuses the batch
+        (the status names its index and field) and none is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPriority(self, request, context):
+        """Steering: a pending or running job's new priority (its next scheduling round uses it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """Steering: a running kernel job stops at its next step boundary (CANCELLED, reason
+        stopped-at-step, exit code 0, its progress kept); a pending one is cancelled at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGroup(self, request, context):
+        """Job groups (see Group): one, a tenant's, and cancelling one (every unfinished member).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +215,36 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=gpuos_dot_v1_dot_jobs__pb2.LogsRequest.FromString,
                     response_serializer=gpuos_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=gpuos_dot_v1_dot_jobs__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_jobs__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'SetPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPriority,
+                    request_deserializer=gpuos_dot_v1_dot_jobs__pb2.SetPriorityRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=gpuos_dot_v1_dot_jobs__pb2.StopJobRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'GetGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGroup,
+                    request_deserializer=gpuos_dot_v1_dot_jobs__pb2.GetGroupRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_jobs__pb2.Group.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=gpuos_dot_v1_dot_jobs__pb2.ListGroupsRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_jobs__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'CancelGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelGroup,
+                    request_deserializer=gpuos_dot_v1_dot_jobs__pb2.CancelGroupRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_jobs__pb2.Group.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +410,168 @@ class JobService:
             '/gpuos.v1.JobService/Logs',
             gpuos_dot_v1_dot_jobs__pb2.LogsRequest.SerializeToString,
             gpuos_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.JobService/SubmitBatch',
+            gpuos_dot_v1_dot_jobs__pb2.SubmitBatchRequest.SerializeToString,
+            gpuos_dot_v1_dot_jobs__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.JobService/SetPriority',
+            gpuos_dot_v1_dot_jobs__pb2.SetPriorityRequest.SerializeToString,
+            gpuos_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.JobService/Stop',
+            gpuos_dot_v1_dot_jobs__pb2.StopJobRequest.SerializeToString,
+            gpuos_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.JobService/GetGroup',
+            gpuos_dot_v1_dot_jobs__pb2.GetGroupRequest.SerializeToString,
+            gpuos_dot_v1_dot_jobs__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.JobService/ListGroups',
+            gpuos_dot_v1_dot_jobs__pb2.ListGroupsRequest.SerializeToString,
+            gpuos_dot_v1_dot_jobs__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.JobService/CancelGroup',
+            gpuos_dot_v1_dot_jobs__pb2.CancelGroupRequest.SerializeToString,
+            gpuos_dot_v1_dot_jobs__pb2.Group.FromString,
             options,
             channel_credentials,
             insecure,
