@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, StoreError
-from gpuos.jobs import JobKind, JobSpec, JobState, Partition, PartitionKind, Resources
+from gpuos.jobs import JobKind, JobSpec, JobState, Partition, PartitionKind, Priority, Qos, Resources
 from gpuos.store import Store, placement_from_json, placement_to_json, spec_from_json, spec_to_json
 
 
@@ -177,3 +177,42 @@ def test_a_job_that_is_no_reservation_is_stored_as_before_even_with_a_param_name
     spec = spec_from_json(OLD_KERNEL_SPEC)
     assert spec.params == (("keys", "x"), ("n", "3")) and spec.reservation_keys == ()
     assert spec_to_json(spec) == OLD_KERNEL_SPEC
+
+
+def test_every_field_of_a_spec_survives_the_store_text() -> None:
+    import dataclasses
+
+    full = JobSpec(
+        name="n", kind=JobKind.KERNEL, command=("a", "b"), kernel="k", params=(("p", "1"),),
+        resources=Resources(gpus=2, gpu_milli=0, memory_bytes=7, mig_profile="", gpu_types=("H100",), sharing="mps"),
+        priority=Priority.HIGH, tenant="t", qos=Qos.LS, env=(("A", "1"),), cwd="/w", estimated_seconds=3.5,
+        reservation_keys=("r1",), group="g", dedupe_key="sha256:x",
+    )
+    # A field left at its default would hide one the writer forgets.
+    defaults = JobSpec(name="", kind=JobKind.PROCESS, resources=Resources())
+    unset = [f.name for f in dataclasses.fields(JobSpec) if getattr(full, f.name) == getattr(defaults, f.name)]
+    assert unset == []
+    assert spec_from_json(spec_to_json(full)) == full
+
+
+def test_a_store_made_before_groups_opens_with_its_jobs_ungrouped(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = Store(tmp_path)
+    job, _ = store.submit(spec("old"), owner_uid=1)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "gpuos.db")
+    for table, column in (("jobs", "grp"), ("jobs", "dedupe_key"), ("jobs", "cancel_reason"),
+                          ("jobs", "stop_requested"), ("events", "grp")):
+        conn.execute(f"DROP INDEX IF EXISTS {'events_group' if table == 'events' else 'jobs_group'}")
+        conn.execute("DROP INDEX IF EXISTS jobs_dedupe")
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("DROP TABLE groups")
+    conn.commit()
+    conn.close()
+    reopened = Store(tmp_path)
+    again = reopened.get(job.id)
+    assert (again.spec.group, again.cancel_reason, again.stop_requested) == ("", "", False)
+    grouped, _ = reopened.submit(replace(spec("new"), group="g"), owner_uid=1)
+    assert [m.id for m in reopened.members("t", "g")] == [grouped.id]
+    reopened.close()
