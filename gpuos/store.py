@@ -336,6 +336,9 @@ def _os_problem(exc: OSError) -> str:
 
 
 _EVENT_COLUMNS = "seq, time, job_id, kind, state, reason, message, tenant, grp"
+# Job changes kept in memory for the controller's incremental sync; one that falls behind by
+# more does a full sync.
+CHANGE_LOG = 65536
 # Events kept in memory for follow streams (a few MB at most).
 RECENT_EVENTS = 8192
 
@@ -461,6 +464,10 @@ class Store:
         self._pending: Counter[str] = Counter()
         self._batch_submits: Counter[str] = Counter()
         self._active_lock = threading.Lock()
+        # Every unfinished job's record as it changed, numbered: the controller's model reads
+        # only what changed since its last round, not all the unfinished jobs (changed_since).
+        self._version = 0
+        self._changes: deque[tuple[int, Job]] = deque(maxlen=CHANGE_LOG)
         self._closed = False
         self._recorded = (0, 0)
         self._lock_fd = -1
@@ -810,6 +817,8 @@ class Store:
                     continue
                 if not isinstance(job, Job):
                     continue
+                self._version += 1
+                self._changes.append((self._version, job))
                 old = self._active.get(job.id)
                 if old is not None and old.state == JobState.PENDING:
                     self._pending[old.spec.tenant] -= 1
@@ -1326,6 +1335,24 @@ class Store:
             jobs = list(self._active.values())
         jobs.sort(key=lambda j: j.seq)
         return jobs
+
+    def changed_since(self, version: int) -> tuple[int, builtins.list[Job] | None]:
+        """(the current version, the job records committed after ``version`` in commit order),
+        or None for the records when the log no longer reaches back that far (read active())."""
+        with self._active_lock:
+            now = self._version
+            if version == now:
+                return now, []
+            log = self._changes
+            if not log or log[0][0] > version + 1:
+                return now, None
+            out: builtins.list[Job] = []
+            for seen, job in reversed(log):  # from the newest end: O(changes), not O(log)
+                if seen <= version:
+                    break
+                out.append(job)
+            out.reverse()
+            return now, out
 
     def placed(self) -> builtins.list[Job]:
         """The RUNNING and PAUSED jobs, in submission order (from memory: cheap)."""

@@ -97,6 +97,8 @@ class Controller:
         # API reads it without the lock.
         self._waiting = WaitReasons()
         self._decided: Snapshot | None = None
+        # The store's change version the model last followed (0: not yet; sync it all).
+        self._model_version = 0
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -171,7 +173,8 @@ class Controller:
         with self._lock:
             self.cluster.sync(self.store.active(), time.time())
             self.lifecycle.recover()
-            self.cluster.sync(self.store.active(), time.time())
+            self._model_version = 0
+            self._sync_model(time.time())
 
     # -- job groups -----------------------------------------------------------------------------
 
@@ -245,8 +248,18 @@ class Controller:
         """What the policy sees: the model's devices, with their free shares and sharing mode, and the queue."""
         now = time.time() if now is None else now
         with self._lock:
-            self.cluster.sync(self.store.active(), now)
+            self._sync_model(now)
             return self.cluster.snapshot(now)
+
+    def _sync_model(self, now: float) -> None:
+        """Bring the model up to the store: only the records changed since the last sync, or all
+        of them when the change log no longer reaches back (or nothing was synced yet)."""
+        version, changed = self.store.changed_since(self._model_version)
+        if changed is None or not self._model_version:
+            self.cluster.sync(self.store.active(), now)
+        else:
+            self.cluster.apply(changed, now)
+        self._model_version = version
 
     def decide(self) -> list[Place | Preempt]:
         """The active policy's decisions for the current state (no side effects)."""
