@@ -13,9 +13,11 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from gpuos.errors import GpuosError
+from gpuos.dedupe import check_key
+from gpuos.errors import GpuosError, InvalidArgument
+from gpuos.groups import GroupMode, check_budget, check_name, parse_mode
 from gpuos.text import escape, quote
 
 UINT32_MAX = 2**32 - 1
@@ -136,3 +138,36 @@ def fail(message: str, code: int = 2) -> int:
     """Print ``gpuosctl: message`` to stderr as one line; the exit code to return."""
     print(f"gpuosctl: {escape(message)}", file=sys.stderr)
     return code
+
+
+T = TypeVar("T")
+
+
+def _checked(check: Callable[[], T]) -> T:
+    """``check()``'s value, with its InvalidArgument turned into argparse's one-line error."""
+    try:
+        return check()
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+
+
+def group_name(text: str) -> str:
+    """A job group's name (gpuos.groups.check_name)."""
+    return _checked(lambda: check_name(text))
+
+
+def group_mode(text: str) -> str:
+    """``first-success``, ``all`` or ``best-of:K``, spelled as the daemon expects."""
+    mode, k = _checked(lambda: parse_mode(text))
+    return f"{mode.value}:{k}" if mode is GroupMode.BEST_OF else mode.value
+
+
+def group_budget(text: str) -> float:
+    """A group's GPU-seconds budget: 0 (no bound) up to gpuos.groups.MAX_BUDGET."""
+    value = _number(text)
+    return _checked(lambda: check_budget(value))
+
+
+def dedupe_key(text: str) -> str:
+    """A deduplication key of the user's own (gpuos.dedupe.check_key)."""
+    return _checked(lambda: check_key(text))

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the daemon refused or failed the request, or a feature's optional
 dependencies are missing (a one-line reason is printed); 2 the command line was wrong (one line:
-``gpuosctl: --flag: problem``); ``wait`` exits with the job's own exit code; 141 the output was
+``gpuosctl: --flag: problem``); ``wait`` exits with the job's own exit code, ``group watch`` with 0
+when the group reached its goal and 1 when not (gpuos/cli/group.py); 141 the output was
 cut short by a closed pipe (``gpuosctl list | head -1``), quietly, as for a process that SIGPIPE
 ended, so ``set -o pipefail`` still sees it.
 """
@@ -17,8 +18,12 @@ from gpuos.cli import output
 from gpuos.cli.args import (
     Parser,
     byte_size,
+    dedupe_key,
     fail,
     fraction,
+    group_budget,
+    group_mode,
+    group_name,
     key_value,
     non_negative_float,
     non_negative_int,
@@ -27,9 +32,10 @@ from gpuos.cli.args import (
     sequence_number,
 )
 from gpuos.cli.evolve import add_evolve_parser, run_evolve
+from gpuos.cli.group import add_group_parser, run_group
 from gpuos.cli.replay import add_replay_parser, run_replay
 from gpuos.cli.sim import add_sim_parser, run_sim
-from gpuos.errors import GpuosError
+from gpuos.errors import GpuosError, InvalidArgument
 from gpuos.text import escape
 
 STATES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
@@ -77,6 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", type=key_value, default=[],
                    help="kernel parameter KEY=VALUE (repeatable)")
     p.add_argument("--wait", action="store_true", help="wait for the job and exit with its exit code")
+    # No string defaults here: argparse would pass them through the type, which refuses "".
+    p.add_argument("--group", type=group_name, metavar="NAME",
+                   help="make the job a member of this job group (created by its first submit)")
+    p.add_argument("--group-mode", type=group_mode, metavar="MODE",
+                   help="a new group's goal: first-success (the first member to succeed stops the others), "
+                        "best-of:K (K successes do), all (default)")
+    p.add_argument("--group-budget", type=group_budget, default=0.0, metavar="GPU-SECONDS",
+                   help="a new group's GPU-seconds in all; reaching it stops its members (default 0: no bound)")
+    dedupe = p.add_mutually_exclusive_group()
+    dedupe.add_argument("--dedupe", action="store_true",
+                        help="reuse a pending, running or recently succeeded job of yours that is the same work: "
+                             "same command and arguments (or kernel and params), cwd, --dedupe-env values and "
+                             "--dedupe-input contents")
+    dedupe.add_argument("--dedupe-key", type=dedupe_key, metavar="KEY",
+                        help="reuse a job of yours submitted with the same KEY (as --dedupe does)")
+    p.add_argument("--dedupe-env", action="append", default=[], metavar="NAME",
+                   help="with --dedupe: this environment variable's value is part of the work (repeatable)")
+    p.add_argument("--dedupe-input", action="append", default=[], metavar="FILE",
+                   help="with --dedupe: this file's contents are part of the work (repeatable)")
+    p.add_argument("--from-file", metavar="JOBS.jsonl",
+                   help="submit every line of this JSON Lines file (- for stdin) as a job; keys as "
+                        "gpuos.Client.submit names them (command, name, gpus, group, dedupe_key...). A malformed "
+                        "line sends nothing; the daemon takes up to 10,000 jobs at a time, all or none, so a "
+                        "longer file is committed chunk by chunk. --tenant and the --group flags fill in lines "
+                        "that do not say; --dedupe keys each line. Prints one id per line (-o json: an object a "
+                        "line)")
+
+    p = sub.add_parser("set-priority", help="steer: give a pending or running job a new priority")
+    p.add_argument("job")
+    p.add_argument("priority", choices=["high", "normal", "low"])
+    p = sub.add_parser("stop", help="steer: a running kernel job stops at its next step boundary")
+    p.add_argument("job")
+    add_group_parser(sub)
 
     p = sub.add_parser("get", help="show one job")
     p.add_argument("job")
@@ -116,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
-    from gpuos.client import ApiError, Client, current_env, read_token
+    from gpuos.client import TERMINAL, ApiError, Client, read_token
 
     as_json = args.output == "json"
     if args.cmd == "sim":
@@ -158,19 +197,18 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         if args.cmd == "replay":
             return run_replay(args, client)
         if args.cmd == "submit":
-            if bool(command) == bool(args.kernel):
-                return fail("submit: give either a command after -- or --kernel NAME")
-            env = {} if args.no_env or args.kernel else current_env()
-            env.update(dict(args.env))
-            job = client.submit(
-                command, kernel=args.kernel, params=dict(args.param), name=args.name,
-                gpus=args.gpus, gpu_fraction=args.gpu_fraction, memory=args.memory, mig_profile=args.mig_profile,
-                gpu_types=args.gpu_type, sharing=args.share, priority=args.priority, tenant=args.tenant, qos=args.qos.upper(),
-                env=env, cwd=os.getcwd() if not args.kernel else "", estimated_seconds=args.estimate,
-            )
-            print(output.dumps(output.job_dict(job)) if as_json else job.id)
-            if args.wait:
-                return _exit_code(client.wait(job.id))
+            return _submit(client, args, command, as_json)
+        if args.cmd == "group":
+            return run_group(args, client)
+        if args.cmd == "set-priority":
+            job = client.set_priority(args.job, args.priority)
+            shown = output.job_dict(job)
+            print(output.dumps(shown) if as_json else f"{job.id} {shown['state']} priority {shown['priority']}")
+        elif args.cmd == "stop":
+            job = client.stop(args.job)
+            shown = output.job_dict(job)
+            after = "" if job.state in TERMINAL else " (stops at its next step boundary)"
+            print(output.dumps(shown) if as_json else f"{job.id} {shown['state']}{after}")
         elif args.cmd == "get":
             job = client.get(args.job)
             if as_json:
@@ -247,6 +285,122 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         return 130
     finally:
         client.close()
+    return 0
+
+
+# Job flags a job file sets per line; with --from-file, one on the command line is refused
+# rather than silently applied to some jobs and not others.
+_PER_LINE = {"name": "--name", "gpus": "--gpus", "gpu_fraction": "--gpu-fraction", "memory": "--memory",
+             "mig_profile": "--mig-profile", "gpu_type": "--gpu-type", "share": "--share", "qos": "--qos",
+             "estimate": "--estimate", "env": "--env", "no_env": "--no-env", "kernel": "--kernel",
+             "param": "--param", "wait": "--wait", "dedupe_key": "--dedupe-key"}
+
+
+def _submit(client, args: argparse.Namespace, command: list[str], as_json: bool) -> int:  # type: ignore[no-untyped-def]
+    """``gpuosctl submit``: one job from the command line, or every job of ``--from-file``."""
+    from gpuos.client import current_env
+
+    if not args.group:
+        for flag, given in (("--group-mode", args.group_mode), ("--group-budget", args.group_budget)):
+            if given:
+                return fail(f"{flag}: needs --group NAME (a group's mode and budget are set by its first submit)")
+    for flag, given in (("--dedupe-env", args.dedupe_env), ("--dedupe-input", args.dedupe_input)):
+        if given and not args.dedupe:
+            return fail(f"{flag}: needs --dedupe")
+    if args.from_file is not None:
+        return _submit_file(client, args, command, as_json)
+    if bool(command) == bool(args.kernel):
+        return fail("submit: give either a command after -- or --kernel NAME")
+    env = {} if args.no_env or args.kernel else current_env()
+    env.update(dict(args.env))
+    kwargs = dict(
+        command=command, kernel=args.kernel, params=dict(args.param), name=args.name,
+        gpus=args.gpus, gpu_fraction=args.gpu_fraction, memory=args.memory, mig_profile=args.mig_profile,
+        gpu_types=args.gpu_type, sharing=args.share, priority=args.priority, tenant=args.tenant, qos=args.qos.upper(),
+        env=env, cwd=os.getcwd() if not args.kernel else "", estimated_seconds=args.estimate,
+        group=args.group or "", group_mode=args.group_mode or "", group_budget=args.group_budget,
+        dedupe_key=args.dedupe_key or "",
+    )
+    if args.dedupe:
+        try:
+            kwargs["dedupe_key"] = _dedupe_key(kwargs, args)
+        except InvalidArgument as exc:
+            return fail(f"--dedupe-input: {exc.problem}")
+    if kwargs["dedupe_key"]:
+        # Only a SubmitResponse says whether the job existed already, and Client.submit returns
+        # just the job; a batch of one is the same single durable commit.
+        (reply,) = client.submit_batch([client.submit_request(**kwargs)])
+        job, duplicate = reply.job, reply.duplicate
+    else:
+        job, duplicate = client.submit(**kwargs), False
+    print(output.dumps({**output.job_dict(job), "duplicate": duplicate}) if as_json
+          else output.submitted_line(job.id, duplicate))
+    if args.wait:
+        return _exit_code(client.wait(job.id))
+    return 0
+
+
+def _dedupe_key(kwargs: dict, args: argparse.Namespace) -> str:  # type: ignore[type-arg]
+    """--dedupe's key for the job ``kwargs`` describe: over its command (or kernel and params),
+    its cwd, the values in its environment of the --dedupe-env names, the --dedupe-input contents."""
+    from gpuos.dedupe import key_for
+
+    return key_for(kwargs.get("command", ()), kernel=kwargs.get("kernel", ""), params=kwargs.get("params"),
+                   env=kwargs.get("env"), env_names=args.dedupe_env, cwd=kwargs.get("cwd", ""),
+                   inputs=args.dedupe_input)
+
+
+def _submit_file(client, args: argparse.Namespace, command: list[str], as_json: bool) -> int:  # type: ignore[no-untyped-def]
+    """``submit --from-file``: check every line, then send them with SubmitBatch, a chunk at a time."""
+    from gpuos.cli import jobfile
+    from gpuos.client import ApiError
+
+    if command:
+        return fail("--from-file: the jobs come from the file; give no command after --")
+    given = [flag for dest, flag in _PER_LINE.items() if getattr(args, dest)]
+    if args.priority != "normal":
+        given.insert(0, "--priority")
+    if given:
+        return fail(f"{given[0]}: with --from-file, set it per job in the file")
+    defaults = {key: value for key, value in (("tenant", args.tenant), ("group", args.group),
+                                              ("group_mode", args.group_mode), ("group_budget", args.group_budget))
+                if value}
+    name = "stdin" if args.from_file == "-" else args.from_file
+    try:
+        if args.from_file == "-":
+            jobs = jobfile.read(sys.stdin, defaults, os.getcwd())
+        else:
+            with open(args.from_file, encoding="utf-8") as source:
+                jobs = jobfile.read(source, defaults, os.getcwd())
+    except OSError as exc:
+        return fail(f"--from-file: cannot read {name}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        return fail(f"--from-file: {name} is not UTF-8 text")
+    except jobfile.JobFileError as exc:
+        return fail(f"--from-file: {name} {exc}")
+    if not jobs:
+        return fail(f"--from-file: {name} has no jobs")
+    requests = []
+    for job in jobs:
+        kwargs = dict(job.kwargs)
+        if args.dedupe and not kwargs.get("dedupe_key"):
+            try:
+                kwargs["dedupe_key"] = _dedupe_key(kwargs, args)
+            except InvalidArgument as exc:
+                return fail(f"--dedupe-input: {exc.problem}")
+        requests.append(client.submit_request(**kwargs))
+    for start, end in jobfile.chunks(requests):
+        try:
+            replies = client.submit_batch(requests[start:end])
+        except ApiError as exc:
+            details = jobfile.locate(exc.details, jobs[start:end], name)
+            if start:
+                details += f"; the jobs before line {jobs[start].line} were submitted (their ids are above)"
+            raise ApiError(exc.code, details) from None
+        for job, reply in zip(jobs[start:end], replies, strict=True):
+            print(output.dumps_line({"line": job.line, "id": reply.job.id, "duplicate": reply.duplicate}) if as_json
+                  else output.submitted_line(reply.job.id, reply.duplicate))
+        sys.stdout.flush()
     return 0
 
 

@@ -85,6 +85,8 @@ def job_dict(job: jobs_pb2.Job) -> dict[str, Any]:
         "params": dict(spec.params),
         "priority": jobs_pb2.Priority.Name(spec.priority).lower(),
         "qos": spec.qos,
+        "group": spec.group,
+        "dedupe_key": spec.dedupe_key,
         "device": list(job.placement.devices),
         "device_uuids": list(job.placement.device_uuids),
         "partition": job.placement.partition,
@@ -126,6 +128,58 @@ def jobs_table(jobs: Sequence[jobs_pb2.Job]) -> str:
     return table(["ID", "NAME", "STATE", "TENANT", "ASKED", "GPU", "EXIT", "AGE"], rows)
 
 
+def submitted_line(job_id: str, duplicate: bool) -> str:
+    """What ``submit`` prints: the id first, so ``$(gpuosctl submit ...)`` scripts keep working."""
+    return f"{job_id} (duplicate of an existing job)" if duplicate else job_id
+
+
+def group_dict(g: jobs_pb2.Group) -> dict[str, Any]:
+    return {
+        "name": g.name,
+        "tenant": g.tenant,
+        "mode": g.mode,
+        "budget_gpu_s": g.budget_gpu_seconds,
+        "spent_gpu_s": round(g.spent_gpu_seconds, 3),
+        "state": g.state,
+        "reason": g.reason,
+        "succeeded": g.succeeded,
+        "created_at": _time(g.created_at, g.HasField("created_at")),
+        "ended_at": _time(g.ended_at, g.HasField("ended_at")),
+        "members": [job_dict(m) for m in g.members],
+    }
+
+
+def _budget(g: jobs_pb2.Group) -> str:
+    return f"{g.budget_gpu_seconds:g} GPU-s" if g.budget_gpu_seconds else "none"
+
+
+def _group_state(g: jobs_pb2.Group) -> str:
+    return f"{g.state} ({g.reason})" if g.reason else g.state
+
+
+def group_text(g: jobs_pb2.Group) -> str:
+    """One group for people: its settings and progress, then a table of its members."""
+    header = [
+        f"group:     {g.name}  (tenant {g.tenant})",
+        f"mode:      {g.mode}",
+        f"budget:    {_budget(g)}, {g.spent_gpu_seconds:.1f} GPU-s spent",
+        f"state:     {_group_state(g)}, {g.succeeded} succeeded",
+    ]
+    rows = []
+    for m in g.members:
+        state = jobs_pb2.JobState.Name(m.state)
+        rows.append([m.id, m.name[:24], state, m.reason or "-", str(m.exit_code) if m.HasField("exit_code") else "-",
+                     f"{m.attained_service:.1f}", ago(m.created_at, m.HasField("created_at"))])
+    members = table(["ID", "NAME", "STATE", "REASON", "EXIT", "GPU-S", "AGE"], rows)
+    return "\n".join(escape(line) for line in header) + "\n\n" + members
+
+
+def groups_table(groups: Sequence[jobs_pb2.Group]) -> str:
+    rows = [[g.name, g.tenant, g.mode, _budget(g), f"{g.spent_gpu_seconds:.1f}", g.succeeded, _group_state(g),
+             ago(g.created_at, g.HasField("created_at"))] for g in groups]
+    return table(["GROUP", "TENANT", "MODE", "BUDGET", "SPENT GPU-S", "SUCCEEDED", "STATE", "AGE"], rows)
+
+
 def event_dict(e: jobs_pb2.Event) -> dict[str, Any]:
     return {
         "seq": e.seq,
@@ -136,6 +190,7 @@ def event_dict(e: jobs_pb2.Event) -> dict[str, Any]:
         "reason": e.reason,
         "message": e.message,
         "tenant": e.tenant,
+        "group": e.group,
     }
 
 
@@ -198,3 +253,8 @@ def devices_table(devices: Sequence[devices_pb2.Device]) -> str:
 
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False)
+
+
+def dumps_line(data: Any) -> str:
+    """``data`` as one line of JSON Lines (for output that streams, one record a line)."""
+    return json.dumps(data, separators=(",", ":"))
