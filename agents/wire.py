@@ -149,6 +149,7 @@ def encode_job(j: JobView) -> dict[str, Any]:
         "paused": j.paused, "preemptions": j.preemptions, "service_rate": j.service_rate,
         "service_since": j.service_since,
         "stints": [{"start": s.start, "stop": s.stop, "service": s.service} for s in j.stints],
+        "group": j.group,
     }
 
 
@@ -174,6 +175,7 @@ def decode_job(data: Any, where: str = "job") -> JobView:
         service_rate=_float(d["service_rate"], f"{where}.service_rate"),
         service_since=_float(d["service_since"], f"{where}.service_since"),
         stints=tuple(_decode_stint(s, f"{where}.stints[{i}]") for i, s in enumerate(_list(d["stints"], f"{where}.stints"))),
+        group=_str(d["group"], f"{where}.group"),
     )
 
 

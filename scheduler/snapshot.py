@@ -7,10 +7,13 @@ and attained service. It never holds a job's true remaining duration.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
+from gpuos.groups import GroupMode
 from gpuos.jobs import Resources
 from gpuos.mig import Instance, MigProfile
 
@@ -90,6 +93,9 @@ class JobView:
     # policy needs to know how long a job waited since it last ran, or since some past event
     # (Tiresias's promotion). The model keeps it (scheduler/state.py); empty for a fresh job.
     stints: tuple[Stint, ...] = ()
+    # The job group it belongs to ("" for none); groups are per tenant, so the group is
+    # (tenant, group): see Snapshot.group_of.
+    group: str = ""
 
     def attained(self, now: float) -> float:
         """GPU-seconds of service received up to ``now`` (what LAS policies rank by)."""
@@ -115,6 +121,42 @@ class CapacityIndex(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class GroupView:
+    """A job group as a policy sees it at the snapshot's time (rules: gpuos/groups.py)."""
+
+    tenant: str
+    name: str
+    mode: GroupMode
+    # Successes that end the group (0: none do, mode ``all``).
+    goal: int
+    # GPU-seconds the members may spend in all (0: no bound).
+    budget: float
+    # GPU-seconds spent so far: the ended members' plus the unfinished members' service up to
+    # the snapshot's time (a running member's grows; a requeued one keeps what it earned).
+    spent: float
+    # The unfinished members (waiting or running), by id.
+    members: tuple[str, ...]
+    running: int
+    succeeded: int
+    open: bool = True
+
+    @property
+    def budget_left(self) -> float:
+        """GPU-seconds the group may still spend (infinite without a budget)."""
+        return max(0.0, self.budget - self.spent) if self.budget > 0 else math.inf
+
+
+GroupKey = tuple[str, str]
+"""A group's identity: (tenant, name)."""
+
+NO_GROUPS: Mapping[GroupKey, GroupView] = MappingProxyType({})
+
+
+def _no_groups() -> Mapping[GroupKey, GroupView]:
+    return NO_GROUPS
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     now: float
     nodes: tuple[NodeView, ...]
@@ -123,6 +165,13 @@ class Snapshot:
     # Optional capacity index over ``nodes`` (the simulator keeps one); the framework uses it
     # only to skip nodes that cannot fit, so decisions are the same with or without it.
     index: CapacityIndex | None = field(default=None, compare=False, repr=False)
+    # The job groups the model has recorded, by (tenant, name); empty without groups.
+    groups: Mapping[GroupKey, GroupView] = field(default_factory=_no_groups)
+
+    def group_of(self, job: JobView) -> GroupView | None:
+        """The group ``job`` belongs to, as of this snapshot; None for a job without one (or
+        whose group the model has no record of)."""
+        return self.groups.get((job.tenant, job.group)) if job.group else None
 
 
 @dataclass(frozen=True, slots=True)

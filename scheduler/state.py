@@ -32,6 +32,13 @@ turn or a MIG slice, and then holds, earns and progresses as one (framework.plac
 Sharing costs (:class:`Costs`) set how fast a job progresses, which only the simulator needs
 (the daemon's jobs progress as fast as the hardware lets them): see :meth:`ClusterState.rate`.
 When rounds run is :class:`Cadence`, the same rule for both drivers.
+
+Job groups (gpuos/groups.py): the model knows each job's group from its view and keeps the
+groups its driver records (:meth:`ClusterState.set_group`, :meth:`~ClusterState.drop_group`);
+the snapshot shows each recorded group with its unfinished members and the GPU-seconds spent,
+the recorded ``Group.spent`` (ended members) plus the unfinished members' service up to the
+snapshot's time. Applying a group's rules (stopping siblings, budgets) is the driver's: the
+daemon's store, the simulator's engine, both through gpuos/groups.py.
 """
 
 from __future__ import annotations
@@ -39,12 +46,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from gpuos.groups import Group
 from gpuos.jobs import Resources
 from gpuos.mig import Instance, fits_at
 from gpuos.partitions.timeslice import turn_length
 from gpuos.scheduler.framework import demand, gpu_fits, placed_request, sharing_of
 from gpuos.scheduler.index import NodeIndex
-from gpuos.scheduler.snapshot import MILLI, GpuView, JobView, NodeView, Place, Snapshot, Stint
+from gpuos.scheduler.snapshot import (
+    MILLI,
+    NO_GROUPS,
+    GpuView,
+    GroupKey,
+    GroupView,
+    JobView,
+    NodeView,
+    Place,
+    Snapshot,
+    Stint,
+)
 
 
 class StateError(RuntimeError):
@@ -141,6 +160,10 @@ class ClusterState:
         self._nodes_tuple: tuple[NodeView, ...] | None = None
         self._pending_tuple: tuple[JobView, ...] | None = None
         self._running_tuple: tuple[JobView, ...] | None = None
+        # Recorded groups, and the unfinished (waiting or running) members of every group a job
+        # names, recorded or not: the daemon may learn of a member before its group's record.
+        self.groups: dict[GroupKey, Group] = {}
+        self._members: dict[GroupKey, dict[str, None]] = {}
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -151,7 +174,8 @@ class ClusterState:
             self._pending_tuple = tuple(self.pending.values())
         if self._running_tuple is None:
             self._running_tuple = tuple(self._views.values())
-        return Snapshot(now, nodes, self._pending_tuple, self._running_tuple, self.index)
+        groups = self._group_views(now) if self.groups else NO_GROUPS
+        return Snapshot(now, nodes, self._pending_tuple, self._running_tuple, self.index, groups)
 
     def node_tuple(self) -> tuple[NodeView, ...]:
         """The nodes as they stand (the tuple the index describes, so the framework may use it)."""
@@ -172,6 +196,21 @@ class ClusterState:
             return held.attained + (now - held.since) * held.share
         pending = self.pending.get(job_id)
         return pending.attained_service if pending is not None else 0.0
+
+    def members(self, tenant: str, name: str) -> tuple[str, ...]:
+        """The unfinished members of group (``tenant``, ``name``), in the order they came."""
+        return tuple(self._members.get((tenant, name), ()))
+
+    def group_spent(self, tenant: str, name: str, now: float) -> float:
+        """GPU-seconds group (``tenant``, ``name``) has spent by ``now``: its record's ``spent``
+        plus its unfinished members' service (0 for a group never recorded)."""
+        group = self.groups.get((tenant, name))
+        return (group.spent if group is not None else 0.0) + self.members_service((tenant, name), now)
+
+    def members_service(self, key: GroupKey, now: float) -> float:
+        """GPU-seconds the unfinished members of group ``key`` have earned by ``now`` (what
+        gpuos.groups.over_budget calls ``running_service``; a requeued member's counts too)."""
+        return sum(self.attained(job_id, now) for job_id in self._members.get(key, ()))
 
     def holding(self, job_id: str) -> Holding | None:
         return self.running.get(job_id)
@@ -220,11 +259,27 @@ class ClusterState:
             view = replace(view, stints=known.stints)
         self.pending[view.id] = view
         self._pending_tuple = None
+        if view.group:
+            self._members.setdefault((view.tenant, view.group), {})[view.id] = None
 
     def withdraw(self, job_id: str) -> None:
         """A waiting job leaves the queue without running (cancelled)."""
-        if self.pending.pop(job_id, None) is not None:
+        view = self.pending.pop(job_id, None)
+        if view is not None:
             self._pending_tuple = None
+            if view.group:
+                self._leave_group(view)
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def set_group(self, group: Group) -> None:
+        """Record ``group`` (or replace its record): its spec, successes, and ``spent``, the
+        GPU-seconds of its members that have ended (the model adds the unfinished ones' live)."""
+        self.groups[(group.tenant, group.name)] = group
+
+    def drop_group(self, tenant: str, name: str) -> None:
+        """Forget group (``tenant``, ``name``)'s record (its members keep their group's name)."""
+        self.groups.pop((tenant, name), None)
 
     # -- placements -----------------------------------------------------------------------------
 
@@ -260,6 +315,8 @@ class ClusterState:
     def finish(self, job_id: str, now: float) -> tuple[Holding, list[str]]:
         """A running job ended (done, failed or cancelled): it leaves the model."""
         held = self._release(job_id, now)
+        if held.view.group:
+            self._leave_group(held.view)
         return held, self._reshare(held, now)
 
     def requeue(self, job_id: str, now: float) -> list[str]:
@@ -313,6 +370,27 @@ class ClusterState:
                                                        sharing=sharing)))
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _leave_group(self, view: JobView) -> None:
+        key = (view.tenant, view.group)
+        members = self._members.get(key)
+        if members is not None:
+            members.pop(view.id, None)
+            if not members:
+                del self._members[key]
+
+    def _group_views(self, now: float) -> dict[GroupKey, GroupView]:
+        views = {}
+        for key, group in self.groups.items():
+            members = tuple(self._members.get(key, ()))
+            running = sum(1 for m in members if m in self.running)
+            spec = group.spec
+            views[key] = GroupView(
+                group.tenant, spec.name, spec.mode, spec.goal, spec.budget,
+                group.spent + sum(self.attained(m, now) for m in members),
+                members, running, group.succeeded, group.open,
+            )
+        return views
 
     def _pos(self, node: str) -> int:
         pos = self.position.get(node)
@@ -466,6 +544,7 @@ class ClusterState:
             view.id, held.held, view.tenant, view.priority, view.qos, view.submitted_at,
             held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
             place.node, place.gpus, held.paused, view.preemptions, held.share, held.since, view.stints,
+            view.group,
         )
         self._running_tuple = None
 

@@ -309,3 +309,31 @@ def test_kill_9_in_the_middle_of_a_group_loses_no_sibling_cancellation(gpuosd: D
     assert states[winner.id] == (jobs_pb2.SUCCEEDED, "")
     assert states[loser.id] == (jobs_pb2.CANCELLED, "sibling-succeeded")
     assert states[waiting.id] == (jobs_pb2.CANCELLED, "sibling-succeeded")
+
+
+# -- policies see groups ------------------------------------------------------------------------
+
+
+def test_the_snapshot_shows_each_open_group_with_its_members_and_spend(daemon: Any) -> None:
+    with Client(socket=daemon.config.socket) as c:
+        running, waiting = c.submit_group("seen", [{"command": LONG, "gpus": 2}] * 2, mode="first-success",
+                                          budget=1e6)
+        wait_for(lambda: c.get(running.id).state == jobs_pb2.RUNNING)
+        group = daemon.controller.snapshot().groups[("root", "seen")]
+        assert group.members == (running.id, waiting.id) and group.running == 1
+        assert group.goal == 1 and group.budget == 1e6 and 0 <= group.spent < 1e6
+        c.cancel_group("seen")
+        wait_for(lambda: ("root", "seen") not in daemon.controller.snapshot().groups)
+
+
+def test_speculate_starts_one_member_of_every_group_before_a_second_of_any(client: Client) -> None:
+    client.set_policy("speculate")
+    blockers = [client.submit(LONG, gpus=1) for _ in range(2)]
+    wait_for(lambda: all(state(client, j.id) == jobs_pb2.RUNNING for j in blockers))
+    first = client.submit_group("wide", [{"command": LONG, "gpus": 1}] * 3, mode="first-success")
+    late = client.submit_group("late", [{"command": LONG, "gpus": 1}], mode="first-success")
+    for blocker in blockers:
+        client.cancel(blocker.id)
+    wait_for(lambda: sum(state(client, j.id) == jobs_pb2.RUNNING for j in (*first, *late)) == 2)
+    assert [state(client, j.id) for j in (*first, *late)] == [jobs_pb2.RUNNING, jobs_pb2.PENDING,
+                                                               jobs_pb2.PENDING, jobs_pb2.RUNNING]

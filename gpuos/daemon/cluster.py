@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from gpuos.devices.backend import DeviceInfo
+from gpuos.groups import Group
 from gpuos.jobs import Job, JobState
 from gpuos.mig import Instance
 from gpuos.scheduler import GpuView, JobView, NodeView, Place, Snapshot
@@ -37,6 +38,7 @@ def job_view(job: Job) -> JobView:
         attained_service=job.attained_service,
         estimated_seconds=job.spec.estimated_seconds,
         preemptions=job.preemptions,
+        group=job.spec.group,
     )
 
 
@@ -126,18 +128,52 @@ class Cluster:
         for job in active:
             if job.state == JobState.PENDING:
                 waiting.add(job.id)
-                if job.id in state.running:
-                    state.requeue(job.id, now)  # the store requeued it (a restart): follow it
-                self.enqueue(job)
             elif job.placement is not None:
                 placed.add(job.id)
-                if job.id not in state.running:
-                    self._adopt(job, now)
+            self._follow(job, now)
         for job_id in [j for j in state.pending if j not in waiting]:
             state.withdraw(job_id)
             self._synced.pop(job_id, None)
         for job_id in [j for j in state.running if j not in placed]:
             state.finish(job_id, now)
+
+    def sync_groups(self, open_groups: Iterable[Group]) -> None:
+        """Hold the store's open groups (a record the store replaced is replaced; an ended group
+        is dropped: its members have ended or are being stopped)."""
+        state = self.state
+        live: set[tuple[str, str]] = set()
+        for group in open_groups:
+            key = (group.tenant, group.name)
+            live.add(key)
+            if state.groups.get(key) is not group:
+                state.set_group(group)
+        for key in [k for k in state.groups if k not in live]:
+            state.drop_group(*key)
+
+    def apply(self, changed: Iterable[Job], now: float) -> None:
+        """Follow the store's records that changed since the last sync (Store.changed_since), in
+        commit order: what sync does, at the cost of the changes instead of the whole queue."""
+        state = self.state
+        for job in changed:
+            if job.state.terminal:
+                self._synced.pop(job.id, None)
+                if job.id in state.running:
+                    state.finish(job.id, now)
+                else:
+                    state.withdraw(job.id)
+            else:
+                self._follow(job, now)
+
+    def _follow(self, job: Job, now: float) -> None:
+        """Take in one unfinished job's record: waiting (new, changed, or requeued by the store)
+        or placed (adopted when the model does not hold it)."""
+        state = self.state
+        if job.state == JobState.PENDING:
+            if job.id in state.running:
+                state.requeue(job.id, now)  # the store requeued it (a restart): follow it
+            self.enqueue(job)
+        elif job.placement is not None and job.id not in state.running:
+            self._adopt(job, now)
 
     def _adopt(self, job: Job, now: float) -> None:
         """Take in a job the store says runs (after a restart), with the service it had."""

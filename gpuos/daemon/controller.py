@@ -192,13 +192,10 @@ class Controller:
         if not budgeted:
             return
         now = time.time()
-        running: dict[tuple[str, str], float] = {}
-        for job in self.store.placed():
-            if job.spec.group:
-                key = (job.spec.tenant, job.spec.group)
-                running[key] = running.get(key, 0.0) + self.cluster.attained(job, now)
+        self._sync_model(now)
         for group in budgeted:
-            if over_budget(group, running.get((group.tenant, group.name), 0.0)):
+            # The unfinished members' service, by the model: a requeued member's counts too.
+            if over_budget(group, self.cluster.state.members_service((group.tenant, group.name), now)):
                 log.info("group %s of %s spent its budget of %g GPU-seconds; stopping its members",
                          group.name, group.tenant, group.spec.budget)
                 self.store.end_group(group.tenant, group.name, GROUP_BUDGET)
@@ -260,6 +257,7 @@ class Controller:
         else:
             self.cluster.apply(changed, now)
         self._model_version = version
+        self.cluster.sync_groups(self.store.open_groups())
 
     def decide(self) -> list[Place | Preempt]:
         """The active policy's decisions for the current state (no side effects)."""

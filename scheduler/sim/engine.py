@@ -19,6 +19,24 @@ Models (numbers and sources in docs/scheduler.md):
 - failures: GPUs fail as a Poisson process; the policy's ``requeue_after_fault`` says whether
   each job on a failed GPU is requeued (as if preempted) or fails, as in the daemon; the GPU
   comes back after ``repair_seconds``.
+
+Job groups and deduplication (a trace's ``groups``, its jobs' ``group``, ``dedupe_key`` and
+``succeeds``), by the rules of gpuos/groups.py, the daemon's too:
+
+- a member ends by its duration and then succeeds or fails as its trace says; a success that
+  reaches its group's goal (``after_success``) ends the group: its waiting members are
+  withdrawn and its running ones stopped at that instant, with reason ``sibling-succeeded``;
+- a group's GPU-seconds (its ended members' service plus its unfinished members' so far) are
+  watched after every instant: the instant they will reach the budget at the members' present
+  service rates is an event, so the group stops (reason ``group-budget``) at the instant it
+  reaches the budget, to floating-point precision (rates change only at instants, which
+  recompute it); a member arriving for an ended group stops at once, never running;
+- a job whose (tenant, dedupe key) matches an earlier job that is waiting, running or
+  succeeded does not run: it ends when that job ends (at once if it already succeeded) and
+  with its outcome, and counts for its own group as a member with that outcome that spent
+  nothing. Keys match forever (the daemon's retention window is longer than a trace).
+
+A trace without groups or dedupe keys runs exactly as it did before groups existed.
 """
 
 from __future__ import annotations
@@ -28,22 +46,25 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from gpuos.groups import GROUP_BUDGET, Group, after_success, over_budget
 from gpuos.scheduler.fragmentation import Fragmentation, workload
 from gpuos.scheduler.framework import options, schedule
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.registry import get_policy
 from gpuos.scheduler.sim.cluster import node_view
 from gpuos.scheduler.sim.traces import Trace, TraceJob
-from gpuos.scheduler.snapshot import MILLI, Decision, JobView, NodeView, Place, Preempt, Snapshot
+from gpuos.scheduler.snapshot import MILLI, Decision, GroupKey, JobView, NodeView, Place, Preempt, Snapshot
 from gpuos.scheduler.state import Cadence, ClusterState, Costs, StateError
 
 # Rounds at one instant: a round that preempts frees capacity, so one more round places the
 # job that asked for it; the cap stops a policy that preempts and re-places forever.
 MAX_ROUNDS_PER_INSTANT = 3
 
-_FINISH, _REPAIR, _FAIL, _TICK, _STOPPED = range(5)
+_FINISH, _REPAIR, _FAIL, _TICK, _STOPPED, _BUDGET = range(6)
+# A group whose spending is within this share of its budget has reached it (floating point).
+_BUDGET_SLACK = 1e-9
 
 
 class SimulationError(RuntimeError):
@@ -91,6 +112,12 @@ class JobRecord:
     rate: float = 0.0
     since: float = 0.0
     version: int = 0
+    # Its outcome: whether it succeeded (a job that ran its duration, as its trace says; a
+    # duplicate, as the job it duplicated), and why its group ended it ("" if it did not).
+    succeeded: bool = False
+    reason: str = ""
+    # The job it duplicated ("" for none): it never ran, and took that job's outcome.
+    duplicate_of: str = ""
 
     @property
     def gpu(self) -> bool:
@@ -122,6 +149,8 @@ class Outcome:
     # When the run stopped: the horizon if it stopped there, else its last instant (NaN: unknown,
     # read the timeline); jobs unfinished then count up to it in the GPU metrics.
     end: float = math.nan
+    # The trace's job groups as they ended (or stood when the run stopped).
+    groups: dict[GroupKey, Group] = field(default_factory=dict)
 
 
 def resolve_policy(policy: str | Policy, trace: Trace) -> Policy:
@@ -178,6 +207,24 @@ class Simulator:
         self._healthy_total = sum(self._node_health)
         self._fits_empty = self._fitting_gpu_jobs(nodes)
         self.state = ClusterState(nodes, self.config.costs, on_node=self._node_changed)
+        # Groups and deduplication; a trace with neither never enters their code.
+        self._agentic = bool(trace.groups) or any(j.dedupe_key for j in trace.jobs)
+        born: dict[GroupKey, float] = {}
+        for j in trace.jobs:
+            if j.group:
+                born[(j.tenant, j.group)] = min(j.arrival, born.get((j.tenant, j.group), math.inf))
+        self.groups: dict[GroupKey, Group] = {}
+        self._group_keys: list[GroupKey] = []
+        for g in trace.groups:
+            key = (g.tenant, g.spec.name)
+            self._group_keys.append(key)
+            self._set_group(Group(g.tenant, g.spec, born.get(key, 0.0)))
+        # (tenant, dedupe key) -> the waiting, running or succeeded job a duplicate takes after;
+        # that job -> its duplicates waiting for it to end.
+        self._dedupe: dict[tuple[str, str], str] = {}
+        self._copies: dict[str, list[str]] = {}
+        # Each budgeted open group's pending budget event: (when, version).
+        self._budget_at: dict[int, tuple[float, int]] = {}
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -239,6 +286,7 @@ class Simulator:
             cpu_milli=job.cpu_milli,
             host_memory=job.host_memory,
             preemptions=rec.preemptions,
+            group=job.group,
         )
 
     def _enqueue(self, rec: JobRecord, now: float) -> None:
@@ -290,6 +338,9 @@ class Simulator:
         self._rates_changed(neighbours, now)
         rec.finish = now
         rec.remaining = 0.0
+        rec.succeeded = rec.job.succeeds
+        if self._agentic:
+            self._ended(rec, now)
 
     def _requeue(self, job_id: str, now: float, fault: bool = False) -> None:
         """Take a running job off its GPUs and back to the queue (preempted, or its GPU failed);
@@ -303,6 +354,8 @@ class Simulator:
             rec.attained, rec.failed = held.attained, True
             self._off(rec)
             self._rates_changed(neighbours, now)
+            if self._agentic:
+                self._ended(rec, now)
             return
         neighbours = self.state.requeue(job_id, now)
         rec.attained = self.state.attained(job_id, now)
@@ -317,6 +370,124 @@ class Simulator:
         rec.version += 1
         rec.place, rec.rate = None, 0.0
         self.dirty = True
+
+    # -- groups and deduplication ---------------------------------------------------------------
+
+    def _set_group(self, group: Group) -> None:
+        """Record ``group``'s new state here and in the model (the snapshot shows it)."""
+        self.groups[(group.tenant, group.name)] = group
+        self.state.set_group(group)
+
+    def _group_of(self, job: TraceJob) -> Group | None:
+        return self.groups.get((job.tenant, job.group)) if job.group else None
+
+    def _arrive(self, rec: JobRecord, now: float) -> None:
+        """A job arrives: it waits, unless its group has ended or it duplicates another job."""
+        job = rec.job
+        if self._agentic:
+            group = self._group_of(job)
+            if group is not None and not group.open:
+                rec.finish, rec.reason = now, group.ended_reason  # an ended group takes no new members
+                return
+            if job.dedupe_key:
+                key = (job.tenant, job.dedupe_key)
+                original = self._dedupe.get(key)
+                if original is not None:
+                    rec.duplicate_of = original
+                    if self.records[original].finish is not None:  # it succeeded: returned at once
+                        self._take_outcome(rec, self.records[original], now)
+                    else:
+                        self._copies.setdefault(original, []).append(job.id)
+                    return
+                self._dedupe[key] = job.id
+        self._enqueue(rec, now)
+
+    def _take_outcome(self, copy: JobRecord, original: JobRecord, now: float) -> None:
+        """Duplicate ``copy`` ends as ``original`` did, when it did (or now, if it arrived later)."""
+        copy.finish = now
+        copy.succeeded, copy.reason = original.succeeded, original.reason
+        group = self._group_of(copy.job)
+        if group is not None:
+            self._member_ended(group, copy, now)
+
+    def _ended(self, rec: JobRecord, now: float) -> None:
+        """After ``rec``'s job ended (its duration, a fault, or its group): its duplicates end
+        with it, and its group counts its service and outcome."""
+        job = rec.job
+        key = (job.tenant, job.dedupe_key)
+        if job.dedupe_key and not rec.succeeded and self._dedupe.get(key) == job.id:
+            del self._dedupe[key]  # only a waiting, running or succeeded job absorbs duplicates
+        for copy in self._copies.pop(job.id, ()):
+            self._take_outcome(self.records[copy], rec, now)
+        group = self._group_of(job)
+        if group is not None:
+            self._member_ended(group, rec, now)
+
+    def _member_ended(self, group: Group, rec: JobRecord, now: float) -> None:
+        group = replace(group, spent=group.spent + rec.attained)
+        if not (rec.succeeded and group.open):
+            self._set_group(group)
+            return
+        reason = after_success(group)
+        self._set_group(replace(group, succeeded=group.succeeded + 1))
+        if reason:
+            self._end_group(group, reason, now)
+
+    def _end_group(self, group: Group, reason: str, now: float) -> None:
+        """``group`` has what it wanted or spent its budget: every unfinished member stops now."""
+        key = (group.tenant, group.name)
+        self._set_group(replace(self.groups[key], ended_reason=reason, ended_at=now))
+        for job_id in self.state.members(*key):
+            rec = self.records[job_id]
+            if rec.place is not None:
+                self._advance(rec, now)
+                held, neighbours = self.state.finish(job_id, now)
+                rec.attained = held.attained
+                self._off(rec)
+                self._rates_changed(neighbours, now)
+            else:
+                self.state.withdraw(job_id)
+            rec.finish, rec.reason = now, reason
+            self._ended(rec, now)
+        # Its members still waiting for the jobs they duplicate stop too.
+        for original, copies in list(self._copies.items()):
+            for copy in [c for c in copies if (self.records[c].job.tenant, self.records[c].job.group) == key]:
+                copies.remove(copy)
+                self.records[copy].finish, self.records[copy].reason = now, reason
+            if not copies:
+                del self._copies[original]
+
+    def _watch_budgets(self, now: float) -> None:
+        """Schedule, for each open group with a budget, the instant its running members' service
+        reaches the budget at their present rates (rates change only at instants, so this runs
+        after each); a group already there stops now."""
+        state = self.state
+        for i, key in enumerate(self._group_keys):
+            group = self.groups[key]
+            budget = group.spec.budget
+            if budget <= 0 or not group.open:
+                continue
+            members = state.members(*key)
+            service = sum(state.attained(m, now) for m in members)
+            if over_budget(group, service + _BUDGET_SLACK * budget):
+                self._end_group(group, GROUP_BUDGET, now)
+                self._tick_at = min(self._tick_at, now)  # a round at this instant for the GPUs it freed
+                continue
+            rate = sum(held.share for m in members if (held := state.running.get(m)) is not None)
+            when = now + (budget - group.spent - service) / rate if rate > 0 else math.inf
+            at, version = self._budget_at.get(i, (math.inf, 0))
+            if when != at:
+                self._budget_at[i] = (when, version + 1)
+                if when < math.inf:
+                    self._push(when, _BUDGET, str(i), version + 1)
+
+    def _budget_due(self, index: int, version: int, now: float) -> None:
+        if self._budget_at.get(index, (0.0, -1))[1] != version:
+            return  # rescheduled since
+        del self._budget_at[index]
+        group = self.groups[self._group_keys[index]]
+        if group.open:
+            self._end_group(group, GROUP_BUDGET, now)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -399,6 +570,9 @@ class Simulator:
         while next_arrival < len(arrivals) or state.running or self.repairs:
             while self.heap and self.heap[0][2] == _FINISH and self.heap[0][4] != self.records[self.heap[0][3]].version:
                 heapq.heappop(self.heap)
+            while self.heap and self.heap[0][2] == _BUDGET and self._budget_at.get(
+                    int(self.heap[0][3]), (0.0, -1))[1] != self.heap[0][4]:
+                heapq.heappop(self.heap)
             now = min(
                 arrivals[next_arrival].arrival if next_arrival < len(arrivals) else math.inf,
                 self.heap[0][0] if self.heap else math.inf,
@@ -408,7 +582,7 @@ class Simulator:
                 self._end = min(now, self.config.horizon)
                 break
             while next_arrival < len(arrivals) and arrivals[next_arrival].arrival <= now:
-                self._enqueue(self.records[arrivals[next_arrival].id], now)
+                self._arrive(self.records[arrivals[next_arrival].id], now)
                 next_arrival += 1
             while self.heap and self.heap[0][0] <= now:
                 _, seq, kind, key, version = heapq.heappop(self.heap)
@@ -423,6 +597,8 @@ class Simulator:
                     self._fail(now)
                 elif kind == _REPAIR:
                     self._repair(key, version)
+                elif kind == _BUDGET:
+                    self._budget_due(int(key), version, now)
             tick = now >= self._tick_at
             if tick:
                 self._tick_at = math.inf
@@ -434,6 +610,8 @@ class Simulator:
                     self.dirty = False
                     self._last_round = now
                     self._round(now)
+            if self._group_keys:
+                self._watch_budgets(now)
             # The daemon's rule (Cadence): time alone triggers a round only while jobs wait and
             # others run (their service grows).
             if self._tick_at == math.inf:
@@ -444,7 +622,10 @@ class Simulator:
                 self.check(now)
             self._sample(now)
         end = self._end if self._end < math.inf else (self.timeline.times[-1] if self.timeline.times else 0.0)
-        return Outcome(list(self.records.values()), self.timeline, self.rounds, self.failures, self.capacity, end)
+        for job_id in state.running:  # the service of jobs still running when the run stopped
+            self.records[job_id].attained = state.attained(job_id, end)
+        return Outcome(list(self.records.values()), self.timeline, self.rounds, self.failures, self.capacity, end,
+                       dict(self.groups))
 
     def _sample(self, now: float) -> None:
         t = self.timeline
@@ -478,6 +659,7 @@ class Simulator:
                     raise SimulationError(f"t={now}: {node.name} GPU {gpu.index} shares an exclusive GPU: {gpu.jobs}")
         arrived = sum(1 for r in self.records.values() if r.job.arrival <= now)
         ended = sum(1 for r in self.records.values() if r.finish is not None or r.failed)
+        ended += sum(len(copies) for copies in self._copies.values())  # duplicates waiting on their job
         if arrived != ended + len(state.pending) + len(state.running):
             raise SimulationError(
                 f"t={now}: {arrived} arrived but {ended} ended, {len(state.pending)} queued, {len(state.running)} running"

@@ -20,11 +20,17 @@ started) then, so a policy cannot improve a figure by leaving a job out of it:
   left unallocated (0 when no such job ever waits);
 - ``jain``: Jain's index over tenants of their GPU jobs' mean service ratio min(1, duration /
   JCT) (1 = equal treatment); ``gpu_max_wait``: the longest queueing delay of a GPU job that
-  started; ``gpu_never_started``: GPU jobs that never did.
+  started; ``gpu_never_started``: GPU jobs that never did;
+- ``gpu_seconds``: the GPU-seconds every job was served (up to the end for one still running).
+
+A trace with job groups or deduplication also gets ``agentic`` (:func:`agentic_stats`): its
+GPU-seconds per group, each group's time to first success (from its first member's arrival to
+its first member's success), the members their group stopped and the duplicates absorbed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +38,7 @@ import numpy as np
 
 from gpuos.scheduler.sim.engine import JobRecord, Outcome, Timeline
 from gpuos.scheduler.sim.traces import LATENCY_CLASSES, slo_for
+from gpuos.scheduler.snapshot import GroupKey
 
 # Bounded slowdown's threshold (Feitelson): a job shorter than this is judged as if it took this
 # long, so a 1-second job that waited 10 s does not outweigh every long job's slowdown.
@@ -51,6 +58,65 @@ class ClassStats:
     wait_mean: float
     wait_median: float
     wait_p99: float
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    tenant: str
+    name: str
+    members: int
+    gpu_seconds: float
+    # Seconds from the group's first arrival to its first success (NaN: none succeeded).
+    first_success: float
+    # Members stopped by the group (sibling-succeeded, group-budget).
+    stopped: int
+
+
+@dataclass(frozen=True)
+class AgenticStats:
+    """Groups and deduplication in one run (:func:`agentic_stats`)."""
+
+    gpu_seconds: float
+    groups: tuple[GroupStats, ...]
+    # Over the groups that had a success (NaN when none did).
+    first_success_mean: float
+    first_success_p50: float
+    groups_succeeded: int
+    stopped: int
+    duplicates: int
+
+    def line(self) -> str:
+        return (f"groups {len(self.groups)}  succeeded {self.groups_succeeded}  GPU-seconds {self.gpu_seconds:.0f}  "
+                f"first success mean {_dur(self.first_success_mean)} p50 {_dur(self.first_success_p50)}  "
+                f"stopped by group {self.stopped}  duplicates absorbed {self.duplicates}")
+
+
+def agentic_stats(records: list[JobRecord], labels: Mapping[str, GroupKey] | None = None) -> AgenticStats:
+    """Group figures of a run; ``labels`` (job id -> group) counts groups for jobs that ran
+    without them (the same jobs submitted plainly), else each job's own group counts."""
+    by_group: dict[GroupKey, list[JobRecord]] = {}
+    for r in records:
+        key = labels.get(r.job.id) if labels is not None else ((r.job.tenant, r.job.group) if r.job.group else None)
+        if key is not None:
+            by_group.setdefault(key, []).append(r)
+    stats = []
+    for (tenant, name), members in sorted(by_group.items()):
+        born = min(r.job.arrival for r in members)
+        wins = [r.finish for r in members if r.finish is not None and r.succeeded]
+        stats.append(GroupStats(
+            tenant, name, len(members), sum(r.attained for r in members),
+            min(wins) - born if wins else float("nan"), sum(1 for r in members if r.reason),
+        ))
+    firsts = [g.first_success for g in stats if g.first_success == g.first_success]
+    return AgenticStats(
+        gpu_seconds=sum(r.attained for r in records),
+        groups=tuple(stats),
+        first_success_mean=float(np.mean(firsts)) if firsts else float("nan"),
+        first_success_p50=float(np.median(firsts)) if firsts else float("nan"),
+        groups_succeeded=len(firsts),
+        stopped=sum(1 for r in records if r.reason),
+        duplicates=sum(1 for r in records if r.duplicate_of),
+    )
 
 
 @dataclass
@@ -80,6 +146,8 @@ class SimResult:
     gpu_max_wait: float
     gpu_never_started: int
     outcome: Outcome = field(repr=False)
+    gpu_seconds: float = 0.0
+    agentic: AgenticStats | None = None
 
     @property
     def overall(self) -> ClassStats:
@@ -99,6 +167,8 @@ class SimResult:
             f"SLO {self.slo_attainment:.1%}  Jain {self.jain:.3f}  preemptions {self.preemptions}  "
             f"failures {self.failures}  ({self.wall_seconds:.2f} s, {self.rounds} rounds)"
         )
+        if self.agentic is not None:
+            lines.append(self.agentic.line())
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
@@ -151,7 +221,8 @@ def _dur(seconds: float) -> str:
 def _class_stats(qos: str, records: list[JobRecord]) -> ClassStats:
     done = [r for r in records if r.finish is not None]
     jct = np.array([r.finish - r.job.arrival for r in done], dtype=float)  # type: ignore[operator]
-    wait = np.array([r.first_start - r.job.arrival for r in done], dtype=float)  # type: ignore[operator]
+    # A job that ended without running (stopped by its group, a duplicate) has no wait.
+    wait = np.array([r.first_start - r.job.arrival for r in done if r.first_start is not None], dtype=float)  # type: ignore[operator]
 
     def stats(a: np.ndarray) -> tuple[float, float, float]:
         if not len(a):
@@ -265,4 +336,6 @@ def summarise(outcome: Outcome, trace: str, policy: str, cluster: str, seed: int
         gpu_max_wait=max(started, default=0.0),
         gpu_never_started=len(gpu) - len(started),
         outcome=outcome,
+        gpu_seconds=sum(r.attained for r in records),
+        agentic=agentic_stats(records) if any(r.job.group or r.job.dedupe_key for r in records) else None,
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from gpuos.errors import InvalidArgument, NotFound
+from gpuos.groups import GroupSpec
 from gpuos.jobs import LATENCY_CLASSES, Qos, Resources
 from gpuos.scheduler.sim.cluster import GPU_TYPES, GpuType, NodeSpec, parse_gpus
 from gpuos.units import MiB
@@ -55,6 +56,22 @@ class TraceJob:
     cpu_milli: int = 0
     host_memory: int = 0
     slo: float = 0.0
+    # The job group it belongs to (one of its trace's ``groups`` for this tenant; "" for none).
+    group: str = ""
+    # Deduplication key ("" for none): a job whose (tenant, key) matches an earlier job that
+    # is waiting, running or succeeded does not run and takes that job's outcome.
+    dedupe_key: str = ""
+    # Its outcome after ``duration`` (truth, like the duration): a job that fails runs all of
+    # it, then fails. Only groups read it (a success may end its group).
+    succeeds: bool = True
+
+
+@dataclass(frozen=True)
+class TraceGroup:
+    """A job group of a trace: its owner and its spec (gpuos/groups.py)."""
+
+    tenant: str
+    spec: GroupSpec
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class Trace:
     nodes: tuple[NodeSpec, ...]
     jobs: tuple[TraceJob, ...]
     source: str = ""
+    groups: tuple[TraceGroup, ...] = ()
 
 
 def trace_dir() -> Path:
@@ -279,7 +297,7 @@ def with_cluster(trace: Trace, gpus: str | None) -> Trace:
     """``trace`` on the cluster of a ``--gpus`` spec instead of its own (None: unchanged)."""
     if not gpus:
         return trace
-    return Trace(trace.name, parse_gpus(gpus), trace.jobs, trace.source)
+    return Trace(trace.name, parse_gpus(gpus), trace.jobs, trace.source, trace.groups)
 
 
 def window(trace: Trace, start: float = 0.0, jobs: int | None = None) -> Trace:
@@ -298,7 +316,7 @@ def window(trace: Trace, start: float = 0.0, jobs: int | None = None) -> Trace:
     origin = kept[0].arrival if kept else 0.0
     shifted = tuple(dataclasses.replace(j, arrival=j.arrival - origin) for j in kept)
     name = f"{trace.name} (jobs {first + 1}-{first + len(kept)} of {len(ordered)})"
-    return Trace(name, trace.nodes, shifted, trace.source)
+    return Trace(name, trace.nodes, shifted, trace.source, trace.groups)
 
 
 def scale(trace: Trace, time_scale: float) -> Trace:
@@ -311,7 +329,7 @@ def scale(trace: Trace, time_scale: float) -> Trace:
         dataclasses.replace(j, arrival=j.arrival / s, duration=j.duration / s, estimate=j.estimate / s, slo=j.slo / s)
         for j in trace.jobs
     )
-    return Trace(trace.name, trace.nodes, jobs, trace.source)
+    return Trace(trace.name, trace.nodes, jobs, trace.source, trace.groups)
 
 
 def needs_gpu(request: Resources) -> bool:
@@ -341,4 +359,4 @@ def placeable(trace: Trace) -> tuple[Trace, tuple[TraceJob, ...]]:
     left: list[TraceJob] = []
     for job in trace.jobs:
         (kept if needs_gpu(job.request) and fits(job) else left).append(job)
-    return Trace(trace.name, trace.nodes, tuple(kept), trace.source), tuple(left)
+    return Trace(trace.name, trace.nodes, tuple(kept), trace.source, trace.groups), tuple(left)
