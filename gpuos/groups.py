@@ -12,6 +12,11 @@ A group with a budget ends when its members' GPU-seconds (finished members' atta
 plus running members' service so far) reach the budget; the members still pending or running
 stop with reason ``group-budget``. An ended group takes no new members.
 
+A duplicate (a submit whose dedupe key matches a job of the tenant; gpuos/dedupe.py) submitted
+into a group gets the job it duplicated, which then counts for that group as a member that
+spends nothing: its success, now or when it comes, counts toward the group's goal. Ending the
+group does not stop that job: it belongs to its own group, or to none.
+
 These rules are pure functions of a :class:`Group`, so the daemon's store (which applies them
 in the same transaction as the success that triggers them, so a sibling cancellation is never
 lost in a crash) and the simulator apply one definition.

@@ -181,6 +181,15 @@ CREATE TABLE IF NOT EXISTS groups (
     ended_at REAL,
     PRIMARY KEY (tenant, name)
 );
+-- A duplicate submitted into a group counts for that group as the job it duplicated: the job's
+-- end, once it comes, is applied to each group linked to it here (with no GPU-seconds: the
+-- job's own group, if any, pays for it).
+CREATE TABLE IF NOT EXISTS group_links (
+    tenant TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (job_id, tenant, grp)
+);
 """
 # Columns added after the first release, with their definitions: a store made before them gets
 # them at open (ALTER TABLE ... ADD COLUMN), and its rows read as jobs without a group.
@@ -962,6 +971,8 @@ class Store:
             if row is not None:
                 existing = _row_to_job(row)
                 self._event(conn, existing, "deduplicated", "a submit with the same dedupe key got this job")
+                if spec.group and (existing.spec.group, existing.spec.tenant) != (spec.group, spec.tenant):
+                    made.extend(self._link_duplicate(conn, spec, group, existing, now))
                 return existing, Submitted.DUPLICATE
         self._check_cap(spec.tenant)
         if spec.group:
@@ -1057,8 +1068,8 @@ class Store:
             )
             if new.state != job.state or event:
                 self._event(conn, new, event or new.state.value.lower(), event_message)
-            if new.spec.group and new.state.terminal and not job.state.terminal:
-                return [new, *self._member_ended(conn, new)]
+            if new.state.terminal and not job.state.terminal:
+                return [new, *self._ended_in_groups(conn, new)]
             return [new]
 
         first = self._write(fn)[0]
@@ -1072,16 +1083,42 @@ class Store:
                            (tenant, name)).fetchone()
         return None if row is None else _row_to_group(row)
 
-    def _member_ended(self, conn: sqlite3.Connection, job: Job) -> builtins.list[Job | Group]:
-        """Apply ``job``'s end to its group: its GPU-seconds, a success that reaches the goal, a
-        budget spent. When the group ends, so do its other members, in this same transaction: a
-        crash can never keep the success and lose the siblings' cancellation."""
-        group = self._group_row(conn, job.spec.tenant, job.spec.group)
+    def _link_duplicate(self, conn: sqlite3.Connection, spec: JobSpec, given: GroupSpec | None, existing: Job,
+                        now: float) -> builtins.list[Job | Group]:
+        """A duplicate submitted into group ``spec.group``: the group counts ``existing`` as a
+        member that spends nothing (its success, now or when it comes, counts for the group),
+        as the simulator does. An ended group refuses it like any new member."""
+        made: builtins.list[Job | Group] = []
+        new_group = self._join_group(conn, spec, given, now)
+        if new_group is not None:
+            made.append(new_group)
+        linked = conn.execute("INSERT OR IGNORE INTO group_links (tenant, grp, job_id) VALUES (?,?,?)",
+                              (spec.tenant, spec.group, existing.id)).rowcount
+        if linked and existing.state.terminal:  # it succeeded (only then is an ended job a duplicate's)
+            made += self._member_ended(conn, existing, spec.group, spent=0.0)
+        return made
+
+    def _ended_in_groups(self, conn: sqlite3.Connection, job: Job) -> builtins.list[Job | Group]:
+        """Apply ``job``'s end to its own group and to the groups its duplicates linked it to."""
+        out: builtins.list[Job | Group] = []
+        if job.spec.group:
+            out += self._member_ended(conn, job, job.spec.group, spent=job.attained_service)
+        # A job ends once, so each link is applied once; links stay, so the group lists the job.
+        for (name,) in conn.execute("SELECT grp FROM group_links WHERE job_id = ?", (job.id,)).fetchall():
+            out += self._member_ended(conn, job, name, spent=0.0)
+        return out
+
+    def _member_ended(self, conn: sqlite3.Connection, job: Job, name: str, spent: float) -> builtins.list[Job | Group]:
+        """Apply ``job``'s end to group ``name`` of its tenant: ``spent`` GPU-seconds, a success
+        that reaches the goal, a budget spent. When the group ends, so do its other members, in
+        this same transaction: a crash can never keep the success and lose the siblings'
+        cancellation."""
+        group = self._group_row(conn, job.spec.tenant, name)
         if group is None:
             return []  # a store edited by hand; the member still ends
         won = job.state == JobState.SUCCEEDED
         reason = after_success(group) if won else ""
-        group = replace(group, spent=group.spent + job.attained_service, succeeded=group.succeeded + int(won))
+        group = replace(group, spent=group.spent + spent, succeeded=group.succeeded + int(won))
         if not reason and over_budget(group, 0.0):
             reason = GROUP_BUDGET
         if reason:
@@ -1157,9 +1194,10 @@ class Store:
         return [_row_to_group(r) for r in self._reader().execute(sql + " ORDER BY created_at, name", args)]
 
     def members(self, tenant: str, name: str) -> builtins.list[Job]:
-        """A group's members in submission order."""
+        """A group's members in submission order (with the jobs its duplicates are linked to)."""
         rows = self._reader().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND grp = ? AND grp != '' ORDER BY seq", (tenant, name),
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (tenant = ? AND grp = ? AND grp != '') OR id IN "
+            "(SELECT job_id FROM group_links WHERE tenant = ? AND grp = ?) ORDER BY seq", (tenant, name, tenant, name),
         ).fetchall()
         return [_row_to_job(r) for r in rows]
 
@@ -1305,6 +1343,7 @@ class Store:
                 chunk = ids[start:start + 500]
                 marks_ids = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM events WHERE job_id IN ({marks_ids})", chunk)
+                conn.execute(f"DELETE FROM group_links WHERE job_id IN ({marks_ids})", chunk)
                 conn.execute(f"DELETE FROM jobs WHERE id IN ({marks_ids}) AND state IN ({marks})",
                              [*chunk, *_TERMINAL])
             return ids

@@ -337,3 +337,23 @@ def test_speculate_starts_one_member_of_every_group_before_a_second_of_any(clien
     wait_for(lambda: sum(state(client, j.id) == jobs_pb2.RUNNING for j in (*first, *late)) == 2)
     assert [state(client, j.id) for j in (*first, *late)] == [jobs_pb2.RUNNING, jobs_pb2.PENDING,
                                                                jobs_pb2.PENDING, jobs_pb2.RUNNING]
+
+
+def test_a_duplicate_counts_for_its_own_group_as_the_job_it_duplicated(client: Client) -> None:
+    marker_work = [PY, "-c", "import time; time.sleep(1.0)"]
+    original = client.submit(marker_work, gpu_fraction=0.25, group="branch-a", group_mode="first-success",
+                             dedupe_key="same-work")
+    other = client.submit(LONG, gpu_fraction=0.25, group="branch-b", group_mode="first-success")
+    copy = client.submit_batch([client.submit_request(marker_work, gpu_fraction=0.25, group="branch-b",
+                                                      dedupe_key="same-work")])[0]
+    assert copy.duplicate and copy.job.id == original.id
+    assert {m.id for m in client.group("branch-b").members} == {original.id, other.id}
+    b = client.wait_group("branch-b", timeout=30)  # the original's success ends both groups
+    assert (b.reason, b.succeeded) == ("sibling-succeeded", 1)
+    assert {m.id: m.reason for m in b.members}[other.id] == "sibling-succeeded"
+    assert client.group("branch-a").reason == "sibling-succeeded"
+    assert client.group("branch-a").spent_gpu_seconds > b.spent_gpu_seconds  # branch-b paid nothing for it
+    # A duplicate of work that already succeeded ends a new group at once.
+    late = client.submit_batch([client.submit_request(marker_work, gpu_fraction=0.25, group="branch-c",
+                                                      group_mode="first-success", dedupe_key="same-work")])[0]
+    assert late.duplicate and client.group("branch-c").reason == "sibling-succeeded"
