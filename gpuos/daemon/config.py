@@ -93,6 +93,8 @@ class DaemonConfig:
     retention_seconds: float = 7 * 24 * 3600.0
     # ... or when more than this many finished jobs are kept (0: no limit); the oldest go first.
     retention_jobs: int = 100000
+    # A dedupe key matches a job that succeeded at most this many seconds ago (and is not purged).
+    dedupe_retention_seconds: float = 24 * 3600.0
 
     # -- devices --------------------------------------------------------------------------------
     # A GPU is marked lost only after this many consecutive failed health samples.
@@ -151,7 +153,8 @@ class DaemonConfig:
         if tls and len(tls) != 3:
             missing = sorted({"tls_cert", "tls_key", "tls_ca"} - set(tls))
             raise InvalidArgument(missing[0], "mutual TLS needs tls_cert, tls_key and tls_ca together")
-        for name in ("kill_grace_seconds", "retention_seconds", "contended_stream_messages_per_second"):
+        for name in ("kill_grace_seconds", "retention_seconds", "contended_stream_messages_per_second",
+                     "dedupe_retention_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"{getattr(self, name)} is negative")
         for name in ("max_streams_per_tenant", "max_connections_per_uid", "max_pending_per_tenant",

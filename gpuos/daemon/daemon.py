@@ -42,7 +42,8 @@ class Daemon:
         self.config = config
         state = config.state_path
         # The store makes the state dir (0700) and refuses a damaged one before anything starts.
-        self.store = Store(state, max_pending_per_tenant=config.max_pending_per_tenant)
+        self.store = Store(state, max_pending_per_tenant=config.max_pending_per_tenant,
+                           dedupe_retention=config.dedupe_retention_seconds)
         self.backend, self.backend_reason = open_backend(config.backend, config.sim_gpus)
         log.info("device backend: %s", self.backend_reason)
         self.runtime = ProcessRuntime(state / "jobs")
