@@ -13,7 +13,9 @@ tomkennes.com and emergentmind.com digests of the paper):
 
 - ``success = 0.14`` and ``group_size = 8``: the agents' task success grows with the number of
   attempts from 14% to 70%. Taking 14% as one attempt's chance and attempts as independent
-  (our assumption, not the paper's), 1 - 0.86^n = 0.70 gives n = 8 attempts.
+  (our assumption, not the paper's), 1 - 0.86^n = 0.70 gives n = 8 attempts. The digests'
+  "rise 14-70%" can also be read as a relative gain in success; we take the reading above, and
+  both are parameters.
 - ``duplicate_rate = 0.2``: across an agent's queries the distinct sub-plans are often under
   10-20% of the total, so most of the work repeats at sub-plan grain. A whole GPU job repeats
   far less often than a sub-plan; 0.2 of jobs repeating an earlier one of the same tenant is
