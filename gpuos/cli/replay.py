@@ -8,6 +8,15 @@ preemptions, multiplied back by the scale, go through the simulator's metrics
 for the same window, on the same cluster, without the jobs that cluster could never run
 (:func:`gpuos.scheduler.sim.traces.placeable`).
 
+A trace with job groups or dedupe keys replays them too: each member is submitted with its
+group's mode and budget (GPU-seconds, divided by the scale like every time) and its dedupe key,
+and its process fails at the end of its work when the trace says the member fails. gpuosd
+answers a dedupe hit with the original job (same id, ``duplicate``): the replay records the
+submit as a duplicate of that job, which ends when it ends and with its outcome, having spent
+nothing. A member submitted to a group that has ended is refused (FAILED_PRECONDITION): it is
+recorded as stopped by its group, never having run, as the simulator records it. Jobs with
+neither replay exactly as before.
+
 :func:`replay` is the Python API (the differential test drives it); times in its
 :class:`Replayed` are wall seconds since the replay began.
 """
@@ -15,6 +24,7 @@ for the same window, on the same cluster, without the jobs that cluster could ne
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import sys
@@ -31,12 +41,15 @@ from gpuos.cli.sim import SIM_MODULES, add_window_arguments, result_dict
 from gpuos.v1 import jobs_pb2
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from gpuos.client import Client
+    from gpuos.groups import Group, GroupSpec
     from gpuos.scheduler.sim.cluster import NodeSpec
     from gpuos.scheduler.sim.engine import Outcome, Timeline
     from gpuos.scheduler.sim.metrics import SimResult
     from gpuos.scheduler.sim.traces import Trace, TraceJob
-    from gpuos.scheduler.snapshot import NodeView
+    from gpuos.scheduler.snapshot import GroupKey, NodeView
     from gpuos.v1 import devices_pb2
 
 # How often the replay looks for new events while it waits: the resolution of its measurements.
@@ -78,6 +91,14 @@ class ReplayedJob:
     devices: tuple[int, ...]
     partition: str
     preemptions: int
+    # GPU-seconds of service it had (wall seconds; 0 for a duplicate or a refused member).
+    attained: float = 0.0
+    # Why its group stopped it (sibling-succeeded, group-budget, cancelled-by-user; "" if it
+    # did not): a member refused because its group had ended has its group's reason.
+    reason: str = ""
+    # The trace job id of the job gpuosd returned for its dedupe key ("" if none): this submit
+    # added no job; ``job_id``, ``state`` and ``finish`` are that job's.
+    duplicate_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,10 @@ class Replayed:
     jobs: tuple[ReplayedJob, ...]
     timeline: Timeline  # wall seconds since the replay began
     wall_seconds: float
+    # The trace's groups as gpuosd recorded them when the replay ended (times in wall seconds
+    # since it began, GPU-seconds in wall seconds); a group all of whose members were
+    # duplicates was never made and is absent.
+    groups: Mapping[GroupKey, Group] = dataclasses.field(default_factory=dict)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -114,6 +139,16 @@ class _Seen:
     looked: bool = False
     # Ended only once its terminal event is seen (``state`` then is that event's).
     ended: bool = False
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A submit that gpuosd answered with an earlier job (its dedupe key), or refused because
+    the job's group had ended (``job_id`` "")."""
+
+    job: TraceJob
+    job_id: str
+    submitted: float
 
 
 def daemon_cluster(devices: list[devices_pb2.Device]) -> NodeSpec:
@@ -186,8 +221,25 @@ def submit_args(job: TraceJob) -> dict[str, Any]:
     }
 
 
-def worker_command(duration: float, checkpoint: Path) -> list[str]:
-    return [sys.executable, "-m", "gpuos.cli.replay_work", repr(duration), str(checkpoint)]
+def group_args(job: TraceJob, specs: Mapping[GroupKey, GroupSpec]) -> dict[str, Any]:
+    """``Client.submit`` keywords for ``job``'s group and dedupe key (``job`` and ``specs``
+    already scaled). Every member names its group's mode and budget: whichever arrives first
+    makes the group. A group the trace does not describe is made as ``all`` without a budget,
+    the simulator's reading of it too (no rule ends it)."""
+    args: dict[str, Any] = {"dedupe_key": job.dedupe_key} if job.dedupe_key else {}
+    if job.group:
+        args["group"] = job.group
+        spec = specs.get((job.tenant, job.group))
+        if spec is not None:
+            args.update(group_mode=spec.mode_text, group_budget=spec.budget)
+    return args
+
+
+def worker_command(duration: float, checkpoint: Path, succeeds: bool = True) -> list[str]:
+    from gpuos.cli.replay_work import FAIL
+
+    return [sys.executable, "-m", "gpuos.cli.replay_work", repr(duration), str(checkpoint),
+            *(() if succeeds else (FAIL,))]
 
 
 def replay(client: Client, trace: Trace, time_scale: float = 1.0, poll: float = POLL_SECONDS) -> Replayed:
@@ -202,10 +254,12 @@ def replay(client: Client, trace: Trace, time_scale: float = 1.0, poll: float = 
     from gpuos.scheduler.sim.traces import scale
 
     scaled = scale(trace, time_scale)
+    specs = {(g.tenant, g.spec.name): g.spec for g in scaled.groups}
     order = sorted(range(len(scaled.jobs)), key=lambda i: (scaled.jobs[i].arrival, scaled.jobs[i].id))
     workdir = Path(tempfile.mkdtemp(prefix="gpuos-replay-"))
     env = current_env()
     seen: dict[str, _Seen] = {}
+    copies: list[_Copy] = []
     timeline = _Sampler(trace)
     began = time.time()
     since = -1
@@ -216,13 +270,19 @@ def replay(client: Client, trace: Trace, time_scale: float = 1.0, poll: float = 
             while submitted < len(order) and scaled.jobs[order[submitted]].arrival <= now:
                 i = order[submitted]
                 job = scaled.jobs[i]
-                reply = client.submit(worker_command(job.duration, workdir / f"{i:06d}.json"), env=env,
-                                      cwd=str(workdir), **submit_args(job))
-                seen[reply.id] = _Seen(trace.jobs[i], reply.id, time.time() - began)
+                command = worker_command(job.duration, workdir / f"{i:06d}.json", job.succeeds)
                 submitted += 1
+                if job.group or job.dedupe_key:
+                    made, duplicate = _submit_member(client, command, env, str(workdir), job, specs)
+                    if made is None or duplicate:
+                        copies.append(_Copy(trace.jobs[i], made.id if made is not None else "", time.time() - began))
+                        continue
+                else:
+                    made = client.submit(command, env=env, cwd=str(workdir), **submit_args(job))
+                seen[made.id] = _Seen(trace.jobs[i], made.id, time.time() - began)
                 if since < 0:
                     # Events are numbered across all jobs; ours begin with the first one's submission.
-                    since = min(e.seq for e in client.events(job_id=reply.id)) - 1
+                    since = min(e.seq for e in client.events(job_id=made.id)) - 1
             if since >= 0:
                 since, changed = _read_events(client, since, seen, began)
                 _look_up_placements(client, seen)
@@ -241,15 +301,88 @@ def replay(client: Client, trace: Trace, time_scale: float = 1.0, poll: float = 
         shutil.rmtree(workdir, ignore_errors=True)
     wall = time.time() - began
     policy = next((p.name for p in client.policies() if p.active), "?")
-    jobs = tuple(
+    ended = {s.job_id: client.get(s.job_id) for s in seen.values()}
+    jobs = [
         ReplayedJob(
             job=s.job, job_id=s.job_id, submitted=s.submitted, first_start=s.first_start, finish=s.finish,
             state=jobs_pb2.JobState.Name(s.state), devices=s.placement[0] if s.placement else (),
             partition=s.placement[1] if s.placement else "", preemptions=s.requeues,
+            attained=ended[s.job_id].attained_service, reason=_group_reason(ended[s.job_id].reason),
         )
-        for s in sorted(seen.values(), key=lambda s: s.submitted)
-    )
-    return Replayed(trace, time_scale, policy, jobs, timeline.timeline, wall)
+        for s in seen.values()
+    ]
+    groups = _groups(client, trace, began)
+    jobs += [_copied(client, c, seen, ended, groups, began) for c in copies]
+    jobs.sort(key=lambda r: r.submitted)
+    return Replayed(trace, time_scale, policy, tuple(jobs), timeline.timeline, wall, groups)
+
+
+def _submit_member(client: Client, command: list[str], env: Mapping[str, str], cwd: str, job: TraceJob,
+                   specs: Mapping[GroupKey, GroupSpec]) -> tuple[jobs_pb2.Job | None, bool]:
+    """Submit a job with a group or dedupe key: (the job gpuosd returned, whether it is a
+    duplicate's), or (None, False) if its group had ended and refused it. A batch of one,
+    because only SubmitBatch's reply says whether the job was a duplicate."""
+    import grpc
+
+    from gpuos.client import ApiError
+
+    request = client.submit_request(command, env=env, cwd=cwd, **submit_args(job), **group_args(job, specs))
+    try:
+        (reply,) = client.submit_batch([request])
+    except ApiError as exc:
+        if job.group and exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+            return None, False
+        raise
+    return reply.job, reply.duplicate
+
+
+def _group_reason(reason: str) -> str:
+    """``reason`` if a group gave it (a job's reason may also be exit-nonzero, preempted, ...)."""
+    from gpuos.groups import GROUP_BUDGET, GROUP_CANCELLED, SIBLING_SUCCEEDED
+
+    return reason if reason in (SIBLING_SUCCEEDED, GROUP_BUDGET, GROUP_CANCELLED) else ""
+
+
+def _groups(client: Client, trace: Trace, began: float) -> dict[GroupKey, Group]:
+    """The trace's groups as gpuosd has them now, in wall seconds since ``began``."""
+    from gpuos.client import ApiError
+    from gpuos.groups import Group, make_spec
+
+    found: dict[GroupKey, Group] = {}
+    for tenant, name in sorted({(j.tenant, j.group) for j in trace.jobs if j.group}):
+        try:
+            g = client.group(name, tenant=tenant)
+        except ApiError:
+            continue  # never made: every member it had was a duplicate
+        found[(tenant, name)] = Group(
+            tenant, make_spec(name, g.mode, g.budget_gpu_seconds), g.created_at.ToNanoseconds() / 1e9 - began,
+            succeeded=g.succeeded, spent=g.spent_gpu_seconds, ended_reason=g.reason if g.state == "ended" else "",
+            ended_at=g.ended_at.ToNanoseconds() / 1e9 - began if g.HasField("ended_at") else None,
+        )
+    return found
+
+
+def _copied(client: Client, copy: _Copy, seen: Mapping[str, _Seen], ended: Mapping[str, jobs_pb2.Job],
+            groups: Mapping[GroupKey, Group], began: float) -> ReplayedJob:
+    """A duplicate, as the simulator records one: it ends when the job it got ends (at once if
+    that had ended), with that job's state and group reason, having spent nothing; a refused
+    member ends at its submit, stopped for its group's reason."""
+    if not copy.job_id:
+        group = groups.get((copy.job.tenant, copy.job.group))
+        return ReplayedJob(copy.job, "", copy.submitted, None, copy.submitted, "CANCELLED", (), "", 0,
+                           reason=group.ended_reason if group is not None else "")
+    original = seen.get(copy.job_id)
+    if original is not None:
+        finish = None if original.finish is None else max(copy.submitted, original.finish)
+        state, of = jobs_pb2.JobState.Name(original.state), original.job.id
+        reason = _group_reason(ended[copy.job_id].reason)
+    else:  # a job from before the replay: known only as it stands now
+        job = client.get(copy.job_id)
+        finish = (max(copy.submitted, job.finished_at.ToNanoseconds() / 1e9 - began)
+                  if job.HasField("finished_at") else None)
+        state, of, reason = jobs_pb2.JobState.Name(job.state), job.name or job.id, _group_reason(job.reason)
+    return ReplayedJob(copy.job, copy.job_id, copy.submitted, None, finish, state, (), "", 0, reason=reason,
+                       duplicate_of=of)
 
 
 def _read_events(client: Client, since: int, seen: dict[str, _Seen], began: float) -> tuple[int, float | None]:
@@ -361,25 +494,42 @@ def _node_of(devices: Any) -> NodeView:
 def outcome(replayed: Replayed) -> Outcome:
     """The replay as the simulator's Outcome, in trace seconds (wall seconds x the time scale).
 
-    A job counts as finished only if it succeeded. gpuosd reports neither its rounds nor GPU
-    failures to a client, so both are 0.
+    A job counts as finished only if it ended as the simulator would have ended it: it
+    succeeded, it failed where its trace says it fails (or it is a duplicate of a job that
+    failed), or its group stopped it. Records carry the GPU-seconds each had, its group reason
+    and the job it duplicated, and the Outcome the groups, so :func:`~gpuos.scheduler.sim.metrics.agentic_stats`
+    reads a replay as it reads a simulation. gpuosd reports neither its rounds nor GPU failures
+    to a client, so both are 0.
     """
     from gpuos.scheduler.sim.engine import JobRecord, Outcome, Timeline
 
     s = replayed.time_scale
+
+    def meant(r: ReplayedJob) -> bool:
+        return r.state == "SUCCEEDED" or bool(r.reason) or (
+            r.state == "FAILED" and (not r.job.succeeds or bool(r.duplicate_of)))
+
     records = [
         JobRecord(
             r.job, 0.0 if r.state == "SUCCEEDED" else r.job.duration,
             first_start=None if r.first_start is None else r.first_start * s,
-            finish=r.finish * s if r.finish is not None and r.state == "SUCCEEDED" else None,
-            preemptions=r.preemptions,
+            finish=r.finish * s if r.finish is not None and meant(r) else None,
+            preemptions=r.preemptions, attained=r.attained * s, succeeded=r.state == "SUCCEEDED",
+            reason=r.reason, duplicate_of=r.duplicate_of,
         )
         for r in replayed.jobs
     ]
     t = replayed.timeline
     timeline = Timeline([x * s for x in t.times], list(t.allocated), list(t.fragmented), list(t.queued),
                         list(t.running))
-    return Outcome(records, timeline, 0, 0, sum(len(n.gpus) for n in replayed.trace.nodes))
+    groups = {
+        key: dataclasses.replace(
+            g, spec=dataclasses.replace(g.spec, budget=g.spec.budget * s), created_at=g.created_at * s,
+            spent=g.spent * s, ended_at=None if g.ended_at is None else g.ended_at * s,
+        )
+        for key, g in replayed.groups.items()
+    }
+    return Outcome(records, timeline, 0, 0, sum(len(n.gpus) for n in replayed.trace.nodes), groups=groups)
 
 
 def result(replayed: Replayed, seed: int = 0) -> SimResult:

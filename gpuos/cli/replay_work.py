@@ -1,4 +1,4 @@
-"""The work of one replayed trace job: ``python -m gpuos.cli.replay_work SECONDS CHECKPOINT``.
+"""The work of one replayed trace job: ``python -m gpuos.cli.replay_work SECONDS CHECKPOINT [fail]``.
 
 It "works" for SECONDS of its own run time by sleeping in short steps. Time it was not allowed
 to run does not count: gpuosd time-slices a GPU by stopping the jobs whose turn it is not
@@ -6,7 +6,8 @@ to run does not count: gpuosd time-slices a GPU by stopping the jobs whose turn 
 the step asked for. On SIGTERM (gpuosd preempting or cancelling it) it writes the work done so
 far to CHECKPOINT and exits 143 (gpuosd decides from why it stopped the job, not from this
 code, whether the job goes back to the queue); started again with the same CHECKPOINT it
-resumes from there. It exits 0 once the work is done.
+resumes from there. It exits 0 once the work is done, or FAILED (1) with ``fail``: a trace job
+whose outcome is a failure (an agent's variant that did not work) runs all its work, then fails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ STEP = 0.01
 DONE_WITHIN = 1e-6
 # The exit code of a process that SIGTERM ended, as the shell reports it.
 TERMINATED = 128 + signal.SIGTERM
+# The exit code of work that was done but failed (``fail``).
+FAILED = 1
+FAIL = "fail"
 
 
 class Stopped(Exception):
@@ -78,10 +82,10 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m gpuos.cli.replay_work SECONDS CHECKPOINT", file=sys.stderr)
+    if len(args) not in (2, 3) or args[2:] not in ([], [FAIL]):
+        print(f"usage: python -m gpuos.cli.replay_work SECONDS CHECKPOINT [{FAIL}]", file=sys.stderr)
         return 2
-    seconds, checkpoint = float(args[0]), Path(args[1])
+    seconds, checkpoint, fails = float(args[0]), Path(args[1]), args[2:] == [FAIL]
     # Until the handler is in place SIGTERM simply ends the process, leaving the checkpoint as it was.
     progress = [read_checkpoint(checkpoint)]
     signal.signal(signal.SIGTERM, _on_term)
@@ -97,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return TERMINATED
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     write_checkpoint(checkpoint, progress[0])
-    print(f"done: {progress[0]:.3f} s of work", flush=True)
-    return 0
+    print(f"done: {progress[0]:.3f} s of work{', and failed as asked' if fails else ''}", flush=True)
+    return FAILED if fails else 0
 
 
 if __name__ == "__main__":

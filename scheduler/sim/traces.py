@@ -320,8 +320,8 @@ def window(trace: Trace, start: float = 0.0, jobs: int | None = None) -> Trace:
 
 
 def scale(trace: Trace, time_scale: float) -> Trace:
-    """``trace`` run ``time_scale`` times faster: arrivals, durations, estimates and SLOs divided
-    by it (a replay into a real daemon cannot wait out a trace's hours)."""
+    """``trace`` run ``time_scale`` times faster: arrivals, durations, estimates, SLOs and group
+    budgets (GPU-seconds) divided by it (a replay into a real daemon cannot wait out a trace's hours)."""
     if not (math.isfinite(time_scale) and time_scale > 0):
         raise InvalidArgument("time_scale", f"{time_scale} is not a positive number")
     s = time_scale
@@ -329,7 +329,9 @@ def scale(trace: Trace, time_scale: float) -> Trace:
         dataclasses.replace(j, arrival=j.arrival / s, duration=j.duration / s, estimate=j.estimate / s, slo=j.slo / s)
         for j in trace.jobs
     )
-    return Trace(trace.name, trace.nodes, jobs, trace.source, trace.groups)
+    groups = tuple(dataclasses.replace(g, spec=dataclasses.replace(g.spec, budget=g.spec.budget / s))
+                   for g in trace.groups)
+    return Trace(trace.name, trace.nodes, jobs, trace.source, groups)
 
 
 def needs_gpu(request: Resources) -> bool:
