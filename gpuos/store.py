@@ -1105,17 +1105,20 @@ class Store:
             out += self._member_ended(conn, job, job.spec.group, spent=job.attained_service)
         # A job ends once, so each link is applied once; links stay, so the group lists the job.
         for (name,) in conn.execute("SELECT grp FROM group_links WHERE job_id = ?", (job.id,)).fetchall():
-            out += self._member_ended(conn, job, name, spent=0.0)
+            out += self._member_ended(conn, job, name, spent=0.0, linked=True)
         return out
 
-    def _member_ended(self, conn: sqlite3.Connection, job: Job, name: str, spent: float) -> builtins.list[Job | Group]:
+    def _member_ended(self, conn: sqlite3.Connection, job: Job, name: str, spent: float,
+                      linked: bool = False) -> builtins.list[Job | Group]:
         """Apply ``job``'s end to group ``name`` of its tenant: ``spent`` GPU-seconds, a success
         that reaches the goal, a budget spent. When the group ends, so do its other members, in
         this same transaction: a crash can never keep the success and lose the siblings'
         cancellation."""
         group = self._group_row(conn, job.spec.tenant, name)
-        if group is None:
-            return []  # a store edited by hand; the member still ends
+        if group is None or (linked and not group.open):
+            # A store edited by hand; or a duplicate's group that ended first, which its
+            # original's end no longer concerns (the simulator stops such a copy then).
+            return []
         won = job.state == JobState.SUCCEEDED
         reason = after_success(group) if won else ""
         group = replace(group, spent=group.spent + spent, succeeded=group.succeeded + int(won))

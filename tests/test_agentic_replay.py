@@ -9,12 +9,8 @@ the daemon checks budgets each 50 ms tick). The simulator runs it with tests/tes
 model of the daemon's latencies.
 
 Both sides count a duplicate for its own group as the job it duplicated, spending nothing: a
-duplicate of a success ends its first-success group (``g10``). A stated difference, not hidden
-(KNOWN_GAP): a duplicate of a job of its OWN group counts that job's success twice in the
-simulator (the group's member and its copy), once in gpuosd (the store links a duplicate only
-to another group), so a best-of:2 group reaches its goal with one real success in the
-simulator only. Group ``g11`` shows it; the test says how each side ends it, so the day the two
-agree it fails.
+duplicate of a success ends its first-success group (``g10``); a duplicate of a job of its own
+group is that same work, and counts once (``g11``: a best-of:2 group needs a second real success).
 """
 
 from __future__ import annotations
@@ -41,10 +37,9 @@ from tests.test_one_world import ROUND_GAP, START_LATENCY, STOP_LATENCY
 
 CLUSTER = "4xH100-80GB"
 A, B = "agent-a", "agent-b"
-# GPU-seconds, all groups but KNOWN_GAP together: a budget stops its members at the next 50 ms
+# GPU-seconds, all groups together: a budget stops its members at the next 50 ms
 # tick after it is reached, and a stop takes ~0.1 s more; the simulator stops them at the instant.
 GPU_SECONDS_ERROR = 0.15
-KNOWN_GAP = (A, "g11")
 
 GROUPS = (
     TraceGroup(A, make_spec("g1", "first-success")),
@@ -90,7 +85,7 @@ JOBS = (
     _job("g9", 0, 10.5, 0.6), _job("g9", 1, 10.5, 0.6),
     # g10: m1 duplicates g3-m0's success, which ends the group at once: m0 stops.
     _job("g10", 0, 11.0, 0.6, succeeds=False), _job("g10", 1, 11.0, 0.6, key=f"{A}/g3-m0"),
-    # g11 (KNOWN_GAP): m1 duplicates its sibling m0 while it runs; m2 succeeds 1.4 s after m0.
+    # g11: m1 duplicates its sibling m0 while it runs; m2 succeeds 1.4 s after m0, the 2nd success.
     _job("g11", 0, 12.5, 0.6), _job("g11", 1, 12.6, 0.6, key=f"{A}/g11-m0"), _job("g11", 2, 12.5, 2.0),
 )
 TRACE = Trace("agentic excerpt", parse_gpus(CLUSTER), JOBS, "hand-written (tests/test_agentic_replay.py)", GROUPS)
@@ -126,24 +121,25 @@ def stopped(run: Outcome) -> Counter[GroupKey]:
 
 
 def gpu_seconds(run: Outcome) -> float:
-    return sum(r.attained for r in run.records if (r.job.tenant, r.job.group) != KNOWN_GAP)
+    return sum(r.attained for r in run.records)
 
 
 def test_groups_end_for_the_same_reasons_in_gpuosd_and_the_simulator(worlds: tuple[Outcome, Outcome]) -> None:
     sim, daemon = worlds
     expected = {(A, "g1"): SIBLING_SUCCEEDED, (A, "g2"): "", (A, "g3"): SIBLING_SUCCEEDED, (A, "g4"): "",
                 (A, "g5"): GROUP_BUDGET, (A, "g6"): GROUP_BUDGET, (B, "g7"): SIBLING_SUCCEEDED,
-                (A, "g8"): SIBLING_SUCCEEDED, (A, "g9"): "", (A, "g10"): SIBLING_SUCCEEDED}
-    assert {k: v for k, v in ended(sim).items() if k != KNOWN_GAP} == expected
-    assert {k: v for k, v in ended(daemon).items() if k != KNOWN_GAP} == expected
+                (A, "g8"): SIBLING_SUCCEEDED, (A, "g9"): "", (A, "g10"): SIBLING_SUCCEEDED,
+                (A, "g11"): SIBLING_SUCCEEDED}
+    assert ended(sim) == expected
+    assert ended(daemon) == expected
 
 
 def test_the_same_members_are_stopped_by_their_groups(worlds: tuple[Outcome, Outcome]) -> None:
     sim, daemon = worlds
     expected = Counter({(A, "g1"): 2, (A, "g3"): 2, (A, "g5"): 3, (A, "g6"): 2, (B, "g7"): 1, (A, "g8"): 1,
                         (A, "g10"): 1})
-    assert {k: n for k, n in stopped(daemon).items() if k != KNOWN_GAP} == expected
-    assert {k: n for k, n in stopped(sim).items() if k != KNOWN_GAP} == expected
+    assert stopped(daemon) == expected
+    assert stopped(sim) == expected  # g11 stops none: its copy of m0 is not a second success
 
 
 def test_duplicates_are_absorbed_alike_and_never_across_tenants(worlds: tuple[Outcome, Outcome]) -> None:
@@ -167,13 +163,6 @@ def test_agentic_stats_read_a_replay_as_they_read_a_simulation(worlds: tuple[Out
     a, b = agentic_stats(sim.records), agentic_stats(daemon.records)
     assert (a.duplicates, len(a.groups)) == (b.duplicates, len(b.groups)) == (4, 11)
     assert a.groups_succeeded == b.groups_succeeded == 8
-
-
-def test_a_duplicate_of_a_sibling_counts_twice_in_the_simulator_only(worlds: tuple[Outcome, Outcome]) -> None:
-    """The stated semantic difference (module docstring): the lead decides which side changes."""
-    sim, daemon = worlds
-    assert ended(sim)[KNOWN_GAP] == SIBLING_SUCCEEDED and stopped(sim)[KNOWN_GAP] == 1  # m0 twice: m2 stops
-    assert ended(daemon)[KNOWN_GAP] == SIBLING_SUCCEEDED and stopped(daemon)[KNOWN_GAP] == 0  # m2 is the 2nd
 
 
 def test_a_replayed_member_that_fails_exits_nonzero_after_its_work(tmp_path: Path) -> None:

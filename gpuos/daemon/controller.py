@@ -25,7 +25,7 @@ from gpuos.daemon.partitioning import Partitions
 from gpuos.daemon.reservations import Reservations, rank
 from gpuos.daemon.turns import Turns
 from gpuos.devices.backend import DeviceBackend, DeviceInfo
-from gpuos.groups import GROUP_BUDGET, over_budget
+from gpuos.groups import GROUP_BUDGET, budget_left, over_budget
 from gpuos.jobs import Job, JobSpec, JobState, KernelProgress, Resources
 from gpuos.runtime.process import ProcessRuntime
 from gpuos.scheduler import Place, Policy, Preempt, Snapshot, schedule
@@ -99,6 +99,8 @@ class Controller:
         self._decided: Snapshot | None = None
         # The store's change version the model last followed (0: not yet; sync it all).
         self._model_version = 0
+        # When the nearest group budget will be spent at its members' present rates (None: none).
+        self._budget_due: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -145,6 +147,8 @@ class Controller:
         while not self._stop.is_set():
             timeout = self.tick
             deadline = self.turns.deadline()
+            if self._budget_due is not None:
+                deadline = self._budget_due if deadline is None else min(deadline, self._budget_due)
             due = self._next_round()
             if due is not None:
                 deadline = due if deadline is None else min(deadline, due)
@@ -185,21 +189,31 @@ class Controller:
     def _enforce_budgets(self) -> None:
         """End each open group whose members' GPU-seconds reached its budget (gpuos/groups.py).
 
-        Checked every round, so a group overshoots its budget by at most what its running members
-        earn in one round plus their kill grace; a member's end is applied by the store itself.
+        Checked every round, and the loop also wakes at the instant the running members' service,
+        at their present rates, will reach the nearest budget (``_budget_due``; the simulator stops
+        a group at that instant too): a group overshoots by what its members earn while they are
+        stopped (the kill grace at most). A member's end is applied by the store itself.
         """
+        self._budget_due = None
         budgeted = [g for g in self.store.open_groups() if g.spec.budget > 0]
         if not budgeted:
             return
         now = time.time()
         self._sync_model(now)
+        state = self.cluster.state
         for group in budgeted:
+            key = (group.tenant, group.name)
             # The unfinished members' service, by the model: a requeued member's counts too.
-            if over_budget(group, self.cluster.state.members_service((group.tenant, group.name), now)):
+            if over_budget(group, state.members_service(key, now)):
                 log.info("group %s of %s spent its budget of %g GPU-seconds; stopping its members",
                          group.name, group.tenant, group.spec.budget)
                 self.store.end_group(group.tenant, group.name, GROUP_BUDGET)
                 self._dirty = True
+                continue
+            rate = sum(held.share for m in state.members(*key) if (held := state.holding(m)) is not None)
+            if rate > 0:
+                due = now + budget_left(group, state.members_service(key, now)) / rate
+                self._budget_due = due if self._budget_due is None else min(self._budget_due, due)
 
     def _begin_stop(self, job: Job, state: JobState, reason: str, message: str) -> None:
         self.lifecycle.begin_stop(job, state, reason, message)

@@ -34,7 +34,8 @@ Job groups and deduplication (a trace's ``groups``, its jobs' ``group``, ``dedup
 - a job whose (tenant, dedupe key) matches an earlier job that is waiting, running or
   succeeded does not run: it ends when that job ends (at once if it already succeeded) and
   with its outcome, and counts for its own group as a member with that outcome that spent
-  nothing. Keys match forever (the daemon's retention window is longer than a trace).
+  nothing (unless it copies a member of its own group: one piece of work counts once). Keys
+  match forever (the daemon's retention window is longer than a trace).
 
 A trace without groups or dedupe keys runs exactly as it did before groups existed.
 """
@@ -407,7 +408,8 @@ class Simulator:
         copy.finish = now
         copy.succeeded, copy.reason = original.succeeded, original.reason
         group = self._group_of(copy.job)
-        if group is not None:
+        # A copy of its own sibling is the same work: the group counts that success once.
+        if group is not None and (copy.job.tenant, copy.job.group) != (original.job.tenant, original.job.group):
             self._member_ended(group, copy, now)
 
     def _ended(self, rec: JobRecord, now: float) -> None:
