@@ -7,7 +7,7 @@ over-commit a GPU's memory, compute share or MIG slices.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, replace
 
 from gpuos.jobs import TIMESLICE, Resources
@@ -24,6 +24,7 @@ from gpuos.scheduler.snapshot import (
     NodeView,
     Place,
     Preempt,
+    Shape,
     Share,
     Snapshot,
 )
@@ -332,8 +333,27 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     no_room: set[tuple[int, Resources, int, int]] = set()
     # Asked only of a policy that overrides share(): the default keeps every fraction an MPS client.
     chooses = type(policy).share is not Policy.share
-    for job in policy.order(snap.pending, snap):
+    if type(policy).order is Policy.order and snap.pending_by_age is not None:
+        ordered: Sequence[JobView] = snap.pending_by_age  # what Policy.order answers, unsorted
+    else:
+        ordered = policy.order(snap.pending, snap)
+    # Shapes no node can take for the rest of the round (every node lacked room, or the index
+    # ruled it out). A job of such a shape only reaches victims(), so for a policy that never
+    # preempts it can be passed over: with 10,000 alike jobs waiting on a full cluster, the
+    # round visits one, not 10,000.
+    dead: set[Shape] | None = set() if type(policy).victims is Policy.victims else None
+    # And once every job still to come has a dead shape the round is over: counted from the
+    # model's shape counts, which describe the order only when it is the queue itself.
+    left = _shape_counts(snap, ordered) if dead is not None else None
+    alive = len(ordered)
+    for job in ordered:
         shape = (job.request, job.cpu_milli, job.host_memory)
+        if dead is not None:
+            if shape in dead:  # (a strict order never gets here: it stopped at that shape's first job)
+                continue
+            if left is not None:
+                left[shape] -= 1
+                alive -= 1
         choices = _Choices(policy, snap, job) if chooses and flexible(job.request) else None
         groups = by_state.groups(job) if by_state is not None and choices is None else None
         if groups is not None:
@@ -347,6 +367,8 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         best: tuple[float, int, tuple[GpuView, ...]] | None = None
         # With policy.picks: every feasible option, as (position, options of that node or its group).
         feasible: list[tuple[int, list[tuple[GpuView, ...]]]] = []
+        # No candidate offered the shape an option (a chosen sharing mode is never ruled out).
+        full = choices is None
         for i in candidates:
             node = nodes[i]
             if node.name in reserved or (choices is None and (i, *shape) in no_room):
@@ -370,6 +392,8 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                 feasible.append((i, fitting))
             if not offered and choices is None:
                 no_room.add((i, *shape))
+            elif offered:
+                full = False
             if best is not None and policy.first_fit:
                 break
         if feasible:
@@ -382,6 +406,12 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                 by_state.leave(i, changed=True)
             decisions.append(place)
             continue
+        if full and dead is not None:
+            dead.add(shape)
+            if left is not None:
+                alive -= left[shape]
+                if alive <= 0:
+                    break
         for victim in policy.victims(job, snap):
             if running is None:
                 running = {j.id: j for j in snap.running}
@@ -395,6 +425,17 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         if policy.strict_order:
             break
     return decisions
+
+
+def _shape_counts(snap: Snapshot, ordered: Sequence[JobView]) -> dict[Shape, int] | None:
+    """How many jobs of ``ordered`` have each shape, from the model's counts (no pass over the
+    queue); None unless ``ordered`` is the snapshot's queue itself, in some order the model keeps."""
+    shapes = snap.pending_shapes
+    if shapes is None or (ordered is not snap.pending and ordered is not snap.pending_by_age):
+        return None
+    if sum(shapes.values()) != len(ordered):
+        return None  # not counts of this queue (a snapshot put together by hand)
+    return dict(shapes)
 
 
 def _pick(

@@ -149,6 +149,14 @@ class GroupView:
 GroupKey = tuple[str, str]
 """A group's identity: (tenant, name)."""
 
+Shape = tuple[Resources, int, int]
+"""What decides where a waiting job can go: (request, CPU milli, host memory)."""
+
+
+def shape_of(job: JobView) -> Shape:
+    """``job``'s :data:`Shape`: two jobs of one shape fit, or do not fit, on the same nodes."""
+    return (job.request, job.cpu_milli, job.host_memory)
+
 NO_GROUPS: Mapping[GroupKey, GroupView] = MappingProxyType({})
 
 
@@ -167,6 +175,13 @@ class Snapshot:
     index: CapacityIndex | None = field(default=None, compare=False, repr=False)
     # The job groups the model has recorded, by (tenant, name); empty without groups.
     groups: Mapping[GroupKey, GroupView] = field(default_factory=_no_groups)
+    # ``pending`` in the default queue order (Policy.order: submitted_at, then id), and how many
+    # of them wait with each shape, as the model keeps them (scheduler/state.py), so that a round
+    # over a long queue need not sort it nor visit every job to learn that none fits. None when
+    # not known (a snapshot built by hand or read from the wire): both are derived from
+    # ``pending``, and the framework decides alike with or without them.
+    pending_by_age: tuple[JobView, ...] | None = field(default=None, compare=False, repr=False)
+    pending_shapes: Mapping[Shape, int] | None = field(default=None, compare=False, repr=False)
 
     def group_of(self, job: JobView) -> GroupView | None:
         """The group ``job`` belongs to, as of this snapshot; None for a job without one (or
