@@ -143,8 +143,11 @@ def decision_latency(pending: int, rounds: int = 200, burst: int = 20) -> tuple[
     return decide, snapshot
 
 
-def followers_latency(followers: int, seconds: float) -> list[tuple[int, float, float, int]]:
-    """(followers, Get p50 ms, Get p99 ms, followers refused) with 0 and ``followers`` Watch streams."""
+def followers_latency(followers: int, seconds: float) -> list[tuple[int, float, float, int, int]]:
+    """(followers, Get p50 ms, Get p99 ms, followers refused, followers that saw their job end)
+    with 0 and ``followers`` Watch streams open, each following a job of its own (as an agent
+    follows its jobs), while another tenant floods submits. Followers share one connection per
+    50 (a uid may hold 256 connections)."""
     daemon = unbounded_daemon()
     rows = []
     try:
@@ -154,27 +157,31 @@ def followers_latency(followers: int, seconds: float) -> list[tuple[int, float, 
             probe = c.submit(["true"], gpus=1, tenant="probe")
         for count in (0, followers):
             stop = threading.Event()
-            refused = [0]
+            refused, ended = [0], [0]
+            channels = [Client(socket=daemon.socket) for _ in range(max(1, (count + 49) // 50))]
+            followed = [r.job.id for r in channels[0].submit_batch(
+                [Client.submit_request(["true"], gpus=1, group=f"followed-{count}") for _ in range(count)])
+            ] if count else []
 
-            def follow(stop: threading.Event = stop, refused: list[int] = refused) -> None:
-                with Client(socket=daemon.socket) as f:
-                    try:
-                        for _ in f.events(follow=True, since=2**62):
-                            if stop.is_set():
-                                return
-                    except Exception:  # noqa: BLE001 - a refused stream is counted, not fatal
-                        refused[0] += 1
+            def follow(i: int, refused: list[int] = refused, ended: list[int] = ended,
+                       channels: list[Client] = channels, followed: list[str] = followed) -> None:
+                try:
+                    for event in channels[i % len(channels)].events(follow=True, job_id=followed[i]):
+                        if event.kind == "cancelled":
+                            ended[0] += 1
+                except Exception:  # noqa: BLE001 - a refused stream is counted, not fatal
+                    refused[0] += 1
 
             def flood(stop: threading.Event = stop) -> None:
                 with Client(socket=daemon.socket) as f:
                     while not stop.is_set():
                         f.submit(["true"], gpus=1, tenant="flood")
 
-            threads = [threading.Thread(target=follow, daemon=True) for _ in range(count)]
-            threads.append(threading.Thread(target=flood, daemon=True))
-            for t in threads:
+            threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(count)]
+            flooding = threading.Thread(target=flood, daemon=True)
+            for t in (*threads, flooding):
                 t.start()
-            time.sleep(1.0)
+            time.sleep(2.0)
             latencies = []
             with Client(socket=daemon.socket) as c:
                 end = time.monotonic() + seconds
@@ -182,10 +189,16 @@ def followers_latency(followers: int, seconds: float) -> list[tuple[int, float, 
                     t0 = time.perf_counter()
                     c.get(probe.id)
                     latencies.append(time.perf_counter() - t0)
-            stop.set()
+                stop.set()
+                if count:
+                    c.cancel_group(f"followed-{count}")  # one commit: every follower's job ends
+            for t in threads:
+                t.join(timeout=30)
+            for channel in channels:
+                channel.close()
             latencies.sort()
             rows.append((count, statistics.median(latencies) * 1e3,
-                         latencies[int(0.99 * (len(latencies) - 1))] * 1e3, refused[0]))
+                         latencies[int(0.99 * (len(latencies) - 1))] * 1e3, refused[0], ended[0]))
     finally:
         daemon.stop()
     return rows
@@ -196,7 +209,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--pending", type=int, default=10_000)
     parser.add_argument("--batches", type=int, default=5)
-    parser.add_argument("--followers", type=int, default=200)
+    parser.add_argument("--followers", type=int, default=1000)
     args = parser.parse_args()
     print("| clients | submits/s (durable) | health checks/s (baseline) | ratio |")
     print("|---|---|---|---|")
@@ -218,10 +231,10 @@ def main() -> None:
     print(f"| {args.pending} | {p50 * 1e3:.2f} ms | {p99 * 1e3:.2f} ms | {snap * 1e3:.2f} ms | {p50 / snap:.2f} |",
           flush=True)
     print()
-    print("| Watch followers | Get p50 | Get p99 | followers refused |")
-    print("|---|---|---|---|")
-    for count, g50, g99, refused in followers_latency(args.followers, args.seconds):
-        print(f"| {count} | {g50:.2f} ms | {g99:.2f} ms | {refused} |", flush=True)
+    print("| Watch followers | Get p50 | Get p99 | followers refused | followers that saw their job end |")
+    print("|---|---|---|---|---|")
+    for count, g50, g99, refused, received in followers_latency(args.followers, args.seconds):
+        print(f"| {count} | {g50:.2f} ms | {g99:.2f} ms | {refused} | {received} |", flush=True)
 
 
 if __name__ == "__main__":

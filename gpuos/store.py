@@ -467,6 +467,13 @@ class Store:
         self._last_event = 0
         # The newest committed events, so follow streams read memory, not SQLite, on every wake.
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
+        # The same window by job, so a follower of one job reads its job's events without
+        # passing over everyone else's (a thousand agents following their jobs during a flood).
+        self._recent_by_job: defaultdict[str, deque[Event]] = defaultdict(deque)
+        self._by_job_count = 0  # commits since the by-job window was last trimmed
+        # Called with each commit's new events, on the writer thread (the API's asyncio
+        # followers: gpuos/api/loop.py EventFeed).
+        self._listeners: list[Callable[[builtins.list[Event]], None]] = []
         self._active: dict[str, Job] = {}
         self._placed: dict[str, Job] = {}  # the RUNNING and PAUSED subset of _active
         # PENDING jobs per tenant, as committed; and submits of the batch being written.
@@ -762,23 +769,34 @@ class Store:
             for write in batch:
                 write.future.set_exception(exc)
             return
-        for _write, value, error in results:
-            if error is None:
-                self._remember(value)
+        # The events first, then the unfinished jobs in memory: a reader that finds a job ended
+        # in memory (active_job) then finds the event that ended it in the window of recent
+        # events too (a follower of the job must not stop before it has sent that event).
         with self._events:
             if new_events and (not self._recent or self._recent[-1].seq == new_events[0].seq - 1):
                 self._recent.extend(new_events)
             elif new_events:
                 # A gap (events written before this store opened): start the window afresh.
                 self._recent.clear()
+                self._recent_by_job.clear()
                 self._recent.extend(new_events)
+            for event in new_events:
+                self._recent_by_job[event.job_id].append(event)
+            self._trim_by_job()
             self._last_event = max(self._last_event, last)
             for event in new_events:
                 self._tenant_last[event.tenant] = event.seq
-            for tenant in {e.tenant for e in new_events}:
+            tenants = {e.tenant for e in new_events}
+            for tenant in tenants:
                 if tenant in self._tenant_events:
                     self._tenant_events[tenant].notify_all()
             self._events.notify_all()
+        for _write, value, error in results:
+            if error is None:
+                self._remember(value)
+        if new_events:
+            for listener in self._listeners:
+                listener(new_events)
         self._record_commit()
         for write, value, error in results:
             if error is None:
@@ -1359,6 +1377,8 @@ class Store:
                 kept = [e for e in self._recent if e.job_id not in gone]
                 if len(kept) != len(self._recent):
                     self._recent = deque(kept, maxlen=RECENT_EVENTS)
+                for job_id in gone:
+                    self._recent_by_job.pop(job_id, None)
         return purged
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
@@ -1418,6 +1438,18 @@ class Store:
         of its groups when given."""
         with self._events:
             recent = self._recent
+            if job_id and recent and recent[0].seq <= after_seq + 1:
+                # The job's own events in the window (older ones than the window's first, left
+                # from before a trim, are below after_seq + 1 and so not read).
+                mine = self._recent_by_job.get(job_id, ())
+                out_job: builtins.list[Event] = []
+                for event in reversed(mine):
+                    if event.seq <= after_seq:
+                        break
+                    if (not tenant or event.tenant == tenant) and (not group or event.group == group):
+                        out_job.append(event)
+                out_job.reverse()
+                return out_job[:limit]
             if recent and recent[0].seq <= after_seq + 1:
                 # Followers are nearly always here: only the newest events, and no SQLite at all.
                 start = bisect.bisect_right(recent, after_seq, key=lambda e: e.seq)
@@ -1443,6 +1475,29 @@ class Store:
             args.append(group)
         rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", [*args, limit]).fetchall()
         return [_row_to_event(r) for r in rows]
+
+    def _trim_by_job(self) -> None:
+        """Keep the by-job window within the window of recent events (lock held): every 256
+        commits, each job's events older than the window's first go, so a commit costs O(its
+        events) and the index holds at most the window plus 256 commits' worth."""
+        if not self._recent:
+            return
+        self._by_job_count += 1
+        if self._by_job_count < 256:
+            return
+        self._by_job_count = 0
+        first = self._recent[0].seq
+        for job_id in builtins.list(self._recent_by_job):
+            events = self._recent_by_job[job_id]
+            while events and events[0].seq < first:
+                events.popleft()
+            if not events:
+                del self._recent_by_job[job_id]
+
+    def listen(self, listener: Callable[[builtins.list[Event]], None]) -> None:
+        """Call ``listener`` with every commit's new events, once committed (on the writer
+        thread: it must only hand the news on)."""
+        self._listeners.append(listener)
 
     @property
     def last_event_seq(self) -> int:

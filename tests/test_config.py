@@ -85,4 +85,4 @@ def test_numbers_of_a_toml_file_are_accepted_as_they_are_written(tmp_path: Path)
 def test_the_shipped_settings_file_loads() -> None:
     shipped = Path(__file__).resolve().parent.parent / "systemd" / "gpuosd.toml"
     config = DaemonConfig.load(str(shipped), {})
-    assert config.max_streams_per_tenant == 32 and config.contended_stream_messages_per_second == 500.0
+    assert config.max_streams_per_tenant == 1024 and config.contended_stream_messages_per_second == 500.0

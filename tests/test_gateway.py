@@ -250,7 +250,9 @@ def test_under_one_uids_flood_another_uids_devices_and_submit_answer_within_a_se
     try:
         assert flood.stdout is not None
         opened = json.loads(flood.stdout.readline())
-        assert opened["streams_accepted"] == 32 and opened["streams_refused"] == 98
+        # Streams are coroutines (gpuos/api/loop.py): all 130 fit under the default cap of 1024
+        # and take no thread from the calls below (the cap itself: test_a_stream_over_the_tenants_cap_is_refused_naming_the_cap).
+        assert opened["streams_accepted"] == 130 and opened["streams_refused"] == 0
         assert opened["connections_closed"] >= 500 - 256
         probe = subprocess.run([*load, "probe", str(VICTIM), gpuosd.socket, "--rounds", "3"],
                                capture_output=True, text=True, timeout=120)

@@ -352,7 +352,9 @@ def test_a_duplicate_counts_for_its_own_group_as_the_job_it_duplicated(client: C
     assert (b.reason, b.succeeded) == ("sibling-succeeded", 1)
     assert {m.id: m.reason for m in b.members}[other.id] == "sibling-succeeded"
     assert client.group("branch-a").reason == "sibling-succeeded"
-    assert client.group("branch-a").spent_gpu_seconds > b.spent_gpu_seconds  # branch-b paid nothing for it
+    # branch-b paid only for its own member; the original's service is branch-a's.
+    assert b.spent_gpu_seconds == pytest.approx(client.get(other.id).attained_service)
+    assert client.group("branch-a").spent_gpu_seconds == pytest.approx(client.get(original.id).attained_service)
     # A duplicate of work that already succeeded ends a new group at once.
     late = client.submit_batch([client.submit_request(marker_work, gpu_fraction=0.25, group="branch-c",
                                                       group_mode="first-success", dedupe_key="same-work")])[0]

@@ -11,6 +11,7 @@ together send at most ``contended_messages_per_second``; a tenant alone sends at
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +27,9 @@ BURST_SECONDS = 0.05
 class StreamGate:
     """Counts open server streams (Watch, Logs) per tenant and in all.
 
-    A follow stream holds a worker thread for as long as it is open, so without caps one tenant's
-    streams could take every thread and leave no one's unary calls an answer. The total stays
-    below the thread pool's size, keeping threads for unary calls whatever the streams do.
+    A follow stream is a coroutine on the server's loop (gpuos/api/loop.py) and holds no thread;
+    what it holds is a task, its buffers and a share of a connection, so the caps bound memory:
+    per tenant, so one tenant cannot take what every tenant shares, and in all.
     """
 
     def __init__(self, per_tenant: int, total: int, contended_messages_per_second: float = 0.0) -> None:
@@ -52,8 +53,20 @@ class StreamGate:
 
     def pace(self, tenant: str) -> None:
         """Before one message of ``tenant``'s streams: wait while it is over its contended rate."""
+        delay = self.delay(tenant)
+        if delay > 0:
+            time.sleep(delay)
+
+    async def apace(self, tenant: str) -> None:
+        """:meth:`pace` for a stream that is a coroutine: it waits without holding the loop."""
+        delay = self.delay(tenant)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def delay(self, tenant: str) -> float:
+        """Take one message of ``tenant``'s streams from its budget: the seconds it must wait first."""
         if not self.rate:
-            return
+            return 0.0
         now = time.monotonic()
         with self._lock:
             contended = any(t != tenant and now - when < ACTIVE_SECONDS for t, when in self._last_call.items())
@@ -63,8 +76,7 @@ class StreamGate:
             if contended:
                 tokens -= 1
             self._tokens[tenant] = (tokens, now)
-        if tokens < 0:
-            time.sleep(-tokens / self.rate)
+        return -tokens / self.rate if tokens < 0 else 0.0
 
     def enter(self, tenant: str) -> Callable[[], None]:
         """Count one more stream of ``tenant``; the returned function (idempotent) ends it."""
@@ -77,8 +89,8 @@ class StreamGate:
                 )
             if self._all >= self.total:
                 raise ResourceExhausted(
-                    f"gpuosd has {self._all} streams open, the most it serves at once ({self.total}, keeping "
-                    f"threads for other calls); try again later"
+                    f"gpuosd has {self._all} streams open, the most it serves at once ({self.total}); "
+                    "try again later"
                 )
             self._open[tenant] = held + 1
             self._all += 1

@@ -7,10 +7,12 @@ Handlers check who is calling, convert the request once, call into the daemon on
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent import futures
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -26,6 +28,7 @@ from gpuos.api import convert
 from gpuos.api.admission import admit
 from gpuos.api.fairness import StreamGate
 from gpuos.api.identity import Authenticator, Identity
+from gpuos.api.loop import ALL, EventFeed, LoopServer, follow_key
 from gpuos.api.service import DaemonService
 from gpuos.errors import (
     BackendError,
@@ -67,27 +70,41 @@ def status_of(exc: GpuosError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _status_and_details(exc: Exception, handler: str) -> tuple[grpc.StatusCode, str]:
+    """The status a handler's error becomes. Messages quote input through gpuos.text.quote; the
+    cap is the backstop for any that does not, so no status outgrows what clients accept."""
+    if isinstance(exc, GpuosError):
+        return status_of(exc), clip_utf8(str(exc), MAX_STATUS_MESSAGE)
+    log.error("unexpected error in %s", handler, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, clip_utf8(f"internal error: {type(exc).__name__}: {exc}", MAX_STATUS_MESSAGE)
+
+
+def _active(context: Any) -> bool:
+    """Whether the call is still wanted (a unary handler in grpc.aio's thread pool cannot tell,
+    and then counts as wanted: its waits are bounded)."""
+    is_active = getattr(context, "is_active", None)
+    return bool(is_active()) if is_active is not None else True
+
+
 def _handled(fn: F) -> F:
     """Map gpuos errors raised by a handler (unary or streaming) to a gRPC status with its message."""
 
     def fail(context: grpc.ServicerContext, exc: Exception) -> None:
-        # Messages quote input through gpuos.text.quote; the cap is the backstop for any that
-        # does not, so no status outgrows what clients accept.
-        if isinstance(exc, GpuosError):
-            context.abort(status_of(exc), clip_utf8(str(exc), MAX_STATUS_MESSAGE))
-        log.exception("unexpected error in %s", fn.__name__)
-        context.abort(grpc.StatusCode.INTERNAL,
-                      clip_utf8(f"internal error: {type(exc).__name__}: {exc}", MAX_STATUS_MESSAGE))
+        context.abort(*_status_and_details(exc, fn.__name__))
 
-    if fn.__name__ in ("Watch", "Logs"):
+    if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                yield from fn(self, request, context)
+                async for message in fn(self, request, context):
+                    yield message
+            except grpc.aio.AbortError:
+                raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status
-                if context.is_active():
-                    fail(context, exc)
+                if not context.done():
+                    code, details = _status_and_details(exc, fn.__name__)
+                    await context.abort(code, details)
 
         return stream  # type: ignore[return-value]
 
@@ -101,6 +118,10 @@ def _handled(fn: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+# A follower is woken by the commits it follows (gpuos/api/loop.py EventFeed); it also reads
+# again after this long without one, as a backstop that costs 1,000 idle followers 200 reads a
+# second (at 0.5 s it was 2,000, which doubled other calls' latency).
+FOLLOW_BACKSTOP = 5.0
 # Event sequence numbers are SQLite integers (signed 64-bit); the API's field is unsigned.
 MAX_SEQ = 2**63 - 1
 # List pages: jobs per page by default and at most, and the bytes after which a page ends early
@@ -111,9 +132,10 @@ MAX_PAGE_BYTES = 2 << 20
 
 
 class _Base:
-    def __init__(self, service: DaemonService, streams: StreamGate) -> None:
+    def __init__(self, service: DaemonService, streams: StreamGate, feed: EventFeed) -> None:
         self.service = service
         self.streams = streams
+        self.feed = feed
 
     def identity(self, context: grpc.ServicerContext) -> Identity:
         return identify(context, self.service.auth)
@@ -233,7 +255,7 @@ class JobServicer(_Base):
             self.service.wake()
             deadline = time.time() + self.service.kill_grace_seconds + 3.0
             seq = store.last_event_seq
-            while time.time() < deadline and context.is_active():
+            while time.time() < deadline and _active(context):
                 job = store.get(job.id)
                 if job.state.terminal:
                     break
@@ -314,7 +336,8 @@ class JobServicer(_Base):
         return self._group_pb(group, self.service.store.members(tenant, name))
 
     @_handled
-    def Watch(self, request: jobs_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Event]:
+    async def Watch(self, request: jobs_pb2.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.Event]:
         who = self.identity(context)
         store = self.service.store
         job_id = ""
@@ -328,30 +351,35 @@ class JobServicer(_Base):
         if seq > MAX_SEQ:
             raise InvalidArgument("since_seq", f"{seq} is beyond any event's sequence number (at most {MAX_SEQ})")
         # A tenant's stream reads only its own events: others' events cost its stream nothing.
-        tenant = "" if who.admin else who.name
-        while context.is_active():
+        # (A group is a tenant's: an admin follows their own group's.)
+        tenant = who.name if group or not who.admin else ALL
+        while True:
             # Every event up to `top` is readable now; a short batch holds all of them that match,
             # so the stream moves past the others' events too instead of waking for them again.
             top = store.last_event_seq
-            batch = store.events(seq, job_id, 500, tenant or (who.name if group else ""), group)
+            batch = store.events(seq, job_id, 500, tenant, group)
             for event in batch:
                 seq = event.seq
-                self.streams.pace(who.name)
+                await self.streams.apace(who.name)
                 yield convert.event_to_pb(event)
             if len(batch) == 500:
                 continue
             seq = max(seq, top)
             if not request.follow:
                 return
-            if job_id and store.get(job_id).state.terminal and not store.events(seq, job_id, 1):
+            # Ended by memory, which the store updates after the window of recent events: the
+            # event that ended it is then in reach of this read (SQLite may show the end sooner).
+            if job_id and store.active_job(job_id) is None and not store.events(seq, job_id, 1):
                 return
-            store.wait_for_events(seq, 0.5, tenant or (who.name if group else ""))
+            if store.last_event_seq <= seq:  # nothing new since the read: wait on the loop
+                await self.feed.wait(follow_key(job_id, tenant, group), FOLLOW_BACKSTOP)
 
     @_handled
-    def Logs(self, request: jobs_pb2.LogsRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.LogChunk]:
+    async def Logs(self, request: jobs_pb2.LogsRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.LogChunk]:
         job = self._visible(request.job_id, self.identity(context))
         offsets = {"stdout": 0, "stderr": 0}
-        while context.is_active():
+        while True:
             # Read the state before the files: everything written before the job ended is then sent.
             finished = self.service.store.get(job.id).state.terminal
             sent = False
@@ -363,14 +391,14 @@ class JobServicer(_Base):
                         while data := f.read(LOG_CHUNK):
                             offsets[stream] += len(data)
                             sent = True
-                            self.streams.pace(job.spec.tenant)
+                            await self.streams.apace(job.spec.tenant)
                             yield jobs_pb2.LogChunk(stream=stream, data=data)
                 except FileNotFoundError:
                     pass
             if not request.follow or (finished and not sent):
                 return
             if not sent:
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)
 
 
 class DeviceServicer(_Base):
@@ -558,19 +586,25 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
                 raise  # abort raises; this line only tells type checkers so
 
         if method.server_streaming:
-            def stream(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:
-                request = parse(raw, context)
-                tenant = caller(context).name
-                streams.note_call(tenant)
+            # A coroutine on the server's loop (gpuos/api/loop.py): it holds no thread while it waits.
+            async def stream(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = impl,
+                             request_cls: Any = request_cls) -> Any:
                 try:
+                    request = request_cls.FromString(raw)
+                except DecodeError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
+                try:
+                    tenant = servicer.identity(context).name
+                    streams.note_call(tenant)
                     release = streams.enter(tenant)
-                except ResourceExhausted as exc:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-                # The callback runs when the call ends however it ends (the client gone included);
-                # the finally, when the handler returns first.
-                context.add_callback(release)
+                except GpuosError as exc:
+                    await context.abort(status_of(exc), str(exc))
+                # However the call ends (the client gone included: the task is cancelled), the
+                # finally counts the stream closed.
                 try:
-                    yield from impl(request, context)
+                    async for message in impl(request, context):
+                        yield message
                 finally:
                     release()
 
@@ -596,27 +630,35 @@ SERVICES = (
 SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 
 
-# Worker threads of the gRPC server, and how many of them streams may never take.
+# Worker threads for the unary calls (streams are coroutines on the loop and take none).
 MAX_WORKERS = 256
-UNARY_RESERVE = 32
+# Streams open at once, all tenants together: each costs a task, buffers and a connection's share.
+MAX_STREAMS = 16384
 
 
 def build_server(
     service: DaemonService, *, max_streams_per_tenant: int, stream_messages_per_second: float,
     max_workers: int = MAX_WORKERS,
-) -> tuple[grpc.Server, health.HealthServicer]:
+) -> tuple[LoopServer, health.HealthServicer]:
     """A gRPC server with gpuos's services over ``service``, the standard health service and reflection.
 
     A tenant holds at most ``max_streams_per_tenant`` streams (Watch, Logs) open; while other
     tenants are calling, its streams send at most ``stream_messages_per_second`` messages (0: no
     pacing; see StreamGate).
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpuos-rpc"),
-        options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)],
-    )
-    streams = StreamGate(max_streams_per_tenant, max(1, max_workers - UNARY_RESERVE), stream_messages_per_second)
-    servicers = (JobServicer(service, streams), DeviceServicer(service, streams), PolicyServicer(service, streams))
+    def make() -> grpc.aio.Server:
+        return grpc.aio.server(
+            migration_thread_pool=futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpuos-rpc"),
+            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)],
+        )
+
+    loop_server = LoopServer(make)
+    server = loop_server.server
+    feed = EventFeed(loop_server.loop)
+    service.store.listen(feed.committed)
+    streams = StreamGate(max_streams_per_tenant, MAX_STREAMS, stream_messages_per_second)
+    servicers = (JobServicer(service, streams, feed), DeviceServicer(service, streams, feed),
+                 PolicyServicer(service, streams, feed))
     for descriptor, servicer in zip(SERVICES, servicers, strict=True):
         _register(server, servicer, descriptor, streams)
     health_servicer = health.HealthServicer()
@@ -626,7 +668,7 @@ def build_server(
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    return server, health_servicer
+    return loop_server, health_servicer
 
 
 def identify(context: grpc.ServicerContext, auth: Authenticator) -> Identity:

@@ -7,7 +7,7 @@ except through a method named here. The daemon implements it in ``gpuos.daemon.s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +56,10 @@ class JobStore(Protocol):
     def wait_for_events(self, after_seq: int, timeout: float, tenant: str = "") -> bool: ...
 
     def placed(self) -> list[Job]: ...
+
+    def active_job(self, job_id: str) -> Job | None: ...
+
+    def listen(self, listener: Callable[[list[Event]], None]) -> None: ...
 
 
 class DaemonService(Protocol):

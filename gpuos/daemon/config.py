@@ -79,7 +79,7 @@ class DaemonConfig:
 
     # -- fairness between tenants ---------------------------------------------------------------
     # Open Watch/Logs streams per tenant; the next one is refused with RESOURCE_EXHAUSTED.
-    max_streams_per_tenant: int = 32
+    max_streams_per_tenant: int = 1024
     # While other tenants are calling, one tenant's Watch/Logs streams together send at most this
     # many messages a second (0: no limit); alone, a tenant's streams are never slowed.
     contended_stream_messages_per_second: float = 500.0
