@@ -861,11 +861,14 @@ class Store:
                     self._placed.pop(job.id, None)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._queue_write(fn).result()
+
+    def _queue_write(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         if self._closed:
             raise FailedPrecondition("the store is closed (gpuosd is shutting down)")
         write = _Write(fn)
         self._queue.put(write)
-        return write.future.result()
+        return write.future
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -893,6 +896,12 @@ class Store:
     def submit_one(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
                    group: GroupSpec | None = None) -> tuple[Job, Submitted]:
         """:meth:`submit`, saying whether the job is new, a retry's or a duplicate's."""
+        return self.submit_later(spec, owner_uid, idempotency_key, group).result()
+
+    def submit_later(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
+                     group: GroupSpec | None = None) -> Future[tuple[Job, Submitted]]:
+        """:meth:`submit_one` as a future, done once the submit is durable (an asyncio handler
+        awaits it instead of holding a thread)."""
         self._check_space()
         outcome: list[Submitted] = []
 
@@ -904,9 +913,20 @@ class Store:
             outcome[:] = [did]
             return [job, *made]
 
-        job = self._write(fn)[0]
-        assert isinstance(job, Job)
-        return job, outcome[0]
+        written = self._queue_write(fn)
+        done: Future[tuple[Job, Submitted]] = Future()
+
+        def settle(f: Future[builtins.list[Job | Group]]) -> None:
+            error = f.exception()
+            if error is not None:
+                done.set_exception(error)
+            else:
+                job = f.result()[0]
+                assert isinstance(job, Job)
+                done.set_result((job, outcome[0]))
+
+        written.add_done_callback(settle)
+        return done
 
     def submit_batch(
         self, items: builtins.list[tuple[JobSpec, str, GroupSpec | None]], owner_uid: int,

@@ -92,6 +92,20 @@ def _handled(fn: F) -> F:
     def fail(context: grpc.ServicerContext, exc: Exception) -> None:
         context.abort(*_status_and_details(exc, fn.__name__))
 
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coroutine(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status
+                code, details = _status_and_details(exc, fn.__name__)
+                await context.abort(code, details)
+
+        return coroutine  # type: ignore[return-value]
+
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
@@ -143,7 +157,8 @@ class _Base:
 
 class JobServicer(_Base):
     @_handled
-    def Submit(self, request: jobs_pb2.SubmitRequest, context: grpc.ServicerContext) -> jobs_pb2.SubmitResponse:
+    async def Submit(self, request: jobs_pb2.SubmitRequest,
+                     context: grpc.aio.ServicerContext) -> jobs_pb2.SubmitResponse:
         who = self.identity(context)
         tenant = request.spec.tenant.strip() or who.name
         if tenant != who.name and not who.admin:
@@ -151,7 +166,8 @@ class JobServicer(_Base):
         if len(request.idempotency_key) > 128:
             raise InvalidArgument("idempotency_key", "is longer than 128 characters")
         spec, group = self._submission(request, who)
-        job, outcome = self.service.store.submit_one(spec, who.uid, request.idempotency_key, group)
+        job, outcome = await asyncio.wrap_future(
+            self.service.store.submit_later(spec, who.uid, request.idempotency_key, group))
         self.service.wake()
         return jobs_pb2.SubmitResponse(job=convert.job_to_pb(job), duplicate=outcome is Submitted.DUPLICATE)
 
@@ -610,6 +626,25 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
 
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 stream, response_serializer=response_cls.SerializeToString
+            )
+        elif inspect.iscoroutinefunction(impl):
+            # The hot path (Submit): a coroutine that awaits the store's commit on the loop
+            # instead of hopping to a pool thread that would wait for it.
+            async def awaited(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = impl,
+                              request_cls: Any = request_cls) -> Any:
+                try:
+                    request = request_cls.FromString(raw)
+                except DecodeError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
+                try:
+                    streams.note_call(servicer.identity(context).name)
+                except GpuosError as exc:
+                    await context.abort(status_of(exc), str(exc))
+                return await impl(request, context)
+
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                awaited, response_serializer=response_cls.SerializeToString
             )
         else:
             def unary(raw: bytes, context: grpc.ServicerContext, impl: Any = impl, parse: Any = parse) -> Any:

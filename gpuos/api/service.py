@@ -8,6 +8,7 @@ except through a method named here. The daemon implements it in ``gpuos.daemon.s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,9 @@ class JobStore(Protocol):
 
     def submit_one(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
                    group: GroupSpec | None = None) -> tuple[Job, Submitted]: ...
+
+    def submit_later(self, spec: JobSpec, owner_uid: int, idempotency_key: str = "",
+                     group: GroupSpec | None = None) -> Future[tuple[Job, Submitted]]: ...
 
     def submit_batch(self, items: list[tuple[JobSpec, str, GroupSpec | None]],
                      owner_uid: int) -> list[tuple[Job, Submitted]]: ...
