@@ -114,7 +114,8 @@ def _shared_jobs_survive(gpuosd: DaemonProcess) -> None:
         jobs = [mps, *turns, mig]
         wait_for(lambda: all(c.get(j.id).state in (jobs_pb2.RUNNING, jobs_pb2.PAUSED) for j in jobs))
         wait_for(lambda: any(d.mps_daemon_running for d in c.devices().devices))
-        mig_uuid = c.get(mig.id).placement.mig_device_uuid
+        # RUNNING is written ahead of the partition; the MIG device's UUID follows once it exists.
+        mig_uuid = wait_for(lambda: c.get(mig.id).placement.mig_device_uuid)
     gpuosd.kill9()
     gpuosd.start()
     with Client(socket=gpuosd.socket) as c:
