@@ -120,6 +120,7 @@ def batch_throughput(batches: int) -> tuple[float, float]:
 def decision_latency(pending: int, rounds: int = 200, burst: int = 20) -> tuple[list[float], list[float]]:
     from gpuos.daemon.daemon import Daemon
     from gpuos.jobs import JobKind, JobSpec, Resources
+    from gpuos.scheduler import Place
 
     base = Path(tempfile.mkdtemp(prefix="gpuos-b", dir="/tmp"))
     daemon = Daemon(make_config(base, max_pending_per_tenant=1_000_000))  # not started: no loop places these
@@ -127,7 +128,7 @@ def decision_latency(pending: int, rounds: int = 200, burst: int = 20) -> tuple[
     daemon.store.submit_batch([(spec, "", None)] * pending, 0)
     # Two GPUs held (as in the submit benchmark): every round has the whole queue and no room.
     for _ in range(2):
-        daemon.controller.lifecycle.start(next(d for d in daemon.controller.decide() if hasattr(d, "gpus")))
+        daemon.controller.lifecycle.start(next(d for d in daemon.controller.decide() if isinstance(d, Place)))
     decide, snapshot = [], []
     for _ in range(rounds):
         daemon.store.submit_batch([(spec, "", None)] * burst, 0)

@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -135,32 +136,9 @@ class Client:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        command: Sequence[str] = (),
-        *,
-        kernel: str = "",
-        params: Mapping[str, object] | None = None,
-        name: str = "",
-        gpus: int | None = None,
-        gpu_fraction: float | None = None,
-        memory: int | str | None = None,
-        mig_profile: str = "",
-        gpu_types: Sequence[str] = (),
-        sharing: str = "",
-        priority: str = "normal",
-        tenant: str = "",
-        qos: str = "",
-        env: Mapping[str, str] | None = None,
-        cwd: str = "",
-        estimated_seconds: float = 0.0,
-        idempotency_key: str | None = None,
-        group: str = "",
-        group_mode: str = "",
-        group_budget: float = 0.0,
-        dedupe_key: str = "",
-    ) -> jobs_pb2.Job:
-        """Submit a process job (``command``) or a kernel job (``kernel`` and ``params``).
+    def submit(self, command: Sequence[str] = (), **options: Any) -> jobs_pb2.Job:
+        """Submit a process job (``command``) or a kernel job (``kernel`` and ``params``); the
+        options are :meth:`submit_request`'s.
 
         Returns the job once the daemon has made it durable. Retries are safe: the request
         carries an idempotency key, so a retry after a lost reply cannot start the job twice.
@@ -169,16 +147,13 @@ class Client:
         submit that names it, with ``group_mode`` "all", "first-success" or "best-of:K" and a
         budget of ``group_budget`` GPU-seconds). With ``dedupe_key`` (see
         :func:`gpuos.dedupe.key_for`), a pending, running or recently succeeded job of the tenant
-        with the same key is returned instead of a new one; see :meth:`submit_request` and
-        :meth:`submit_batch` to learn which happened.
+        with the same key is returned instead of a new one; :meth:`submit_reply` says which.
         """
-        request = self.submit_request(
-            command, kernel=kernel, params=params, name=name, gpus=gpus, gpu_fraction=gpu_fraction, memory=memory,
-            mig_profile=mig_profile, gpu_types=gpu_types, sharing=sharing, priority=priority, tenant=tenant, qos=qos,
-            env=env, cwd=cwd, estimated_seconds=estimated_seconds, idempotency_key=idempotency_key, group=group,
-            group_mode=group_mode, group_budget=group_budget, dedupe_key=dedupe_key,
-        )
-        return self._call(self._jobs.Submit, request, retries=3).job
+        return self.submit_reply(command, **options).job
+
+    def submit_reply(self, command: Sequence[str] = (), **options: Any) -> jobs_pb2.SubmitResponse:
+        """:meth:`submit`'s whole reply: the job, and ``duplicate`` when a dedupe key matched."""
+        return self._call(self._jobs.Submit, self.submit_request(command, **options), retries=3)
 
     @staticmethod
     def submit_request(

@@ -601,18 +601,27 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
                 context.abort(status_of(exc), str(exc))
                 raise  # abort raises; this line only tells type checkers so
 
+        async def opened(raw: bytes, context: grpc.aio.ServicerContext,
+                         request_cls: Any = request_cls) -> tuple[Any, str]:
+            """A coroutine call's request and caller's tenant (parse and caller, awaiting abort)."""
+            try:
+                request = request_cls.FromString(raw)
+            except DecodeError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
+            try:
+                tenant = servicer.identity(context).name
+            except GpuosError as exc:
+                await context.abort(status_of(exc), str(exc))
+            streams.note_call(tenant)
+            return request, tenant
+
         if method.server_streaming:
             # A coroutine on the server's loop (gpuos/api/loop.py): it holds no thread while it waits.
             async def stream(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = impl,
-                             request_cls: Any = request_cls) -> Any:
+                             opened: Any = opened) -> Any:
+                request, tenant = await opened(raw, context)
                 try:
-                    request = request_cls.FromString(raw)
-                except DecodeError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
-                try:
-                    tenant = servicer.identity(context).name
-                    streams.note_call(tenant)
                     release = streams.enter(tenant)
                 except GpuosError as exc:
                     await context.abort(status_of(exc), str(exc))
@@ -631,16 +640,8 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
             # The hot path (Submit): a coroutine that awaits the store's commit on the loop
             # instead of hopping to a pool thread that would wait for it.
             async def awaited(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = impl,
-                              request_cls: Any = request_cls) -> Any:
-                try:
-                    request = request_cls.FromString(raw)
-                except DecodeError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"request: not a valid {request_cls.DESCRIPTOR.full_name}: {exc}")
-                try:
-                    streams.note_call(servicer.identity(context).name)
-                except GpuosError as exc:
-                    await context.abort(status_of(exc), str(exc))
+                              opened: Any = opened) -> Any:
+                request, _ = await opened(raw, context)
                 return await impl(request, context)
 
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(

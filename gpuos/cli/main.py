@@ -326,13 +326,8 @@ def _submit(client, args: argparse.Namespace, command: list[str], as_json: bool)
             kwargs["dedupe_key"] = _dedupe_key(kwargs, args)
         except InvalidArgument as exc:
             return fail(f"--dedupe-input: {exc.problem}")
-    if kwargs["dedupe_key"]:
-        # Only a SubmitResponse says whether the job existed already, and Client.submit returns
-        # just the job; a batch of one is the same single durable commit.
-        (reply,) = client.submit_batch([client.submit_request(**kwargs)])
-        job, duplicate = reply.job, reply.duplicate
-    else:
-        job, duplicate = client.submit(**kwargs), False
+    reply = client.submit_reply(**kwargs)
+    job, duplicate = reply.job, reply.duplicate
     print(output.dumps({**output.job_dict(job), "duplicate": duplicate}) if as_json
           else output.submitted_line(job.id, duplicate))
     if args.wait:

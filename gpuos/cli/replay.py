@@ -320,15 +320,13 @@ def replay(client: Client, trace: Trace, time_scale: float = 1.0, poll: float = 
 def _submit_member(client: Client, command: list[str], env: Mapping[str, str], cwd: str, job: TraceJob,
                    specs: Mapping[GroupKey, GroupSpec]) -> tuple[jobs_pb2.Job | None, bool]:
     """Submit a job with a group or dedupe key: (the job gpuosd returned, whether it is a
-    duplicate's), or (None, False) if its group had ended and refused it. A batch of one,
-    because only SubmitBatch's reply says whether the job was a duplicate."""
+    duplicate's), or (None, False) if its group had ended and refused it."""
     import grpc
 
     from gpuos.client import ApiError
 
-    request = client.submit_request(command, env=env, cwd=cwd, **submit_args(job), **group_args(job, specs))
     try:
-        (reply,) = client.submit_batch([request])
+        reply = client.submit_reply(command, env=env, cwd=cwd, **submit_args(job), **group_args(job, specs))
     except ApiError as exc:
         if job.group and exc.code == grpc.StatusCode.FAILED_PRECONDITION:
             return None, False
