@@ -218,7 +218,7 @@ DENIED_SYSCALLS = (
     "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir",
     "link", "linkat", "symlink", "symlinkat", "truncate", "chmod", "fchmodat", "chown", "fchownat",
 )
-REQUESTS = ("reset", "decide", "quantum", "requeue", "order")
+REQUESTS = ("reset", "decide", "quantum", "suspend", "requeue", "order")
 
 
 def _block_network() -> None:
@@ -331,6 +331,9 @@ def _child_main() -> int:
             elif kind == "quantum":
                 job, snap = wire.decode_job(msg["job"]), decoder.decode(msg["snapshot"])
                 reply = wire.dumps("quantum", value=float(policy.quantum(job, snap)))
+            elif kind == "suspend":
+                job, snap = wire.decode_job(msg["job"]), decoder.decode(msg["snapshot"])
+                reply = wire.dumps("suspend", value=bool(policy.suspend(job, snap)))
             elif kind == "requeue":
                 reply = wire.dumps("requeue", value=bool(policy.requeue_after_fault(wire.decode_job(msg["job"]))))
             else:
@@ -469,8 +472,9 @@ class _Child:
 
 class RemotePolicy(Policy):
     """The candidate as the parent's simulator sees it: each question a simulator asks of a
-    policy (a round's decisions, a quantum, requeue after a fault, and the queue order the
-    validity probes ask for) goes to the candidate's process as serialized views, and each answer
+    policy (a round's decisions, a quantum, whether a victim is suspended, requeue after a fault,
+    and the queue order the validity probes ask for) goes to the candidate's process as serialized
+    views, and each answer
     comes back strictly decoded. Pass :meth:`decide` to the simulator as its ``decide``: the
     framework's per-job extension points live in the child, so they refuse to run here."""
 
@@ -495,6 +499,10 @@ class RemotePolicy(Policy):
     def quantum(self, job: JobView, snap: Snapshot) -> float:
         line = wire.dumps("quantum", job=wire.encode_job(job), snapshot=self._encoder.encode(snap))
         return wire.decode_quantum(self._child.ask(line))
+
+    def suspend(self, job: JobView, snap: Snapshot) -> bool:
+        line = wire.dumps("suspend", job=wire.encode_job(job), snapshot=self._encoder.encode(snap))
+        return wire.decode_suspend(self._child.ask(line))
 
     def requeue_after_fault(self, job: JobView) -> bool:
         return wire.decode_requeue(self._child.ask(wire.dumps("requeue", job=wire.encode_job(job))))

@@ -2,9 +2,10 @@
 
 The parent (the evaluator, :mod:`gpuos.agents.sandbox`) sends requests: ``load`` (the source),
 ``reset`` (a fresh policy for the next trace, with the trace's request mix for FGD-like
-policies), ``decide`` (a snapshot), ``quantum`` (a job and a snapshot), ``requeue`` (a job) and
-``order`` (jobs and a snapshot). The child answers ``hello`` (the policy's name and period),
-``decisions``, ``quantum``, ``requeue``, ``order`` or ``error``. One JSON object per line; each
+policies), ``decide`` (a snapshot), ``quantum`` (a job and a snapshot), ``suspend`` (a job and a
+snapshot: Policy.suspend), ``requeue`` (a job) and ``order`` (jobs and a snapshot). The child
+answers ``hello`` (the policy's name and period), ``decisions``, ``quantum``, ``suspend``,
+``requeue``, ``order`` or ``error``. One JSON object per line; each
 carries ``"v": SCHEMA_VERSION`` and its ``"type"``.
 
 Why JSON and not pickle: the child runs untrusted code, and unpickling its bytes would run code
@@ -32,7 +33,9 @@ from gpuos.mig import Instance, MigProfile
 from gpuos.scheduler.fragmentation import TaskClass
 from gpuos.scheduler.snapshot import Decision, GpuView, JobView, NodeView, Place, Preempt, Snapshot, Stint
 
-SCHEMA_VERSION = 1
+# 2: GPUs, nodes and jobs carry suspension (GpuView.suspend, oversubscription, memory_suspended;
+# NodeView.cross_gpu_restore; JobView.suspended and where it may resume), and ``suspend`` asks.
+SCHEMA_VERSION = 2
 # A line longer than this is refused unread: no answer of a policy needs it, and the parent must
 # not buffer without bound what an untrusted process writes.
 MAX_MESSAGE = 64 << 20
@@ -149,7 +152,9 @@ def encode_job(j: JobView) -> dict[str, Any]:
         "paused": j.paused, "preemptions": j.preemptions, "service_rate": j.service_rate,
         "service_since": j.service_since,
         "stints": [{"start": s.start, "stop": s.stop, "service": s.service} for s in j.stints],
-        "group": j.group,
+        "group": j.group, "suspended": j.suspended, "suspended_bytes": j.suspended_bytes,
+        "suspended_model": j.suspended_model,
+        "suspended_gpu": None if j.suspended_gpu is None else list(j.suspended_gpu),
     }
 
 
@@ -176,7 +181,21 @@ def decode_job(data: Any, where: str = "job") -> JobView:
         service_since=_float(d["service_since"], f"{where}.service_since"),
         stints=tuple(_decode_stint(s, f"{where}.stints[{i}]") for i, s in enumerate(_list(d["stints"], f"{where}.stints"))),
         group=_str(d["group"], f"{where}.group"),
+        suspended=_bool(d["suspended"], f"{where}.suspended"),
+        suspended_bytes=_int(d["suspended_bytes"], f"{where}.suspended_bytes"),
+        suspended_model=_str(d["suspended_model"], f"{where}.suspended_model"),
+        suspended_gpu=_gpu_ref(d["suspended_gpu"], f"{where}.suspended_gpu"),
     )
+
+
+def _gpu_ref(value: Any, where: str) -> tuple[str, int] | None:
+    """A (node, GPU index) pair, sent as ``[node, index]``, or null."""
+    if value is None:
+        return None
+    pair = _list(value, where)
+    if len(pair) != 2:
+        raise WireError(f"{where}: expected [node, index], got {len(pair)} items")
+    return _str(pair[0], f"{where}[0]"), _int(pair[1], f"{where}[1]")
 
 
 def _decode_stint(data: Any, where: str) -> Stint:
@@ -211,6 +230,7 @@ def _encode_gpu(g: GpuView, profiles: int) -> dict[str, Any]:
         "mig_profiles": profiles, "mig_slices_used": g.mig_slices_used,
         "jobs": list(g.jobs), "sharing": g.sharing,
         "mig_instances": [{"profile": i.profile, "start": i.start} for i in g.mig_instances],
+        "suspend": g.suspend, "oversubscription": g.oversubscription, "memory_suspended": g.memory_suspended,
     }
 
 
@@ -233,6 +253,9 @@ def _decode_gpu(data: Any, where: str, tables: Sequence[tuple[MigProfile, ...]])
         jobs=_strs(d["jobs"], f"{where}.jobs"),
         sharing=_str(d["sharing"], f"{where}.sharing"),
         mig_instances=tuple(_decode_instance(x, f"{where}.mig_instances[{i}]") for i, x in enumerate(instances)),
+        suspend=_bool(d["suspend"], f"{where}.suspend"),
+        oversubscription=_float(d["oversubscription"], f"{where}.oversubscription"),
+        memory_suspended=_int(d["memory_suspended"], f"{where}.memory_suspended"),
     )
 
 
@@ -327,7 +350,7 @@ class SnapshotEncoder:
                 hit = self._gpus[key] = (gpu, _encode_gpu(gpu, self._table(gpu.mig_profiles)))
             gpus.append(hit[1])
         return {"name": node.name, "gpus": gpus, "cpu_milli_free": node.cpu_milli_free,
-                "host_memory_free": node.host_memory_free}
+                "host_memory_free": node.host_memory_free, "cross_gpu_restore": node.cross_gpu_restore}
 
     def _encode_jobs(self, jobs: Iterable[JobView], known: dict[str, JobView]) -> list[Any]:
         out: list[Any] = []
@@ -377,7 +400,8 @@ class SnapshotDecoder:
             gpus.append(hit[1])
         return NodeView(_str(d["name"], f"{where}.name"), tuple(gpus),
                         _int(d["cpu_milli_free"], f"{where}.cpu_milli_free"),
-                        _int(d["host_memory_free"], f"{where}.host_memory_free"))
+                        _int(d["host_memory_free"], f"{where}.host_memory_free"),
+                        _bool(d["cross_gpu_restore"], f"{where}.cross_gpu_restore"))
 
     def _decode_jobs(self, data: Any, where: str, known: dict[str, JobView]) -> tuple[JobView, ...]:
         out = []
@@ -467,6 +491,11 @@ def decode_decisions(line: bytes) -> list[Decision]:
 def decode_quantum(line: bytes) -> float:
     d = _obj(loads(line, ("quantum",)), "quantum", frozenset({"v", "type", "value"}))
     return _float(d["value"], "quantum.value")
+
+
+def decode_suspend(line: bytes) -> bool:
+    d = _obj(loads(line, ("suspend",)), "suspend", frozenset({"v", "type", "value"}))
+    return _bool(d["value"], "suspend.value")
 
 
 def decode_requeue(line: bytes) -> bool:

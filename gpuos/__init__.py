@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from gpuos.client import ApiError, Client
+    from gpuos.latency import report_latency
 
-__all__ = ["ApiError", "Client", "__version__"]
+__all__ = ["ApiError", "Client", "__version__", "report_latency"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from gpuos import client
 
         return getattr(client, name)
+    if name == "report_latency":
+        from gpuos import latency
+
+        return latency.report_latency
     raise AttributeError(f"module 'gpuos' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from gpuos.units import parse_bytes
+from gpuos.units import parse_bytes, parse_duration
 from gpuos.v1 import (
     common_pb2,
     devices_pb2,
@@ -148,6 +148,8 @@ class Client:
         budget of ``group_budget`` GPU-seconds). With ``dedupe_key`` (see
         :func:`gpuos.dedupe.key_for`), a pending, running or recently succeeded job of the tenant
         with the same key is returned instead of a new one; :meth:`submit_reply` says which.
+        ``slo_p99`` (with ``qos="LS"``): a target for the job's p99 request latency, in seconds
+        or as "20ms"; the job reports each request with :func:`gpuos.report_latency`.
         """
         return self.submit_reply(command, **options).job
 
@@ -179,6 +181,7 @@ class Client:
         group_mode: str = "",
         group_budget: float = 0.0,
         dedupe_key: str = "",
+        slo_p99: float | str = 0.0,
     ) -> jobs_pb2.SubmitRequest:
         """The SubmitRequest :meth:`submit` sends (for :meth:`submit_batch`); same arguments."""
         resources = common_pb2.Resources(mig_profile=mig_profile, gpu_types=list(gpu_types), sharing=sharing)
@@ -204,6 +207,7 @@ class Client:
             estimated_seconds=estimated_seconds,
             group=group,
             dedupe_key=dedupe_key,
+            slo_p99_seconds=parse_duration(slo_p99, "slo_p99") if isinstance(slo_p99, str) else slo_p99,
         )
         options = jobs_pb2.GroupOptions(mode=group_mode, budget_gpu_seconds=group_budget)
         return jobs_pb2.SubmitRequest(spec=spec, idempotency_key=idempotency_key or uuid.uuid4().hex,
@@ -343,6 +347,11 @@ class Client:
         if kind not in self.FAULTS:
             raise ValueError(f"fault {kind!r} is not one of {', '.join(self.FAULTS)}")
         return self._call(self._devices.InjectFault, devices_pb2.InjectFaultRequest(index=index, kind=self.FAULTS[kind]))
+
+    def drain(self, index: int, *, undrain: bool = False, requeue: bool = False) -> devices_pb2.DrainReply:
+        """Admins: take GPU ``index`` out of service (``requeue``: restart elsewhere the jobs that
+        cannot move), or put it back (``undrain``)."""
+        return self._call(self._devices.Drain, devices_pb2.DrainRequest(index=index, undrain=undrain, requeue=requeue))
 
     def reserve(
         self, name: str, gpu_uuids: Sequence[str], resources: common_pb2.Resources, keys: Sequence[str] = ()

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 TIMESLICE = "timeslice"
+# Kernel jobs of several tenants in one per-GPU kernel executor (gpuos/partitions/executor.py),
+# pinned by the user; a policy never chooses it.
+EXECUTOR = "executor"
 
 
 class JobState(str, enum.Enum):
@@ -117,6 +120,15 @@ class Reason:
     # A kernel job asked to stop at its next step boundary (steering): it ends CANCELLED with
     # exit code 0 and its progress so far.
     STOPPED_AT_STEP = "stopped-at-step"
+    # Its GPU memory was moved to host memory (suspend-to-host): PAUSED and still placed (a
+    # time-sharer out of memory), or PENDING with its process kept (preempted by suspension).
+    SUSPENDED = "suspended"
+    # Its memory could not be brought back: its process was stopped and it waits to restart.
+    RESTORE_FAILED = "restore-failed"
+    # Its GPU was drained (`gpuosctl drain --requeue`) and it could not move: stopped and requeued.
+    DRAINED = "drained"
+    # The kernel executor of the job's GPU died (its jobs die with it; like an MPS daemon's loss).
+    EXECUTOR_LOST = "executor-lost"
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,8 @@ class Resources:
     gpu_types: tuple[str, ...] = ()
     # How a shared GPU is shared: "" (a whole GPU, or for a fraction whatever its policy chooses,
     # MPS by default: Policy.share), "mps" (an MPS client, pinned) or "timeslice" (take turns with
-    # the GPU's other time-sharers; gpu_milli is then the job's weight in turns).
+    # the GPU's other time-sharers; gpu_milli is then the job's weight in turns) or "executor" (a
+    # kernel job run by the GPU's shared kernel executor; gpu_milli is its weight among equals).
     sharing: str = ""
 
     @property
@@ -145,6 +158,10 @@ class Resources:
     @property
     def timeslice(self) -> bool:
         return self.sharing == TIMESLICE
+
+    @property
+    def executor(self) -> bool:
+        return self.sharing == EXECUTOR
 
     @property
     def compute_milli(self) -> int:
@@ -176,6 +193,9 @@ class JobSpec:
     # Deduplication: a submit whose key matches a pending, running or recently succeeded job of
     # the same tenant returns that job instead ("" for no deduplication).
     dedupe_key: str = ""
+    # A latency-class (LS) job's target for its requests' p99 latency, in seconds (0: none).
+    # gpuosd throttles the best-effort jobs sharing its GPU to hold it (gpuos/daemon/colocation.py).
+    slo_p99_seconds: float = 0.0
 
 
 class PartitionKind(str, enum.Enum):
@@ -184,6 +204,7 @@ class PartitionKind(str, enum.Enum):
     EXCLUSIVE = "exclusive"
     MPS = "mps"
     TIMESLICE = "timeslice"
+    EXECUTOR = "executor"
     MIG = "mig"
 
     @property
@@ -195,7 +216,7 @@ class PartitionKind(str, enum.Enum):
 @dataclass(frozen=True)
 class Partition:
     """A placement's partition. ``str()`` is the one spelling users and the store see:
-    "exclusive", "mps", "timeslice" or "mig:<profile>"; ``parse`` reads it back."""
+    "exclusive", "mps", "timeslice", "executor" or "mig:<profile>"; ``parse`` reads it back."""
 
     kind: PartitionKind = PartitionKind.EXCLUSIVE
     mig_profile: str = ""
@@ -267,6 +288,15 @@ class Job:
     # Start of the current stretch of running (None while paused or not running): attained
     # service counts only time actually on the GPU.
     run_since: float | None = None
+    # Suspended to host (Reason.SUSPENDED): the bytes moved out and the GPU index they left
+    # (-1: not suspended). Kept in the store so a restarted gpuosd re-adopts the stopped process.
+    suspended_bytes: int = 0
+    suspended_from: int = -1
+
+    @property
+    def suspended(self) -> bool:
+        """Its GPU memory is in host memory now (it resumes by a restore, not a restart)."""
+        return self.suspended_from >= 0
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     grp TEXT NOT NULL DEFAULT '',
     dedupe_key TEXT NOT NULL DEFAULT '',
     cancel_reason TEXT NOT NULL DEFAULT '',
-    stop_requested INTEGER NOT NULL DEFAULT 0
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    suspended_bytes INTEGER NOT NULL DEFAULT 0,
+    suspended_from INTEGER NOT NULL DEFAULT -1
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant);
@@ -195,7 +197,8 @@ CREATE TABLE IF NOT EXISTS group_links (
 # them at open (ALTER TABLE ... ADD COLUMN), and its rows read as jobs without a group.
 _ADDED_COLUMNS = {
     "jobs": (("grp", "TEXT NOT NULL DEFAULT ''"), ("dedupe_key", "TEXT NOT NULL DEFAULT ''"),
-             ("cancel_reason", "TEXT NOT NULL DEFAULT ''"), ("stop_requested", "INTEGER NOT NULL DEFAULT 0")),
+             ("cancel_reason", "TEXT NOT NULL DEFAULT ''"), ("stop_requested", "INTEGER NOT NULL DEFAULT 0"),
+             ("suspended_bytes", "INTEGER NOT NULL DEFAULT 0"), ("suspended_from", "INTEGER NOT NULL DEFAULT -1")),
     "events": (("grp", "TEXT NOT NULL DEFAULT ''"),),
 }
 # Indexes on added columns, made once the columns exist.
@@ -208,7 +211,7 @@ CREATE INDEX IF NOT EXISTS events_group ON events(tenant, grp, seq) WHERE grp !=
 _JOB_COLUMNS = (
     "id, seq, spec, owner_uid, tenant, state, reason, message, exit_code, placement, created_at, "
     "started_at, finished_at, attained_service, shim_pid, shim_started, child_pid, cancel_requested, preemptions, "
-    "run_since, cancel_reason, stop_requested"
+    "run_since, cancel_reason, stop_requested, suspended_bytes, suspended_from"
 )
 _GROUP_COLUMNS = "tenant, name, mode, best_of, budget, created_at, succeeded, spent, ended_reason, ended_at"
 
@@ -245,6 +248,8 @@ def spec_to_json(spec: JobSpec) -> str:
         data["group"] = spec.group
     if spec.dedupe_key:
         data["dedupe_key"] = spec.dedupe_key
+    if spec.slo_p99_seconds:
+        data["slo_p99_seconds"] = spec.slo_p99_seconds
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -275,6 +280,7 @@ def spec_from_json(text: str) -> JobSpec:
         estimated_seconds=data["estimated_seconds"],
         group=data.get("group", ""),
         dedupe_key=data.get("dedupe_key", ""),
+        slo_p99_seconds=data.get("slo_p99_seconds", 0.0),
     )
 
 
@@ -304,7 +310,7 @@ def placement_from_json(text: str | None) -> Placement | None:
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, seq, spec, uid, _tenant, state, reason, message, exit_code, placement, created, started, finished,
      attained, shim_pid, shim_started, child_pid, cancel_requested, preemptions, run_since, cancel_reason,
-     stop_requested) = row
+     stop_requested, suspended_bytes, suspended_from) = row
     return Job(
         id=id_,
         spec=spec_from_json(spec),
@@ -327,6 +333,8 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         run_since=run_since,
         cancel_reason=cancel_reason,
         stop_requested=bool(stop_requested),
+        suspended_bytes=suspended_bytes,
+        suspended_from=suspended_from,
     )
 
 
@@ -1098,11 +1106,12 @@ class Store:
             conn.execute(
                 "UPDATE jobs SET state=?, reason=?, message=?, exit_code=?, placement=?, started_at=?, "
                 "finished_at=?, attained_service=?, shim_pid=?, shim_started=?, child_pid=?, "
-                "cancel_requested=?, preemptions=?, run_since=?, cancel_reason=?, stop_requested=? WHERE id=?",
+                "cancel_requested=?, preemptions=?, run_since=?, cancel_reason=?, stop_requested=?, "
+                "suspended_bytes=?, suspended_from=? WHERE id=?",
                 (new.state.value, new.reason, new.message, new.exit_code, placement_to_json(new.placement),
                  new.started_at, new.finished_at, new.attained_service, new.shim_pid, new.shim_started,
                  new.child_pid, int(new.cancel_requested), new.preemptions, new.run_since, new.cancel_reason,
-                 int(new.stop_requested), job_id),
+                 int(new.stop_requested), new.suspended_bytes, new.suspended_from, job_id),
             )
             if new.state != job.state or event:
                 self._event(conn, new, event or new.state.value.lower(), event_message)

@@ -54,3 +54,22 @@ def format_bytes(n: int) -> str:
         if value < 1024 or unit == "TiB":
             return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
     raise AssertionError("unreachable")
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
+
+
+def parse_duration(text: str, field: str = "duration") -> float:
+    """Parse ``20ms``, ``1.5s``, ``250us``, ``2m`` or a plain number of seconds into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise InvalidArgument(field, f"{text!r} is not a duration; write it like 20ms, 1.5s or 250us")
+    number, unit = match.groups()
+    factor = _DURATION_UNITS.get(unit.lower())
+    if factor is None:
+        raise InvalidArgument(field, f"unknown unit {unit!r} in {text!r}; use us, ms, s, m or h")
+    seconds = float(number) * factor
+    if seconds == float("inf"):
+        raise InvalidArgument(field, f"{text!r} is too long to be a duration")
+    return seconds

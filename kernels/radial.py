@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gpuos.kernels import atoms
 from gpuos.kernels.context import KernelContext
 from gpuos.kernels.radial_spec import RadialLayout, radial_layout
 from gpuos.kernels.reference.radial import dense_sdpa
@@ -87,19 +88,20 @@ def _attend_blocks(acc, m_i, l_i, q, K, V, ROW, start, stop, offs_d, stride_kn, 
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _radial_fwd(
     Q, K, V, Out, KV_INDEX, KV_FULL, KV_COUNT, WIDTHS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    heads, seq_len, tokens_per_frame, frames, max_blocks, qk_scale,
+    heads, seq_len, tokens_per_frame, frames, max_blocks, qk_scale, pid_offset,
     SINK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_MASKED: tl.constexpr,
     HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Each row of KV_INDEX lists the query block's full key blocks first (KV_FULL of them), then
     # its partial ones; the partial ones run in a separate loop with smaller tiles, so that the
-    # token mask's registers do not weigh on the full blocks' loop.
-    qb = tl.program_id(0)
+    # token mask's registers do not weigh on the full blocks' loop. Programs are independent, so
+    # the grid may run as atoms (slices of query blocks starting at ``pid_offset``).
+    qb = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
     b = bh // heads
     h = bh % heads
@@ -169,10 +171,11 @@ def _tiles(block: int, dim: int, dtype: torch.dtype) -> dict[str, Any]:
 
 def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, tokens_per_frame: int,
                      block: int = 128, sink: bool = True, scale: float | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+                     out: torch.Tensor | None = None, ctx: KernelContext | None = None) -> torch.Tensor:
     """Softmax attention of ``q`` over ``k, v`` under the radial mask; see the module docstring.
 
     ``out``, when given, is written in place and returned (same shape, dtype and device as ``q``).
+    With ``ctx`` the grid runs as atoms (``gpuos.kernels.atoms``), bit-identical to one launch.
     """
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share a (batch, heads, seq, dim) shape; got {tuple(q.shape)}, "
@@ -199,12 +202,13 @@ def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: 
     layout, index, full, counts, widths = _device_layout(frames, tokens_per_frame, block, sink, str(q.device))
     scale = dim**-0.5 if scale is None else scale
     tiles = _tiles(block, dim, q.dtype)
-    _radial_fwd[(layout.num_blocks, batch * heads)](
+    atoms.launch(
+        _radial_fwd, (layout.num_blocks, batch * heads),
         q, k, v, out, index, full, counts, widths,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         heads, seq, tokens_per_frame, frames, layout.max_blocks_per_row, scale * 1.4426950408889634,
-        SINK=sink, BLOCK=block, HEAD_DIM=dim, **tiles,
+        ctx=ctx, SINK=sink, BLOCK=block, HEAD_DIM=dim, **tiles,
     )
     return out
 
@@ -234,9 +238,10 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
     latencies = []
     for step in range(int(params["steps"])):
         start = time.perf_counter()
-        radial_attention(q, k, v, shape["frames"], shape["tokens_per_frame"], shape["block"], sink, out=out)
+        radial_attention(q, k, v, shape["frames"], shape["tokens_per_frame"], shape["block"], sink, out=out,
+                         ctx=ctx)
         if ctx.on_gpu:
-            torch.cuda.synchronize(ctx.device)
+            torch.cuda.current_stream(ctx.device).synchronize()  # its own stream: an executor runs others
         latencies.append(time.perf_counter() - start)
         ctx.report(step, latencies[-1])
     layout = radial_layout(shape["frames"], shape["tokens_per_frame"], shape["block"], sink)

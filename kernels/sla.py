@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gpuos.kernels import atoms
 from gpuos.kernels.context import KernelContext
 from gpuos.kernels.reference.sla import CRITICAL, MARGINAL, NEGLIGIBLE, dense_sdpa
 from gpuos.kernels.sla_spec import block_counts
@@ -165,16 +166,17 @@ def _dkv_linear_terms(q, dnum, dden, row_ok, phik, v, COMPUTE: tl.constexpr):
     return tl.dot(tl.trans(r.to(COMPUTE)), phiq), tl.dot(tl.trans(a.to(COMPUTE)), dnum)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _sla_state_kernel(
     K, V, WEIGHT, HS, ZS,
     stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    H, N, N_BLOCKS,
+    H, N, N_BLOCKS, N_CHUNKS, pid_offset,
     BLOCK: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, COMPUTE: tl.constexpr, WEIGHTED: tl.constexpr,
 ):
     """Partial linear state over CHUNK key blocks: HS = sum phi(K)^T V (D x D), ZS = sum phi(K),
-    each row of phi(K) weighted by WEIGHT ((B*H, N)) in ZS when WEIGHTED."""
-    chunk = tl.program_id(0)
+    each row of phi(K) weighted by WEIGHT ((B*H, N)) in ZS when WEIGHTED. Each program writes its
+    own partial (summed by the caller), so the grid may run as atoms from ``pid_offset``."""
+    chunk = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -191,24 +193,26 @@ def _sla_state_kernel(
         if WEIGHTED:
             phik *= tl.load(WEIGHT + bh * N + offs_n, mask=offs_n < N, other=0.0)[:, None]
         zs += tl.sum(phik, axis=0)
-    out = bh * tl.num_programs(0) + chunk
+    # N_CHUNKS, not tl.num_programs(0): an atom's grid holds only some of the chunks.
+    out = bh * N_CHUNKS + chunk
     tl.store(HS + out * D * D + offs_d[:, None] * D + offs_d[None, :], hs)
     tl.store(ZS + out * D + offs_d, zs)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _sla_fwd_kernel(
     Q, K, V, W, HT, ZT, ORDER, NCRIT, NMARG, OUT, OLIN, ODEN, OSPARSE, LSE,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    H, N, N_QBLOCKS, N_KBLOCKS, sm_scale,
+    H, N, N_QBLOCKS, N_KBLOCKS, sm_scale, pid_offset,
     BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr,
     STORE_LINEAR: tl.constexpr, STORE_SPARSE: tl.constexpr,
 ):
     """One query block: OUT = sparse + linear @ W^T; optionally the linear branch (OLIN) and its
     denominators (ODEN, (B*H, N), 0 where a row has no marginal block), the sparse branch
-    (OSPARSE, same strides as OUT) and its log2-domain row log-sum-exp (LSE, (B*H, N))."""
-    qblock = tl.program_id(0)
+    (OSPARSE, same strides as OUT) and its log2-domain row log-sum-exp (LSE, (B*H, N)).
+    Programs write disjoint rows, so the grid may run as atoms from ``pid_offset``."""
+    qblock = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -281,10 +285,10 @@ def _sla_fwd_kernel(
         tl.store(LSE + bh * N + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _sla_bwd_dq_kernel(
     Q, K, V, DO, DLIN, LIN, DEN, LSE, DELTA, HT, ZT, ORDER, NCRIT, NMARG, DQ, DNUM, DDEN,
-    N, N_QBLOCKS, N_KBLOCKS, sm_scale,
+    N, N_QBLOCKS, N_KBLOCKS, sm_scale, pid_offset,
     BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     """dQ for one query block (sparse and linear branches), and the linear branch's gradients with
@@ -292,8 +296,9 @@ def _sla_bwd_dq_kernel(
 
     Every tensor is contiguous, (B*H, N, D) or (B*H, N). The linear branch's dphi(Q) is the global
     state's term minus the critical and negligible blocks' terms, or the marginal blocks' terms.
+    Programs write disjoint rows, so the grid may run as atoms from ``pid_offset``.
     """
-    qblock = tl.program_id(0)
+    qblock = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
     offs_m = qblock * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
@@ -354,16 +359,17 @@ def _sla_bwd_dq_kernel(
     tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], dq, mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _sla_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DNUM, DDEN, GT, GZ, T_ORDER, T_NCRIT, T_NMARG, DK, DV,
-    N, N_QBLOCKS, N_KBLOCKS, sm_scale,
+    N, N_QBLOCKS, N_KBLOCKS, sm_scale, pid_offset,
     BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     """dK and dV for one key block: the sparse branch over the query blocks that hold it critical,
     the linear branch over those that hold it marginal (the global state GT = sum phi(Q)^T DNUM,
-    GZ = sum DDEN phi(Q), minus the other query blocks' terms, or the marginal ones added up)."""
-    kblock = tl.program_id(0)
+    GZ = sum DDEN phi(Q), minus the other query blocks' terms, or the marginal ones added up).
+    Programs write disjoint key blocks, so the grid may run as atoms from ``pid_offset``."""
+    kblock = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
     offs_n = kblock * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
@@ -454,19 +460,21 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_state(k: torch.Tensor, v: torch.Tensor, block: int, weight: torch.Tensor | None = None,
-                 compute: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 compute: Any = None, ctx: KernelContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The global linear-attention state per (batch, head): sum phi(K)^T V ((B*H, d, d), fp32)
-    and sum phi(K) ((B*H, d), fp32), or sum w phi(K) with per-token weights w ((B*H, N))."""
+    and sum phi(K) ((B*H, d), fp32), or sum w phi(K) with per-token weights w ((B*H, N)).
+    With ``ctx`` the kernel runs as atoms (``gpuos.kernels.atoms``), as in every launcher here."""
     b, h, n, d = k.shape
     n_blocks = -(-n // block)
     chunks = -(-n_blocks // STATE_CHUNK_BLOCKS)
     hs = torch.empty((b * h, chunks, d, d), device=k.device, dtype=torch.float32)
     zs = torch.empty((b * h, chunks, d), device=k.device, dtype=torch.float32)
-    _sla_state_kernel[(chunks, b * h)](
+    atoms.launch(
+        _sla_state_kernel, (chunks, b * h),
         k, v, weight if weight is not None else hs, hs, zs,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        h, n, n_blocks,
-        BLOCK=block, D=d, CHUNK=STATE_CHUNK_BLOCKS, COMPUTE=compute or _tl_compute_dtype(k.dtype),
+        h, n, n_blocks, chunks,
+        ctx=ctx, BLOCK=block, D=d, CHUNK=STATE_CHUNK_BLOCKS, COMPUTE=compute or _tl_compute_dtype(k.dtype),
         WEIGHTED=weight is not None,
     )
     return hs.sum(1), zs.sum(1)
@@ -475,8 +483,10 @@ def linear_state(k: torch.Tensor, v: torch.Tensor, block: int, weight: torch.Ten
 def sla_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, block_map: BlockMap,
                 block: int, out: torch.Tensor | None = None,
                 linear_out: tuple[torch.Tensor, torch.Tensor] | None = None,
-                sparse_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Run the forward kernels into ``out`` (allocated when None); no autograd.
+                sparse_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ctx: KernelContext | None = None) -> torch.Tensor:
+    """Run the forward kernels into ``out`` (allocated when None); no autograd. With ``ctx`` they
+    run as atoms (``gpuos.kernels.atoms``), bit-identical to one launch each.
 
     ``linear_out``, a pair (fp32 with out's shape and strides, fp32 (B*H, N)), receives the linear
     branch before the projection and its denominators; ``sparse_out``, a pair (like out, fp32
@@ -499,16 +509,17 @@ def sla_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.T
     if sparse_out is not None and (sparse_out[0].shape != q.shape or sparse_out[0].stride() != out.stride()
                                    or sparse_out[1].shape != (b * h, n)):
         raise ValueError("sparse_out must be a tensor like out and a (batch * heads, N) tensor")
-    ht, zt = linear_state(k, v, block)
+    ht, zt = linear_state(k, v, block, ctx=ctx)
     w = proj.detach().to(device=q.device, dtype=torch.float32).contiguous()
-    _sla_fwd_kernel[(n_blocks, b * h)](
+    atoms.launch(
+        _sla_fwd_kernel, (n_blocks, b * h),
         q, k, v, w, ht, zt, block_map.order, block_map.n_critical, block_map.n_marginal,
         out, *(linear_out if linear_out is not None else (out, out)),
         *(sparse_out if sparse_out is not None else (out, out)),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         h, n, n_blocks, n_blocks, 1.0 / math.sqrt(d),
-        BLOCK=block, D=d, COMPUTE=_tl_compute_dtype(q.dtype),
+        ctx=ctx, BLOCK=block, D=d, COMPUTE=_tl_compute_dtype(q.dtype),
         STORE_LINEAR=linear_out is not None, STORE_SPARSE=sparse_out is not None,
         num_warps=4 if d <= 64 else 8,
     )
@@ -538,66 +549,72 @@ class ForwardRecord:
 
 
 def sla_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, grad_out: torch.Tensor,
-                 record: ForwardRecord, block_map: BlockMap,
-                 block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of SLA with respect to q, k, v (in their dtype) and proj (fp32); q, k, v contiguous."""
+                 record: ForwardRecord, block_map: BlockMap, block: int,
+                 ctx: KernelContext | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of SLA with respect to q, k, v (in their dtype) and proj (fp32); q, k, v contiguous.
+    With ``ctx`` the kernels run as atoms (``gpuos.kernels.atoms``), bit-identical to one launch each."""
     b, h, n, d = q.shape
     n_blocks = -(-n // block)
     g = grad_out.contiguous().float()
     dproj = torch.einsum("bhni,bhnj->ij", g, record.linear)
     dlin = (g @ proj.detach().float()).contiguous()
     delta = (g * record.sparse.float()).sum(-1).reshape(b * h, n).contiguous()
-    ht, zt = linear_state(k, v, block)
+    ht, zt = linear_state(k, v, block, ctx=ctx)
     dq, dnum, dk, dv = (torch.empty((b, h, n, d), device=q.device, dtype=torch.float32) for _ in range(4))
     dden = torch.empty((b * h, n), device=q.device, dtype=torch.float32)
     shape = (n, n_blocks, n_blocks, 1.0 / math.sqrt(d))
     meta = {"BLOCK": block, "D": d, "COMPUTE": _tl_compute_dtype(q.dtype), "num_warps": 4 if d <= 64 else 8}
     grad_dtype = grad_out.dtype if grad_out.dtype in (torch.float16, torch.bfloat16) else torch.float32
     do = grad_out.contiguous().to(grad_dtype)
-    _sla_bwd_dq_kernel[(n_blocks, b * h)](
+    atoms.launch(
+        _sla_bwd_dq_kernel, (n_blocks, b * h),
         q, k, v, do, dlin, record.linear, record.den, record.lse, delta, ht, zt,
-        block_map.order, block_map.n_critical, block_map.n_marginal, dq, dnum, dden, *shape, **meta)
-    gt, gz = linear_state(q, dnum, block, weight=dden, compute=tl.float32)
+        block_map.order, block_map.n_critical, block_map.n_marginal, dq, dnum, dden, *shape, ctx=ctx, **meta)
+    gt, gz = linear_state(q, dnum, block, weight=dden, compute=tl.float32, ctx=ctx)
     # Per key block, the query blocks that hold it critical, marginal, negligible: the transposed map.
     by_column = BlockMap.from_classes(block_map.classes.transpose(-1, -2), check=False)
-    _sla_bwd_dkdv_kernel[(n_blocks, b * h)](
+    atoms.launch(
+        _sla_bwd_dkdv_kernel, (n_blocks, b * h),
         q, k, v, do, record.lse, delta, dnum, dden, gt, gz,
-        by_column.order, by_column.n_critical, by_column.n_marginal, dk, dv, *shape, **meta)
+        by_column.order, by_column.n_critical, by_column.n_marginal, dk, dv, *shape, ctx=ctx, **meta)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dproj
 
 
 class _SLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor,
-                block_map: BlockMap, block: int) -> torch.Tensor:
+                block_map: BlockMap, block: int, kernel_ctx: KernelContext | None) -> torch.Tensor:
         q, k, v = (x.contiguous() for x in (q, k, v))
         record = ForwardRecord.empty_like(q)
         out = sla_forward(q, k, v, proj, block_map, block, linear_out=(record.linear, record.den),
-                          sparse_out=(record.sparse, record.lse))
+                          sparse_out=(record.sparse, record.lse), ctx=kernel_ctx)
         ctx.save_for_backward(q, k, v, proj, record.linear, record.den, record.sparse, record.lse)
         ctx.block_map = block_map
         ctx.block = block
+        ctx.kernel_ctx = kernel_ctx
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, k, v, proj, *saved = ctx.saved_tensors
-        dq, dk, dv, dproj = sla_backward(q, k, v, proj, grad_out, ForwardRecord(*saved), ctx.block_map, ctx.block)
-        return dq, dk, dv, dproj.to(proj.dtype), None, None
+        dq, dk, dv, dproj = sla_backward(q, k, v, proj, grad_out, ForwardRecord(*saved), ctx.block_map, ctx.block,
+                                         ctx.kernel_ctx)
+        return dq, dk, dv, dproj.to(proj.dtype), None, None, None
 
 
 def sla_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                   block: int = 64, critical_ratio: float = 0.05, negligible_ratio: float = 0.0,
-                  block_map: BlockMap | None = None) -> torch.Tensor:
+                  block_map: BlockMap | None = None, ctx: KernelContext | None = None) -> torch.Tensor:
     """SLA attention of (batch, heads, N, d) q, k, v; differentiable in q, k, v and proj.
 
     ``block_map`` overrides the classification from pooled scores (``critical_ratio``,
     ``negligible_ratio``). ``proj`` (d x d) maps the linear branch: out = sparse + linear @ proj^T.
+    With ``ctx`` the forward and backward kernels run as atoms (``gpuos.kernels.atoms``).
     """
     if block_map is None:
         with torch.no_grad():
             block_map = classify_blocks(q, k, block, critical_ratio, negligible_ratio)
-    result: torch.Tensor = _SLAFunction.apply(q, k, v, proj, block_map, block)
+    result: torch.Tensor = _SLAFunction.apply(q, k, v, proj, block_map, block, ctx)
     return result
 
 
@@ -646,11 +663,11 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
         start = time.perf_counter()
         block_map = classify_blocks(q.detach(), k.detach(), block, float(params["critical_ratio"]),
                                     float(params["negligible_ratio"]))
-        out = sla_attention(q, k, v, proj, block=block, block_map=block_map)
+        out = sla_attention(q, k, v, proj, block=block, block_map=block_map, ctx=ctx)
         if backward:
             out.backward(torch.ones_like(out))
         if ctx.on_gpu:
-            torch.cuda.synchronize(ctx.device)
+            torch.cuda.current_stream(ctx.device).synchronize()  # its own stream: an executor runs others
         latencies.append(time.perf_counter() - start)
         ctx.report(step, latencies[-1])
         density = block_map.critical_density()

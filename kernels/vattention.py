@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gpuos.kernels import atoms
 from gpuos.kernels.context import KernelContext
 from gpuos.kernels.reference import vattention as ref
 
@@ -133,18 +134,19 @@ class VAttentionResult:
 # ----------------------------------------------------------------------------- Triton kernels
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _index_attention_partial(
     q_ptr, k_ptr, v_ptr, pt_ptr, idx_ptr, cnt_ptr, logw_ptr, m_ptr, l_ptr, acc_ptr,
     stride_qb, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_pt,
-    num_kv, group, idx_len, split_len, split_base, total_splits, scale,
+    num_kv, group, idx_len, split_len, split_base, total_splits, scale, pid_offset,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_G: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     # One program: one (sequence, KV head), all query heads of its group, and one split of the
     # group's index list, so each key and value row is read once per group. Writes each query
-    # head's split state (max logit, sum of exp, exp-weighted sum of values) in fp32.
-    bk = tl.program_id(0)
+    # head's split state (max logit, sum of exp, exp-weighted sum of values) in fp32. The splits
+    # are merged by a later launch (_combine_splits), so the grid may run as atoms from pid_offset.
+    bk = tl.program_id(0) + pid_offset
     split = tl.program_id(1)
     b = bk // num_kv
     kvh = bk % num_kv
@@ -194,13 +196,13 @@ def _index_attention_partial(
     tl.store(acc_ptr + slot[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=gmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pid_offset"])
 def _combine_splits(
-    m_ptr, l_ptr, acc_ptr, out_ptr, num_heads, num_splits, stride_ob, stride_oh,
+    m_ptr, l_ptr, acc_ptr, out_ptr, num_heads, num_splits, stride_ob, stride_oh, pid_offset,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     # Stage two of the split-K decode: merge every split's state and normalise.
-    bh = tl.program_id(0)
+    bh = tl.program_id(0) + pid_offset
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     smask = offs_s < num_splits
@@ -234,6 +236,7 @@ def _split_len(longest: int, rows: int, num_splits: int | None, block_n: int, on
 def _triton_partials(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
     lists: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scale: float, num_splits: int | None,
+    ctx: KernelContext | None = None,
 ) -> State:
     """Split-K states ``m, l [B, Hq, S]`` and ``acc [B, Hq, S, D]`` over all ``lists`` (per KV head)."""
     batch, heads, dim = q.shape
@@ -254,42 +257,47 @@ def _triton_partials(
     block_d = max(16, triton.next_power_of_2(dim))  # tl.dot's smallest inner size
     pt = page_table.to(torch.int32).contiguous()
     for idx, count, logw, split_len, splits, base in plans:
-        _index_attention_partial[(batch * num_kv, splits)](
+        atoms.launch(
+            _index_attention_partial, (batch * num_kv, splits),
             q, k_cache, v_cache, pt, idx.to(torch.int32), count, logw, m, l_sum, acc,
             q.stride(0), q.stride(1), k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
             pt.stride(0), num_kv, heads // num_kv, idx.shape[-1], split_len, base, total, scale,
-            PAGE_SIZE=k_cache.shape[1], HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n,
+            ctx=ctx, PAGE_SIZE=k_cache.shape[1], HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n,
             # tl.dot needs 16 rows; the interpreter's low-precision dot is wrong, so use fp32 there.
             BLOCK_G=max(16, triton.next_power_of_2(heads // num_kv)), DOT_FP32=not on_gpu or q.dtype == torch.float32,
         )
     return m, l_sum, acc
 
 
-def _triton_combine(state: State, out: torch.Tensor) -> None:
+def _triton_combine(state: State, out: torch.Tensor, ctx: KernelContext | None = None) -> None:
     m, l_sum, acc = state
     batch, heads, splits, dim = acc.shape
-    _combine_splits[(batch * heads,)](
+    atoms.launch(
+        _combine_splits, (batch * heads,),
         m, l_sum, acc, out, heads, splits, out.stride(0), out.stride(1),
-        HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_S=triton.next_power_of_2(splits),
+        ctx=ctx, HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_S=triton.next_power_of_2(splits),
     )
 
 
 def index_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
     lists: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *, out: torch.Tensor | None = None,
-    num_splits: int | None = None,
+    num_splits: int | None = None, ctx: KernelContext | None = None,
 ) -> torch.Tensor:
     """Triton attention over weighted index lists ``(idx[B, Hkv, N], count[B, Hkv], log_weight[B, Hkv])``
     shared by each KV head's query group: the same function as ``reference.vattention.index_attention``
-    given the lists repeated per query head. ``out`` in q's dtype."""
+    given the lists repeated per query head. ``out`` in q's dtype. With ``ctx`` the kernels run as
+    atoms (``gpuos.kernels.atoms``), bit-identical to one launch each."""
     out = torch.empty_like(q) if out is None else out
-    _triton_combine(_triton_partials(q, k_cache, v_cache, page_table, lists, q.shape[-1] ** -0.5, num_splits), out)
+    state = _triton_partials(q, k_cache, v_cache, page_table, lists, q.shape[-1] ** -0.5, num_splits, ctx)
+    _triton_combine(state, out, ctx)
     return out
 
 
 def _reference_partials(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
     lists: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scale: float, num_splits: int | None,
+    ctx: KernelContext | None = None,
 ) -> State:
     per_head = per_query_head(lists, q.shape[1] // k_cache.shape[2])
     return ref.index_attention_states(q, k_cache, v_cache, page_table, per_head, scale)
@@ -480,12 +488,14 @@ def vattention_decode(
     backend: str = "triton",
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
+    ctx: KernelContext | None = None,
 ) -> VAttentionResult:
     """vAttention decode of ``q[B, Hq, D]`` against a paged cache (layout in the module docstring).
 
     ``backend="triton"`` runs the split-K Triton kernels; ``"reference"`` the same plan in float64
     PyTorch (its ``out`` is float64). ``bounds`` defaults to ``page_key_bounds`` of the cache.
-    ``out`` (``[B, Hq, D]``, q's dtype) is written in place when given.
+    ``out`` (``[B, Hq, D]``, q's dtype) is written in place when given. With ``ctx`` the Triton
+    kernels run as atoms (``gpuos.kernels.atoms``), bit-identical to one launch each.
     """
     cfg = config or VAttentionConfig()
     _check(q, k_cache, v_cache, page_table, seq_lens, backend)
@@ -497,7 +507,7 @@ def vattention_decode(
     num_kv = k_cache.shape[2]
     sel = _select(q, k_cache, page_table, bounds, seq_lens, cfg)
     zero = torch.zeros(batch, num_kv, device=q.device, dtype=torch.float32)
-    det = partials(q, k_cache, v_cache, page_table, [(sel.det_idx, sel.det_count, zero)], scale, num_splits)
+    det = partials(q, k_cache, v_cache, page_table, [(sel.det_idx, sel.det_count, zero)], scale, num_splits, ctx)
 
     size = _budget(q, k_cache, v_cache, page_table, det, sel, cfg, scale, generator)
     exact = size >= sel.n_rest
@@ -510,12 +520,12 @@ def vattention_decode(
     log_weight = torch.where(exact, 0.0, torch.log(sel.n_rest.double() / size.clamp(min=1).double())).float()
     plan = SparsePlan(sel.det_idx, sel.det_count, sample_idx, size, log_weight, heads // num_kv)
 
-    rest = partials(q, k_cache, v_cache, page_table, [(sample_idx, size, log_weight)], scale, num_splits)
+    rest = partials(q, k_cache, v_cache, page_table, [(sample_idx, size, log_weight)], scale, num_splits, ctx)
     state = tuple(torch.cat([a, b], dim=2) for a, b in zip(det, rest, strict=True))
     if backend == "triton":
         if out is None:
             out = torch.empty_like(q)
-        _triton_combine((state[0], state[1], state[2]), out)
+        _triton_combine((state[0], state[1], state[2]), out, ctx)
     else:
         _, l_sum, acc = ref.merge_states(*state)
         result = acc / l_sum.unsqueeze(-1)
@@ -623,12 +633,19 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
                            base_sample=int(params["base_sample"]))
     bounds = page_key_bounds(inputs.k_cache, inputs.page_table, inputs.seq_lens)
     latencies, densities = [], []
+    interval = float(params.get("interval_ms", 0.0)) / 1e3
+    due = time.perf_counter()
     for step in range(int(params["steps"])):
+        if interval > 0:
+            # A latency service: one step per interval, like requests at a fixed rate (a step
+            # that overruns starts the next at once).
+            time.sleep(max(0.0, due - time.perf_counter()))
+            due = max(due + interval, time.perf_counter())
         began = time.perf_counter()
         result = vattention_decode(inputs.q, inputs.k_cache, inputs.v_cache, inputs.page_table, inputs.seq_lens,
-                                   cfg, bounds=bounds, generator=gen)
+                                   cfg, bounds=bounds, generator=gen, ctx=ctx)
         if ctx.on_gpu:
-            torch.cuda.synchronize(ctx.device)
+            torch.cuda.current_stream(ctx.device).synchronize()  # its own stream: an executor runs others
         latencies.append(time.perf_counter() - began)
         densities.append(float(result.density.mean()))
         ctx.report(step, latencies[-1])

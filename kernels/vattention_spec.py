@@ -62,6 +62,8 @@ SPEC = register(
             Param("local", "int", 128, "trailing tokens always attended", 0, 1 << 20),
             Param("heavy_fraction", "float", 0.05, "share of the context picked as top pages", 0.0, 1.0),
             Param("base_sample", "int", 64, "keys sampled to estimate the variance", 2, 4096),
+            Param("interval_ms", "float", 0.0, "start one step every this many ms, like requests at a "
+                  "fixed rate (0: back to back)", 0.0, 60_000.0),
         ),
         cost=cost,
         runner="gpuos.kernels.vattention:run_job",

@@ -9,8 +9,11 @@ for a kernel job (``gpuos.daemon.controller.kernel_command``). The worker
   (``GPUOS_PRIORITY``) and caps the caching allocator at the job's memory share
   (``GPUOS_MEMORY_LIMIT``), so an overrun fails inside the job, not in a neighbour;
 - without a GPU, runs the Triton kernels on the CPU under ``TRITON_INTERPRET=1``;
-- yields its time-slice turn at kernel boundaries: SIGUSR1 asks it to pause, and at the next
-  step boundary it stops itself (SIGSTOP) until the daemon's SIGCONT;
+- yields its time-slice turn at atom boundaries: the built-in kernels launch their grids as
+  atoms (``gpuos.kernels.atoms``, about 250 us each on a GPU; ``GPUOS_ATOM_US`` overrides it),
+  and SIGUSR1 asks the worker to pause: after the atom in flight (or at the step's end, for a
+  kernel that does not run as atoms) it stops itself (SIGSTOP) until the daemon's SIGCONT, its
+  GPU work finished;
 - stops for good at the next step boundary when SIGUSR2 asks it to (steering: ``gpuosctl stop``),
   writing its progress so far and exiting 0;
 - writes its progress (steps done, per-step latency) atomically after every step, and a line per
@@ -35,8 +38,10 @@ from typing import Any
 
 from gpuos.errors import GpuosError
 from gpuos.jobs import KernelProgress
-from gpuos.kernels.context import KernelContext
+from gpuos.kernels.atoms import target_seconds
+from gpuos.kernels.context import DEFAULT_ATOM_SECONDS, KernelContext
 from gpuos.kernels.registry import KernelSpec, get_kernel
+from gpuos.latency import report_latency
 
 PROGRESS_FILE = "progress.json"
 
@@ -49,9 +54,11 @@ class StopAtStep(Exception):
 
 
 class Yielder:
-    """Pause at kernel boundaries when asked: the daemon's SIGUSR1 sets a request, the next
-    boundary honours it by stopping this process; SIGCONT (the daemon's resume) clears a request
-    that a long kernel had not reached yet, so a late boundary never stops a resumed job."""
+    """Pause at atom and step boundaries when asked: the daemon's SIGUSR1 sets a request, the next
+    boundary of either kind honours it by stopping this process; SIGCONT (the daemon's resume)
+    clears a request that a long kernel had not reached yet, so a late boundary never stops a
+    resumed job. SIGUSR2 (stop for good) takes effect at a step boundary only, so a stopped job's
+    progress counts whole steps."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -73,8 +80,13 @@ class Yielder:
         self.requested = False
 
     def boundary(self) -> None:
+        """A step boundary: stop for good when asked (raises ``StopAtStep``), else pause when asked."""
         if self.stop:
             raise StopAtStep
+        self.atom_boundary()
+
+    def atom_boundary(self) -> None:
+        """Between two atoms (``KernelContext.between_atoms``): pause when asked; a stop waits."""
         if self.requested:
             self.requested = False
             self.yields += 1
@@ -93,8 +105,18 @@ class Progress:
         self.latencies: list[float] = []
         self.summary: dict[str, float] = {}
 
+    @classmethod
+    def from_environment(cls, kernel: str, steps_total: int) -> Progress:
+        """Where gpuosd told the job to write (``GPUOS_PROGRESS_DIR_FD``), else the hand-started
+        ``GPUOS_PROGRESS_FILE``, else nowhere. The executor client writes through it too."""
+        if os.environ.get("GPUOS_PROGRESS_DIR_FD"):
+            return cls(PROGRESS_FILE, kernel, steps_total, dir_fd=int(os.environ["GPUOS_PROGRESS_DIR_FD"]))
+        return cls(os.environ.get("GPUOS_PROGRESS_FILE", ""), kernel, steps_total)
+
     def record(self, step: int, latency_s: float) -> None:
         self.latencies.append(latency_s)
+        # Each step is one request as SLO-driven colocation sees it (gpuos/latency.py).
+        report_latency(latency_s)
         print(f"step {step + 1}/{self.steps_total}: {latency_s * 1e3:.3f} ms", flush=True)
         self.write()
 
@@ -168,7 +190,8 @@ def _place(priority: str, memory_limit: int) -> tuple[Any, bool, Any]:
 
 
 def run(spec: KernelSpec, params: Mapping[str, Any], progress: Progress, yielder: Yielder,
-        priority: str, memory_limit: int, seed: int) -> dict[str, float]:
+        priority: str, memory_limit: int, seed: int,
+        atom_seconds: float = DEFAULT_ATOM_SECONDS) -> dict[str, float]:
     device, on_gpu, stream = _place(priority, memory_limit)
     runner = _runner(spec)
 
@@ -176,7 +199,8 @@ def run(spec: KernelSpec, params: Mapping[str, Any], progress: Progress, yielder
         progress.record(step, latency_s)
         yielder.boundary()
 
-    ctx = KernelContext(device=device, on_gpu=on_gpu, report=report, seed=seed)
+    ctx = KernelContext(device=device, on_gpu=on_gpu, report=report, seed=seed,
+                        between_atoms=yielder.atom_boundary, atom_seconds=atom_seconds)
     if stream is None:
         return dict(runner(params, ctx))
     with stream:
@@ -193,22 +217,20 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_kernel(args.kernel)
         raw = dict(p.split("=", 1) if "=" in p else (p, "") for p in args.param)
         params = spec.validate(raw)
+        atom_seconds = target_seconds()
     except GpuosError as exc:
         print(f"gpuos-kernel-worker: {exc}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else int(time.time_ns() % (2**31))
     steps = int(params.get("steps", 0))
-    if os.environ.get("GPUOS_PROGRESS_DIR_FD"):
-        progress = Progress(PROGRESS_FILE, spec.name, steps, dir_fd=int(os.environ["GPUOS_PROGRESS_DIR_FD"]))
-    else:
-        progress = Progress(os.environ.get("GPUOS_PROGRESS_FILE", ""), spec.name, steps)
+    progress = Progress.from_environment(spec.name, steps)
     progress.write()
     yielder = Yielder()
     yielder.install()
     print(f"{spec.name}: {json.dumps(params, sort_keys=True)} seed={seed}", flush=True)
     try:
         summary = run(spec, params, progress, yielder, os.environ.get("GPUOS_PRIORITY", "normal"),
-                      int(os.environ.get("GPUOS_MEMORY_LIMIT", "0") or 0), seed)
+                      int(os.environ.get("GPUOS_MEMORY_LIMIT", "0") or 0), seed, atom_seconds)
     except StopAtStep:
         done = len(progress.latencies)
         progress.write()

@@ -28,6 +28,7 @@ from gpuos.mig import find_slot
 from gpuos.scheduler.framework import _take, demand, options, placed_request, sharing_of
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (
+    MAX_EXECUTOR_JOBS,
     MAX_TIMESLICE_JOBS,
     MILLI,
     Decision,
@@ -47,7 +48,8 @@ EXPLAIN_LIMIT = 1000
 # GPUs named one by one in a message before the rest are summed up.
 NAMED_GPUS = 4
 
-_SHARED_AS = {"": "held whole", "mps": "shared by MPS", "timeslice": "time-sliced", "mig": "in MIG mode"}
+_SHARED_AS = {"": "held whole", "mps": "shared by MPS", "timeslice": "time-sliced", "executor": "shared by an executor",
+              "mig": "in MIG mode"}
 
 
 class WaitKind(str, enum.Enum):
@@ -107,7 +109,7 @@ def explain(snap: Snapshot, policy: Policy, decisions: Sequence[Decision], limit
     # Node name -> the job whose preemptions free room there (the framework keeps it for that job).
     held_for: dict[str, str] = {}
     # Many pending jobs share a request shape, and what a shape finds depends only on the nodes.
-    shapes: dict[tuple[Resources, int, int], _ShapeFit] = {}
+    shapes: dict[object, _ShapeFit] = {}
     examined: dict[str, WaitReason] = {}
     unexamined: dict[str, int] = {}
     first_blocked: JobView | None = None
@@ -118,9 +120,11 @@ def explain(snap: Snapshot, policy: Policy, decisions: Sequence[Decision], limit
             unexamined[job.id] = position
             continue
         shape = (job.request, job.cpu_milli, job.host_memory)
-        fit = shapes.get(shape)
+        # A suspended job may resume in fewer places than its shape: it finds its own.
+        key = (shape, job.suspended_gpu, job.suspended_model) if job.suspended else shape
+        fit = shapes.get(key)
         if fit is None:
-            fit = shapes[shape] = _fit(job, snap.nodes, after, multi)
+            fit = shapes[key] = _fit(job, snap.nodes, after, multi)
         reason = fit.never
         if reason is None and unattributed:
             # The framework preempts a victim for the first job in its order that names it, so
@@ -161,6 +165,10 @@ def _fit(job: JobView, nodes: Sequence[NodeView], after: Sequence[NodeView], mul
     if never is not None:
         return _ShapeFit(never, None, ())
     fitting = tuple((i, gpus) for i, node in enumerate(after) for gpus in options(job, node))
+    if not fitting and job.suspended and job.suspended_gpu is not None:
+        node, index = job.suspended_gpu
+        return _ShapeFit(None, WaitReason(WaitKind.BUSY, f"suspended to host memory from GPU {index} of {node}; "
+                                          f"waits for room to resume there"), ())
     return _ShapeFit(None, None if fitting else _busy(job, after, multi), fitting)
 
 
@@ -220,7 +228,7 @@ def _never_fits(request: Resources, nodes: Sequence[NodeView]) -> WaitReason | N
 
 
 def _whole(request: Resources) -> bool:
-    return not (request.gpu_milli or request.mig_profile or request.timeslice)
+    return not (request.gpu_milli or request.mig_profile or request.timeslice or request.executor)
 
 
 def _candidates(request: Resources, node: NodeView) -> list[GpuView]:
@@ -284,6 +292,18 @@ def _busy(job: JobView, nodes: Sequence[NodeView], multi: bool) -> WaitReason:
                          f"{format_bytes(g.memory_free)}")
         if slots:
             parts.append(f"time-slice slots full ({MAX_TIMESLICE_JOBS} jobs) on {_count(len(slots))}")
+        return WaitReason(WaitKind.BUSY, "; ".join(parts) + others)
+    if sharing == "executor":
+        slots = [g for _, g in same if len(g.jobs) >= MAX_EXECUTOR_JOBS]
+        open_ = [(n, g) for n, g in same if len(g.jobs) < MAX_EXECUTOR_JOBS]
+        parts = []
+        if open_:
+            n, g = max(open_, key=lambda ng: ng[1].memory_free)
+            need = demand(request, g)[1]
+            parts.append(f"needs {format_bytes(need)} in a GPU's kernel executor; the most free on one GPU is "
+                         f"{format_bytes(g.memory_free)}")
+        if slots:
+            parts.append(f"executor slots full ({MAX_EXECUTOR_JOBS} jobs) on {_count(len(slots))}")
         return WaitReason(WaitKind.BUSY, "; ".join(parts) + others)
     # MPS: the GPU that comes closest to the job's compute and memory together.
     def closeness(gpu: GpuView) -> float:

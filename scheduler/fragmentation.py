@@ -52,7 +52,7 @@ def workload(requests: Iterable[tuple[Resources, int]]) -> tuple[TaskClass, ...]
     """
     cpus: dict[tuple[int, int, tuple[str, ...]], list[int]] = {}
     for request, cpu in requests:
-        if request.mig_profile or request.timeslice:
+        if request.mig_profile or request.timeslice or request.executor:
             continue
         key = (request.gpus if not request.gpu_milli else 1, request.gpu_milli, tuple(sorted(request.gpu_types)))
         cpus.setdefault(key, []).append(cpu)

@@ -10,11 +10,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, replace
 
-from gpuos.jobs import TIMESLICE, Resources
+from gpuos.jobs import EXECUTOR, TIMESLICE, Resources
 from gpuos.mig import Instance, MigProfile, find_slot
 from gpuos.scheduler.index import group_states, need
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (
+    MAX_EXECUTOR_JOBS,
     MAX_TIMESLICE_JOBS,
     MILLI,
     CapacityIndex,
@@ -41,8 +42,9 @@ def demand(request: Resources, gpu: GpuView) -> tuple[int, int]:
         if profile is None:
             return MILLI + 1, gpu.memory_total + 1
         return (MILLI * profile.slices) // MIG_COMPUTE_SLICES, profile.memory_bytes
-    if request.timeslice:
-        # Turns share time, not space: the job's weight does not use up the GPU's compute share.
+    if request.timeslice or request.executor:
+        # Turns (and an executor's atoms) share time, not space: the job's weight does not use up
+        # the GPU's compute share.
         return 0, request.memory_bytes or gpu.memory_total // TIMESLICE_DEFAULT_MEMORY_SHARE
     if request.gpu_milli:
         memory = request.memory_bytes or (gpu.memory_total * request.gpu_milli) // MILLI
@@ -56,6 +58,8 @@ def sharing_of(request: Resources) -> str:
         return "mig"
     if request.timeslice:
         return "timeslice"
+    if request.executor:
+        return EXECUTOR
     return "mps" if request.gpu_milli else ""
 
 
@@ -102,7 +106,7 @@ def gpu_fits(request: Resources, gpu: GpuView) -> bool:
     if request.gpu_types and gpu.model not in request.gpu_types:
         return False
     milli, memory = demand(request, gpu)
-    if memory > gpu.memory_free:
+    if memory > gpu.memory_free and not _oversubscribes(request, memory, gpu):
         return False
     sharing = sharing_of(request)
     # A GPU is shared one way at a time: MIG slices, MPS clients, or time-sharers.
@@ -112,9 +116,35 @@ def gpu_fits(request: Resources, gpu: GpuView) -> bool:
         return find_slot(gpu.mig_profiles, gpu.mig_instances, request.mig_profile) is not None
     if sharing == "timeslice":
         return len(gpu.jobs) < MAX_TIMESLICE_JOBS
+    if sharing == EXECUTOR:
+        return len(gpu.jobs) < MAX_EXECUTOR_JOBS
     if sharing == "mps":
         return milli <= gpu.milli_free
     return gpu.idle
+
+
+def _oversubscribes(request: Resources, memory: int, gpu: GpuView) -> bool:
+    """Whether a time-sharer's ``memory`` limit, more than ``gpu`` has free, still fits by the
+    GPU's oversubscription: at most the whole GPU itself, and the sharers' limits together at most
+    ``oversubscription`` x its memory (what must fit at once is only the resident set)."""
+    if gpu.oversubscription <= 1 or not request.timeslice or memory > gpu.memory_total:
+        return False
+    return memory <= gpu.memory_free + int((gpu.oversubscription - 1) * gpu.memory_total)
+
+
+def resumes_on(job: JobView, node: NodeView, gpu: GpuView) -> bool:
+    """Whether ``job`` may run on ``gpu`` of ``node`` as far as suspension goes: a job that is not
+    suspended, anywhere; a waiting suspended one (its memory on its node's host), only on a GPU of
+    its ``suspended_model`` on its node, and only its own GPU unless the node restores across GPUs
+    (and that GPU can suspend and restore)."""
+    if not job.suspended:
+        return True
+    if job.suspended_model and gpu.model != job.suspended_model:
+        return False
+    where = job.suspended_gpu
+    if where is None:
+        return True
+    return node.name == where[0] and (gpu.index == where[1] or (node.cross_gpu_restore and gpu.suspend))
 
 
 def options(job: JobView, node: NodeView,
@@ -127,16 +157,20 @@ def options(job: JobView, node: NodeView,
     if request.gpus == 0 and not request.gpu_milli and not request.mig_profile:
         yield ()
         return
+    if job.suspended_gpu is not None and job.suspended and node.name != job.suspended_gpu[0]:
+        return
     if choose is not None:
         fitting = [g for g in node.gpus if gpu_fits(choose(g), g)]
     else:
         fitting = [g for g in node.gpus if gpu_fits(request, g)]
-    if request.gpu_milli or request.mig_profile or request.timeslice:
+    if job.suspended:
+        fitting = [g for g in fitting if resumes_on(job, node, g)]
+    if request.gpu_milli or request.mig_profile or request.timeslice or request.executor:
         # GPUs that differ only in index are interchangeable: offer the lowest-indexed one.
         seen: set[tuple[object, ...]] = set()
         for gpu in fitting:
             state = (gpu.model, gpu.memory_total, gpu.memory_free, gpu.milli_free, gpu.sharing,
-                     gpu.mig_profiles, gpu.mig_instances, gpu.jobs)
+                     gpu.mig_profiles, gpu.mig_instances, gpu.jobs, gpu.oversubscription)
             if state in seen:
                 continue
             seen.add(state)
@@ -149,8 +183,8 @@ def options(job: JobView, node: NodeView,
 # _take copies views field by field; a field added to GpuView or NodeView must be copied there.
 _VIEW_FIELDS = (
     ("index", "model", "memory_total", "memory_free", "milli_free", "healthy", "uuid", "mig_profiles",
-     "mig_slices_used", "jobs", "sharing", "mig_instances"),
-    ("name", "gpus", "cpu_milli_free", "host_memory_free"),
+     "mig_slices_used", "jobs", "sharing", "mig_instances", "suspend", "oversubscription", "memory_suspended"),
+    ("name", "gpus", "cpu_milli_free", "host_memory_free", "cross_gpu_restore"),
 )
 assert tuple(tuple(f.name for f in fields(view)) for view in (GpuView, NodeView)) == _VIEW_FIELDS, (
     "GpuView or NodeView gained a field: copy it in _take"
@@ -191,15 +225,21 @@ def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...],
             jobs=gpu.jobs + (job.id,),
             sharing=sharing,
             mig_instances=instances,
+            suspend=gpu.suspend,
+            oversubscription=gpu.oversubscription,
+            memory_suspended=gpu.memory_suspended,
         )
     new_node = NodeView(
         name=node.name,
         gpus=tuple([taken.get(g.index, g) for g in node.gpus]),
         cpu_milli_free=node.cpu_milli_free - job.cpu_milli,
-        host_memory_free=node.host_memory_free - job.host_memory,
+        # A suspended job's memory leaves the host as it is restored (the model charges it there).
+        host_memory_free=node.host_memory_free - job.host_memory
+        + (job.suspended_bytes if job.suspended and job.suspended_gpu is not None else 0),
+        cross_gpu_restore=node.cross_gpu_restore,
     )
-    if request.timeslice:
-        milli = request.gpu_milli or MILLI  # the job's weight in turns
+    if request.timeslice or request.executor:
+        milli = request.gpu_milli or MILLI  # the job's weight in turns (or among the executor's equals)
     place = Place(job.id, node.name, tuple(g.index for g in gpus), milli, memory, request.mig_profile, slot, sharing)
     return new_node, place
 
@@ -346,6 +386,8 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     # model's shape counts, which describe the order only when it is the queue itself.
     left = _shape_counts(snap, ordered) if dead is not None else None
     alive = len(ordered)
+    # Node positions by name, built only for a suspended job, which may resume on its node alone.
+    positions: dict[str, int] | None = None
     for job in ordered:
         shape = (job.request, job.cpu_milli, job.host_memory)
         if dead is not None:
@@ -355,9 +397,18 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                 left[shape] -= 1
                 alive -= 1
         choices = _Choices(policy, snap, job) if chooses and flexible(job.request) else None
-        groups = by_state.groups(job) if by_state is not None and choices is None else None
-        if groups is not None:
-            candidates: Iterable[int] = [first for first, _, _ in groups]
+        # A suspended job resumes on its own node (options() keeps to the GPUs it may use): it
+        # tries that node alone, and what it finds there says nothing of its shape elsewhere, so
+        # it neither fills the no-room memo nor marks its shape dead.
+        pinned = job.suspended and job.suspended_gpu is not None
+        groups = by_state.groups(job) if by_state is not None and choices is None and not pinned else None
+        if pinned:
+            if positions is None:
+                positions = {n.name: p for p, n in enumerate(nodes)}
+            at = positions.get(job.suspended_gpu[0]) if job.suspended_gpu is not None else None
+            candidates: Iterable[int] = () if at is None else (at,)
+        elif groups is not None:
+            candidates = [first for first, _, _ in groups]
         elif choices is not None:
             # The index bounds a job by its own request, and the no-room memo by its shape; a
             # chosen mode may fit where the request would not, and may differ between alike jobs.
@@ -368,7 +419,7 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         # With policy.picks: every feasible option, as (position, options of that node or its group).
         feasible: list[tuple[int, list[tuple[GpuView, ...]]]] = []
         # No candidate offered the shape an option (a chosen sharing mode is never ruled out).
-        full = choices is None
+        full = choices is None and not pinned
         for i in candidates:
             node = nodes[i]
             if node.name in reserved or (choices is None and (i, *shape) in no_room):
@@ -390,7 +441,7 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
                     best = (value, i, gpus)
             if fitting:
                 feasible.append((i, fitting))
-            if not offered and choices is None:
+            if not offered and choices is None and not pinned:
                 no_room.add((i, *shape))
             elif offered:
                 full = False

@@ -61,7 +61,7 @@ def node_state(node: NodeView) -> NodeState:
         node.host_memory_free,
         tuple(
             (g.index, g.model, g.memory_total, g.memory_free, g.milli_free, g.healthy, g.mig_profiles,
-             g.mig_slices_used, len(g.jobs), g.sharing, g.mig_instances)
+             g.mig_slices_used, len(g.jobs), g.sharing, g.mig_instances, g.oversubscription)
             for g in node.gpus
         ),
     )
@@ -85,6 +85,9 @@ def need(job: JobView) -> tuple[int, int]:
         return MIG, 1
     if request.timeslice:
         return TIMESLICE, 1
+    if request.executor:
+        # No bound counts executor seats; the CPU bound still holds (the framework checks the rest).
+        return CPU, job.cpu_milli
     if request.gpu_milli:
         return SHARE, request.gpu_milli
     if request.gpus:

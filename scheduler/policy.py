@@ -2,7 +2,7 @@
 
 The framework (:mod:`gpuos.scheduler.framework`) owns the loop, checks capacity and applies
 decisions; a policy only orders, filters, scores, picks victims, chooses how a fraction shares
-its GPU and sets quanta. Every method is a pure function of its arguments, so the same object
+its GPU, sets quanta and says whether a victim is suspended or restarted. Every method is a pure function of its arguments, so the same object
 runs in the daemon and the simulator.
 """
 
@@ -15,7 +15,7 @@ from gpuos.scheduler.snapshot import GpuView, JobView, NodeView, Share, Snapshot
 
 class Policy:
     """Base policy: FIFO order, first fit, no preemption, fractions as MPS clients, 1 s quanta,
-    requeue after faults.
+    suspend (where the GPU can) rather than restart a preempted job, requeue after faults.
 
     Subclasses override only what makes them different. ``first_fit`` tells the framework to
     take the first feasible option instead of scoring them all (the common fast case).
@@ -82,6 +82,16 @@ class Policy:
     def quantum(self, job: JobView, snap: Snapshot) -> float:
         """Seconds ``job`` may run before a job sharing its GPU gets a turn."""
         return 1.0
+
+    def suspend(self, job: JobView, snap: Snapshot) -> bool:
+        """When the framework's driver preempts ``job`` (a victim this policy named) on a GPU that
+        can suspend to host memory (``GpuView.suspend``, a single-GPU job): suspend it, keeping
+        its process and progress, to resume by restore on a GPU it may use (True, the default),
+        or stop it to restart later (False). A suspension costs its memory's bytes over the host
+        link twice (out now, back at resume) where a restart costs the checkpoint and restart
+        (Costs.preemption_cost); a suspended job waits only for a GPU of its model on its node
+        (its own GPU unless the node restores across GPUs). Never asked where no GPU can suspend."""
+        return True
 
     def requeue_after_fault(self, job: JobView) -> bool:
         """When a fault (failed GPU, dead MPS daemon) kills ``job``: requeue it (True) or fail it."""

@@ -20,6 +20,9 @@ from gpuos.mig import Instance, MigProfile
 MILLI = 1000
 # At most this many jobs take turns on one GPU; beyond it each turn comes too rarely to be useful.
 MAX_TIMESLICE_JOBS = 8
+# At most this many kernel jobs share one GPU's kernel executor: each waits at most one atom of
+# a higher-priority job, but the executor's streams and memory pools are per job.
+MAX_EXECUTOR_JOBS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +38,21 @@ class GpuView:
     # Compute slices (of 7) already held by MIG instances; >0 means the GPU is in MIG mode.
     mig_slices_used: int = 0
     jobs: tuple[str, ...] = ()
-    # How the GPU is shared now: "" (idle or one exclusive job), "mps", "timeslice" or "mig".
+    # How the GPU is shared now: "" (idle or one exclusive job), "mps", "timeslice", "executor" or "mig".
     sharing: str = ""
     mig_instances: tuple[Instance, ...] = ()
+    # Jobs on this GPU can be suspended to host memory (their memory moved out and freed, and
+    # brought back to resume): the daemon's backend says (SuspendSupport), the simulator's config.
+    suspend: bool = False
+    # Time-sharers' memory limits here may add up to this many times ``memory_total`` (each limit
+    # still at most ``memory_total``): what must fit is the resident set. Above 1 only where
+    # ``suspend`` is true and the daemon's config allows. ``memory_free`` counts limits, so on an
+    # oversubscribed GPU it may fall below 0, down to (1 - oversubscription) x ``memory_total``.
+    oversubscription: float = 1.0
+    # Bytes of the limits counted in ``memory_free`` whose memory is on the host now (placed jobs
+    # suspended in place, ClusterState.set_resident): the GPU holds ``memory_total - memory_free
+    # - memory_suspended`` bytes of its jobs' memory.
+    memory_suspended: int = 0
 
     @property
     def idle(self) -> bool:
@@ -54,6 +69,9 @@ class NodeView:
     gpus: tuple[GpuView, ...]
     cpu_milli_free: int = 1 << 40
     host_memory_free: int = 1 << 60
+    # A job suspended on one GPU of this node may be restored onto another of the same model
+    # (CUDA 13 drivers' GPU-pair mapping; SuspendSupport.cross_gpu), not only onto its own.
+    cross_gpu_restore: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +114,16 @@ class JobView:
     # The job group it belongs to ("" for none); groups are per tenant, so the group is
     # (tenant, group): see Snapshot.group_of.
     group: str = ""
+    # Its memory is on the host, not on a GPU: a waiting job preempted by suspension (it resumes
+    # by restore, keeping its process and progress), or a placed, paused one suspended in place.
+    # ``suspended_bytes`` is what the host holds; a waiting suspended job may resume only on a GPU
+    # of ``suspended_model`` on node ``suspended_gpu[0]``, and only on GPU ``suspended_gpu[1]``
+    # unless that node allows cross-GPU restore (NodeView.cross_gpu_restore; see
+    # framework.resumes_on). All four are the defaults for a job that is not suspended.
+    suspended: bool = False
+    suspended_bytes: int = 0
+    suspended_model: str = ""
+    suspended_gpu: tuple[str, int] | None = None
 
     def attained(self, now: float) -> float:
         """GPU-seconds of service received up to ``now`` (what LAS policies rank by)."""

@@ -3,7 +3,8 @@
 The model holds the nodes (as the views a policy sees), the queue and the running jobs. Every
 change goes through one of its operations: :meth:`ClusterState.submit`, :meth:`~ClusterState.place`,
 :meth:`~ClusterState.finish`, :meth:`~ClusterState.requeue` (preemption and faults),
-:meth:`~ClusterState.pause`, :meth:`~ClusterState.resume`, :meth:`~ClusterState.set_health` and
+:meth:`~ClusterState.pause`, :meth:`~ClusterState.resume`, :meth:`~ClusterState.set_resident` and
+:meth:`~ClusterState.drop_suspension` (suspend-to-host), :meth:`~ClusterState.set_health` and
 :meth:`~ClusterState.set_foreign_instances`. Each checks the change against the cluster's rules
 and raises :class:`StateError` for one that breaks them, so neither driver can corrupt it. The
 snapshot is rebuilt only where something changed: the node tuple, the queue and the running
@@ -23,11 +24,19 @@ GPU's compute it holds on each of its GPUs:
 - a time-slice sharer: its turn's length over the turns of all sharers that take turns (only
   the top priority on a GPU does; a lower one earns 0 while it waits), which is what the daemon's
   turns give it on average;
+- a job in a GPU's kernel executor: its weight over the weights of the top priority's jobs there
+  (the executor's atoms go to the top priority present; a lower one earns 0 meanwhile);
 - a paused job: 0.
 
 A placement is checked and accounted by what it says, not by the job's request alone: a fraction
 whose user pinned no mode may be placed by its policy's choice (``Policy.share``) as a time-slice
 turn or a MIG slice, and then holds, earns and progresses as one (framework.placed_request).
+
+Suspend-to-host, where a GPU can (``GpuView.suspend``): a preemption may suspend the job
+(``requeue(..., suspended=True)``: it waits with its progress, its memory on its node's host, and
+may resume only where framework.resumes_on says), and a paused job's memory may leave its GPU in
+place (``set_resident``). A GPU's ``memory_free`` counts committed limits, which time-sharers of an
+oversubscribed GPU may push below 0; ``memory_suspended`` says how much of it is on the host.
 
 Sharing costs (:class:`Costs`) set how fast a job progresses, which only the simulator needs
 (the daemon's jobs progress as fast as the hardware lets them): see :meth:`ClusterState.rate`.
@@ -52,7 +61,7 @@ from gpuos.groups import Group
 from gpuos.jobs import Resources
 from gpuos.mig import Instance, fits_at
 from gpuos.partitions.timeslice import turn_length
-from gpuos.scheduler.framework import demand, gpu_fits, placed_request, sharing_of
+from gpuos.scheduler.framework import demand, gpu_fits, placed_request, resumes_on, sharing_of
 from gpuos.scheduler.index import NodeIndex
 from gpuos.scheduler.snapshot import (
     MILLI,
@@ -83,11 +92,20 @@ class Costs:
     - ``preemption_cost``: seconds of extra work a preempted job pays when it runs again
       (checkpoint and restart);
     - ``paused_memory``: the fraction of its memory a paused or waiting time-slice job keeps on
-      the GPU (all of it, until host offload exists);
+      the GPU: all of it where the GPU cannot suspend to host; where it can (GpuView.suspend),
+      the driver moves a paused sharer's memory out (:meth:`ClusterState.set_resident`) and an
+      oversubscribed GPU's time-sharers pay for the moves in their rate (:meth:`ClusterState.rate`);
     - ``start_latency``: seconds each start holds the GPU before the job's work begins (the
       daemon spawning its process: a fraction of a second, nothing against a trace's minutes, but
       what a replay compressed into seconds must count);
-    - ``stop_latency``: seconds a preempted job holds its GPUs while its process stops.
+    - ``stop_latency``: seconds a preempted job holds its GPUs while its process stops;
+    - ``host_link_bytes_per_s``: how fast suspend-to-host moves a job's memory each way, so a
+      suspend or a restore of B bytes takes B / this (:meth:`transfer_seconds`). 25e9 is a PCIe
+      Gen4 x16 link's achievable rate with pinned buffers (31.5 GB/s raw); the daemon's backend
+      keeps a figure per GPU model (gpuos/devices/catalog.py, 12-50 GB/s);
+    - ``atom_seconds``: how long one atom of a built-in kernel runs (kernels/atoms.py), the most a
+      high-priority kernel job waits for the GPU in a kernel executor (charged once at its start
+      beside other jobs there; see docs/scheduler.md).
     """
 
     interference: float = 0.36  # measured: two 50% MPS clients on an H100, 1.18-1.19x (docs/scheduler.md)
@@ -96,6 +114,12 @@ class Costs:
     paused_memory: float = 1.0
     start_latency: float = 0.0
     stop_latency: float = 0.0
+    host_link_bytes_per_s: float = 25e9
+    atom_seconds: float = 250e-6
+
+    def transfer_seconds(self, nbytes: int) -> float:
+        """Seconds a suspend (or a restore) of ``nbytes`` takes over the host link."""
+        return nbytes / self.host_link_bytes_per_s if self.host_link_bytes_per_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +159,10 @@ class Holding:
     paused: bool = False
     # What the job holds its GPUs by: its request, or the mode its policy chose for it.
     request: Resources | None = None
+    # False while it is suspended in place (set_resident): its memory, ``host_bytes`` of it, is
+    # on its node's host, and its limit (``place.memory``) counts in its GPU's memory_suspended.
+    resident: bool = True
+    host_bytes: int = 0
 
     @property
     def held(self) -> Resources:
@@ -305,18 +333,26 @@ class ClusterState:
         - alone on what it asked for (whole GPUs, a MIG slice, a share with no neighbour): 1;
         - an MPS share beside others: 1 / (1 + interference x the others' GPU share);
         - a time-slice sharer: its turn over the whole cycle of turns, each turn costing a
-          context switch; 0 while a higher priority shares the GPU;
+          context switch; 0 while a higher priority shares the GPU. On an oversubscribed GPU
+          whose turning sharers' limits add up beyond its memory, every turn must also bring the
+          turn's job's memory in and move as much out over the host link first (round-robin
+          defeats any cache of fewer jobs than take turns): ``2 x limit / host_link_bytes_per_s``
+          more per turn, the cycle's rate factor being turn / (turn + switch);
+        - a job in a kernel executor: its share of the top priority's weight; 0 below it;
         - paused: 0.
         """
         held = self.running[job_id]
         place = held.place
         if held.paused:
             return 0.0
-        if place.sharing not in ("mps", "timeslice"):
+        if place.sharing not in ("mps", "timeslice", "executor"):
             return 1.0
         gpu = self.nodes[held.pos].gpus[place.gpus[0]]
         if len(gpu.jobs) == 1:
             return 1.0
+        if place.sharing == "executor":
+            # Atoms switch between jobs at no cost beyond the one atom a preemptor may wait for.
+            return self._executor_shares(gpu).get(job_id, 0.0)
         if place.sharing == "mps":
             load = sum(self.running[j].place.milli for j in gpu.jobs if j != job_id
                        and not self.running[j].paused) / MILLI
@@ -325,7 +361,13 @@ class ClusterState:
         mine = turns.get(job_id, 0.0)
         if len(turns) == 1 or not mine:
             return 1.0 if mine else 0.0
-        return mine / sum(t + self.costs.context_switch for t in turns.values())
+        switch = self.costs.context_switch
+        if gpu.oversubscription > 1:
+            limits = {j: self.running[j].place.memory for j in turns}
+            if sum(limits.values()) > gpu.memory_total:
+                costs = self.costs
+                return mine / sum(t + switch + costs.transfer_seconds(2 * limits[j]) for j, t in turns.items())
+        return mine / sum(t + switch for t in turns.values())
 
     # -- the queue ------------------------------------------------------------------------------
 
@@ -338,14 +380,23 @@ class ClusterState:
             # The model keeps a job's run history; a driver resubmitting the job's record (the
             # daemon after a requeue) need not know it.
             view = replace(view, stints=known.stints)
+        if known is not None and known.suspended and not view.suspended:
+            # Nor where the model suspended it (drop_suspension forgets that).
+            view = replace(view, suspended=True, suspended_bytes=known.suspended_bytes,
+                           suspended_model=known.suspended_model, suspended_gpu=known.suspended_gpu)
+        if view.suspended and view.suspended_gpu is not None and view.suspended_gpu[0] not in self.position:
+            raise StateError(f"{view.id!r} is suspended on unknown node {view.suspended_gpu[0]!r}")
         if known is not None:
-            self._order.remove(known)
-            self._appended = None  # the dict replaces it where it stood
-        elif self._appended is not None:
-            self._appended.append(view)
-        self.pending[view.id] = view
-        self._order.add(view)
-        self._pending_tuple = None
+            self._charge_host(known, -1)
+        self._charge_host(view, 1)
+        if known is not None:
+            self._replace_pending(known, view)
+        else:
+            if self._appended is not None:
+                self._appended.append(view)
+            self.pending[view.id] = view
+            self._order.add(view)
+            self._pending_tuple = None
         if view.group:
             self._members.setdefault((view.tenant, view.group), {})[view.id] = None
 
@@ -353,6 +404,7 @@ class ClusterState:
         """A waiting job leaves the queue without running (cancelled)."""
         view = self.pending.pop(job_id, None)
         if view is not None:
+            self._charge_host(view, -1)
             self._order.remove(view)
             self._pending_tuple = self._appended = None
             if view.group:
@@ -379,6 +431,9 @@ class ClusterState:
         ``quantum`` is the policy's time slice for a time-sliced job. ``started_at``, and
         ``attained`` service up to ``since``, let a restarted daemon re-adopt a job that kept
         running meanwhile.
+
+        Placing a suspended job is its restore: only onto a GPU it may resume on
+        (framework.resumes_on), and its memory leaves the host; it runs as a job not suspended.
         """
         view = self.pending.get(place.job_id)
         if view is None:
@@ -391,6 +446,8 @@ class ClusterState:
         del self.pending[place.job_id]
         self._order.remove(view)
         self._pending_tuple = self._appended = None
+        if view.suspended:
+            view = _unsuspended(view)
         held = Holding(view, place, pos, now if started_at is None else started_at,
                        now if since is None else since,
                        view.attained_service if attained is None else attained,
@@ -408,13 +465,27 @@ class ClusterState:
             self._leave_group(held.view)
         return held, self._reshare(held, now)
 
-    def requeue(self, job_id: str, now: float) -> list[str]:
+    def requeue(self, job_id: str, now: float, suspended: bool = False, nbytes: int | None = None) -> list[str]:
         """A running job goes back to the queue (preempted, or its GPU failed) with the service it
-        earned and one more preemption; returns the jobs whose rate may have changed."""
+        earned and one more preemption; returns the jobs whose rate may have changed.
+
+        ``suspended``: preempted by suspension, not stopped. Its memory (``nbytes``, default its
+        limit on the GPU) is on its node's host and its process keeps its progress: its view waits
+        with ``suspended`` set and says where it may resume (its GPU's model and (node, index);
+        placing it is the restore). Only a single-GPU job on a GPU that can suspend, and only
+        where the host has room for the bytes (StateError otherwise: nothing changes).
+        """
+        where: tuple[str, int] | None = None
+        model = ""
+        if suspended:
+            model, where, nbytes = self._check_suspendable(job_id, nbytes, "requeue suspended")
         held = self._release(job_id, now)
         stint = Stint(held.started_at, now, held.attained - held.view.attained_service)
         view = replace(held.view, attained_service=held.attained, preemptions=held.view.preemptions + 1,
                        stints=(*held.view.stints, stint))
+        if where is not None and nbytes is not None:
+            view = replace(view, suspended=True, suspended_bytes=nbytes, suspended_model=model, suspended_gpu=where)
+            self._charge_host(view, 1)
         self.pending[job_id] = view  # not waiting while it ran: it joins the end of the queue
         if self._appended is not None:
             self._appended.append(view)
@@ -427,7 +498,55 @@ class ClusterState:
         return self._set_paused(job_id, True, now)
 
     def resume(self, job_id: str, now: float) -> list[str]:
+        """A paused job works again; one suspended in place must be made resident first."""
+        held = self.running.get(job_id)
+        if held is not None and not held.resident:
+            raise StateError(f"{job_id!r} is suspended to host memory: restore it (set_resident) before resuming")
         return self._set_paused(job_id, False, now)
+
+    def set_resident(self, job_id: str, resident: bool, now: float, nbytes: int | None = None) -> list[str]:
+        """A placed, paused job's memory left its GPU for the host (``resident`` False: ``nbytes``
+        of it, default its limit) or came back (True). It keeps its place and its GPU keeps its
+        committed limit (``memory_free``); the GPU's ``memory_suspended`` and the node's host
+        memory follow, and its view says ``suspended``. Returns the jobs whose rate may change.
+
+        Refused (StateError): a job not running, one that is not paused (pause it first: a job
+        runs only with its memory on the GPU), a multi-GPU job, a GPU that cannot suspend, a host
+        without room. Whether the resident set fits the GPU is the driver's to keep (the daemon's
+        residency rule, gpuos/partitions/residency.py): the model counts limits, not the bytes
+        a job actually holds, so it does not refuse a restore on that count.
+        """
+        held = self.running.get(job_id)
+        if held is None:
+            raise StateError(f"{job_id!r} is not running")
+        if held.resident == resident:
+            return []
+        pos, place = held.pos, held.place
+        node = self.nodes[pos]
+        if not resident:
+            if not held.paused:
+                raise StateError(f"{job_id!r} is running: pause it before moving its memory to the host")
+            _, _, nbytes = self._check_suspendable(job_id, nbytes, "suspend")
+            held.resident, held.host_bytes = False, nbytes
+            moved, host = place.memory, -nbytes
+        else:
+            moved, host = -place.memory, held.host_bytes
+            held.resident, held.host_bytes = True, 0
+        gpu = node.gpus[place.gpus[0]]
+        node = _with_gpu(node, replace(gpu, memory_suspended=gpu.memory_suspended + moved))
+        self._set_node(pos, replace(node, host_memory_free=node.host_memory_free + host))
+        self._refold(held, now, force=True)  # its view says whether it is suspended
+        return []
+
+    def drop_suspension(self, job_id: str) -> None:
+        """A waiting suspended job's host copy is gone (its restore failed, its process died): it
+        waits as a job to restart anywhere, and its node's host memory is free again."""
+        view = self.pending.get(job_id)
+        if view is None:
+            raise StateError(f"{job_id!r} is not waiting")
+        if view.suspended:
+            self._charge_host(view, -1)
+            self._replace_pending(view, _unsuspended(view))
 
     # -- devices --------------------------------------------------------------------------------
 
@@ -462,6 +581,48 @@ class ClusterState:
                                                        sharing=sharing)))
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _replace_pending(self, known: JobView, view: JobView) -> None:
+        self._order.remove(known)
+        self._appended = None  # the dict replaces it where it stood
+        self.pending[view.id] = view
+        self._order.add(view)
+        self._pending_tuple = None
+
+    def _charge_host(self, view: JobView, sign: int) -> None:
+        """A waiting suspended job's memory takes (``sign`` 1) or leaves (-1) its node's host memory."""
+        if not (view.suspended and view.suspended_bytes and view.suspended_gpu is not None):
+            return
+        pos = self.position.get(view.suspended_gpu[0])
+        if pos is not None:
+            node = self.nodes[pos]
+            self._set_node(pos, replace(node, host_memory_free=node.host_memory_free - sign * view.suspended_bytes))
+
+    def _check_suspendable(self, job_id: str, nbytes: int | None, what: str) -> tuple[str, tuple[str, int], int]:
+        """(model, (node, index), bytes) of running ``job_id``'s suspension, checked against the
+        rules (single GPU, a GPU that can suspend, room on the host); StateError names the rule."""
+        held = self.running.get(job_id)
+        if held is None:
+            raise StateError(f"{job_id!r} is not running")
+        place = held.place
+        if len(place.gpus) != 1:
+            raise StateError(f"{what} {job_id!r}: only a job on one GPU can be suspended; it holds {len(place.gpus)}")
+        node = self.nodes[held.pos]
+        gpu = node.gpus[place.gpus[0]]
+        if not gpu.suspend:
+            raise StateError(f"{what} {job_id!r}: GPU {gpu.index} of {node.name} cannot suspend to host memory")
+        if nbytes is None:
+            nbytes = place.memory if held.resident else held.host_bytes
+        if nbytes < 0:
+            raise StateError(f"{what} {job_id!r}: {nbytes} bytes is negative")
+        # What the host has for it: what is free, plus what the job holds there already (suspended
+        # in place) and, when it leaves its GPUs, its own host memory request.
+        room = node.host_memory_free + (0 if held.resident else held.host_bytes)
+        if what.startswith("requeue"):
+            room += held.view.host_memory
+        if nbytes > room:
+            raise StateError(f"{what} {job_id!r}: {node.name} has {room} bytes of host memory for its {nbytes}")
+        return gpu.model, (node.name, gpu.index), nbytes
 
     def _leave_group(self, view: JobView) -> None:
         key = (view.tenant, view.group)
@@ -515,10 +676,13 @@ class ClusterState:
         sharing = sharing_of(request)
         if place.sharing != sharing or place.mig_profile != request.mig_profile:
             raise StateError(f"placement {place} shares the GPU unlike the job asks ({sharing or 'exclusive'})")
+        if view.suspended and not all(resumes_on(view, node, g) for g in gpus):
+            raise StateError(f"placement {place} restores suspended {view.id!r} where it cannot resume "
+                             f"(suspended on {view.suspended_model or 'a GPU'} {view.suspended_gpu})")
         taken: dict[int, GpuView] = {}
         for gpu in gpus:
             milli, memory = demand(request, gpu)
-            weight = (request.gpu_milli or MILLI) if request.timeslice else milli
+            weight = (request.gpu_milli or MILLI) if (request.timeslice or request.executor) else milli
             if (weight, memory) != (place.milli, place.memory):
                 raise StateError(f"placement {place} disagrees with the job's demand ({weight}, {memory})")
             instances, slices = gpu.mig_instances, gpu.mig_slices_used
@@ -530,12 +694,16 @@ class ClusterState:
             taken[gpu.index] = GpuView(
                 gpu.index, gpu.model, gpu.memory_total, gpu.memory_free - memory, gpu.milli_free - milli,
                 gpu.healthy, gpu.uuid, gpu.mig_profiles, slices, gpu.jobs + (view.id,), sharing, instances,
+                suspend=gpu.suspend, oversubscription=gpu.oversubscription, memory_suspended=gpu.memory_suspended,
             )
+        # A suspended job's memory leaves its node's host as it is restored (framework._take alike).
+        restored = view.suspended_bytes if view.suspended and view.suspended_gpu is not None else 0
         return NodeView(
             node.name,
             tuple([taken.get(g.index, g) for g in node.gpus]),
             node.cpu_milli_free - view.cpu_milli,
-            node.host_memory_free - view.host_memory,
+            node.host_memory_free - view.host_memory + restored,
+            node.cross_gpu_restore,
         ), request
 
     def _release(self, job_id: str, now: float) -> Holding:
@@ -562,12 +730,16 @@ class ClusterState:
             freed[index] = GpuView(
                 gpu.index, gpu.model, gpu.memory_total, gpu.memory_free + memory, gpu.milli_free + milli,
                 gpu.healthy, gpu.uuid, gpu.mig_profiles, slices, jobs, sharing, instances,
+                suspend=gpu.suspend, oversubscription=gpu.oversubscription,
+                memory_suspended=gpu.memory_suspended - (0 if held.resident else memory),
             )
+        # A job suspended in place leaves the host too (a suspended requeue charges it again).
         self._set_node(held.pos, NodeView(
             node.name,
             tuple([freed.get(g.index, g) for g in node.gpus]),
             node.cpu_milli_free + held.view.cpu_milli,
-            node.host_memory_free + held.view.host_memory,
+            node.host_memory_free + held.view.host_memory + held.host_bytes,
+            node.cross_gpu_restore,
         ))
         return held
 
@@ -594,10 +766,24 @@ class ClusterState:
         mean = sum(h.place.milli for h in turning) / len(turning)
         return {h.view.id: turn_length(h.quantum, h.place.milli, mean) for h in turning}
 
+    def _executor_shares(self, gpu: GpuView) -> dict[str, float]:
+        """Each unpaused job's share of ``gpu``'s kernel executor (its rule, gpuos.kernels.executor:
+        atoms go to the top priority present, split by weight among equals; a lower priority gets
+        none while a higher one is present)."""
+        jobs = [self.running[j] for j in gpu.jobs if not self.running[j].paused]
+        if not jobs:
+            return {}
+        top = max(h.view.priority for h in jobs)
+        served = [h for h in jobs if h.view.priority == top]
+        total = sum(h.place.milli for h in served)
+        return {h.view.id: h.place.milli / total for h in served}
+
     def _share_of(self, held: Holding) -> float:
         if held.paused:
             return 0.0
         place = held.place
+        if place.sharing == "executor":
+            return self._executor_shares(self.nodes[held.pos].gpus[place.gpus[0]]).get(held.view.id, 0.0)
         if place.sharing == "timeslice":
             turns = self._turns(self.nodes[held.pos].gpus[place.gpus[0]])
             mine = turns.get(held.view.id, 0.0)
@@ -611,7 +797,7 @@ class ClusterState:
         every job whose share changes. Returns the other jobs on its GPUs whose rate may change."""
         if changed.view.id in self.running:
             self._refold(changed, now)
-        if changed.place.sharing not in ("mps", "timeslice"):
+        if changed.place.sharing not in ("mps", "timeslice", "executor"):
             return []
         node = self.nodes[changed.pos]
         others = [j for i in changed.place.gpus for j in node.gpus[i].jobs if j != changed.view.id]
@@ -637,6 +823,13 @@ class ClusterState:
             held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
             place.node, place.gpus, held.paused, view.preemptions, held.share, held.since, view.stints,
             view.group,
+        ) if held.resident else JobView(
+            view.id, held.held, view.tenant, view.priority, view.qos, view.submitted_at,
+            held.started_at, held.attained, view.estimated_seconds, view.cpu_milli, view.host_memory,
+            place.node, place.gpus, held.paused, view.preemptions, held.share, held.since, view.stints,
+            view.group, suspended=True, suspended_bytes=held.host_bytes,
+            suspended_model=self.nodes[held.pos].gpus[place.gpus[0]].model,
+            suspended_gpu=(place.node, place.gpus[0]),
         )
         self._running_tuple = None
 
@@ -646,7 +839,11 @@ def _gpus_wanted(request: Resources) -> int:
     a CPU-only job, one for a share, a turn or a MIG slice, else the whole GPUs it asks."""
     if not (request.gpus or request.gpu_milli or request.mig_profile):
         return 0
-    return 1 if request.gpu_milli or request.mig_profile or request.timeslice else request.gpus
+    return 1 if request.gpu_milli or request.mig_profile or request.timeslice or request.executor else request.gpus
+
+
+def _unsuspended(view: JobView) -> JobView:
+    return replace(view, suspended=False, suspended_bytes=0, suspended_model="", suspended_gpu=None)
 
 
 def _with_gpu(node: NodeView, gpu: GpuView) -> NodeView:

@@ -73,7 +73,11 @@ def _kill_leftover_jobs(state: Path) -> None:
     import psutil
 
     for proc in psutil.process_iter(["cmdline"]):
-        if "gpuos.devices.sim_mps" in (proc.info.get("cmdline") or []):
+        cmdline = proc.info.get("cmdline") or []
+        if "gpuos.kernels.executor" in cmdline and any(a.startswith(f"{state}-executor/") for a in cmdline):
+            proc.kill()  # a kernel executor outlives gpuosd (a restarted one adopts it)
+            continue
+        if "gpuos.devices.sim_mps" in cmdline:
             try:
                 if proc.environ().get("CUDA_MPS_PIPE_DIRECTORY", "").startswith(str(state)):
                     proc.kill()

@@ -187,6 +187,7 @@ def test_every_field_of_a_spec_survives_the_store_text() -> None:
         resources=Resources(gpus=2, gpu_milli=0, memory_bytes=7, mig_profile="", gpu_types=("H100",), sharing="mps"),
         priority=Priority.HIGH, tenant="t", qos=Qos.LS, env=(("A", "1"),), cwd="/w", estimated_seconds=3.5,
         reservation_keys=("r1",), group="g", dedupe_key="sha256:x",
+        slo_p99_seconds=0.02,
     )
     # A field left at its default would hide one the writer forgets.
     defaults = JobSpec(name="", kind=JobKind.PROCESS, resources=Resources())

@@ -28,7 +28,7 @@ def admit(spec: JobSpec, devices: list[DeviceInfo], mps_available: bool = True) 
         require_runtime()
     if not devices:
         raise ResourceExhausted("this machine has no GPUs under gpuos")
-    if request.gpu_milli and not request.timeslice and not mps_available:
+    if request.gpu_milli and not (request.timeslice or request.executor) and not mps_available:
         raise FailedPrecondition(
             "resources.gpu_fraction: this machine has no MPS to share a GPU by fraction; "
             "submit with sharing timeslice (gpuosctl submit --share timeslice) instead"

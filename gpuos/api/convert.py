@@ -13,6 +13,7 @@ from gpuos.dedupe import check_key
 from gpuos.errors import InvalidArgument
 from gpuos.groups import Group, GroupSpec, check_budget, check_name, parse_mode
 from gpuos.jobs import (
+    EXECUTOR,
     TIMESLICE,
     Event,
     Job,
@@ -25,6 +26,7 @@ from gpuos.jobs import (
     Resources,
 )
 from gpuos.kernels.registry import get_kernel
+from gpuos.partitions.slo import ColocationStatus
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.snapshot import MILLI
 from gpuos.text import escape, quote, require_printable
@@ -53,7 +55,9 @@ DEFAULT_ARG_MAX = 2 * 1024 * 1024
 MAX_ARG_MAX = 4 * 1024 * 1024
 # No GPU has a petabyte; a value this large is a typo or garbage, not a request.
 ABSURD_MEMORY = 1 << 50
-SHARING_MODES = ("", "mps", TIMESLICE)
+# A request's latency target beyond a day is a unit mistake, not a service level.
+MAX_SLO_SECONDS = 86400.0
+SHARING_MODES = ("", "mps", TIMESLICE, EXECUTOR)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+[a-z]+)?$")
@@ -162,7 +166,7 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
         raise InvalidArgument("resources.gpu_types", "contains an empty name")
     sharing = r.sharing.strip().lower()
     if sharing not in SHARING_MODES:
-        raise InvalidArgument("resources.sharing", f"{quote(r.sharing)} is not one of mps, timeslice (or empty)")
+        raise InvalidArgument("resources.sharing", f"{quote(r.sharing)} is not one of mps, timeslice, executor (or empty)")
     if sharing == "mps" and not milli:
         raise InvalidArgument("resources.sharing", "mps shares a GPU by fraction; also set a gpu_fraction below 1")
     # "mps" stays: it pins the mode, where an empty one lets the policy choose (Policy.share).
@@ -170,6 +174,8 @@ def resources_from_pb(r: common_pb2.Resources) -> Resources:
         raise InvalidArgument("resources.sharing", "a MIG slice is not shared; leave sharing empty")
     if sharing == TIMESLICE and gpus != 1:
         raise InvalidArgument("resources.gpus", "a time-shared job takes turns on one GPU; ask for 1")
+    if sharing == EXECUTOR and gpus != 1:
+        raise InvalidArgument("resources.gpus", "an executor job runs in one GPU's kernel executor; ask for 1")
     return Resources(gpus=gpus, gpu_milli=milli, memory_bytes=memory, mig_profile=mig, gpu_types=types,
                      sharing=sharing)
 
@@ -230,10 +236,16 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
     if not math.isfinite(estimate) or estimate < 0:
         raise InvalidArgument("estimated_seconds", f"{estimate} is not a non-negative number of seconds")
     group = check_name(spec.group.strip()) if spec.group.strip() else ""
+    slo = check_slo(spec.slo_p99_seconds, qos)
+    resources = resources_from_pb(spec.resources)
+    if resources.executor and job_kind != JobKind.KERNEL:
+        # The executor runs built-in kernels in its own process; a program of the user's cannot join it.
+        raise InvalidArgument("resources.sharing", "executor runs kernel jobs only; a process job shares by "
+                              "mps or timeslice")
     return JobSpec(
         name=name or _default_name(command, kernel),
         kind=job_kind,
-        resources=resources_from_pb(spec.resources),
+        resources=resources,
         command=command,
         kernel=kernel,
         params=params,
@@ -245,7 +257,20 @@ def spec_from_pb(spec: jobs_pb2.JobSpec, tenant: str) -> JobSpec:
         estimated_seconds=estimate,
         group=group,
         dedupe_key=check_key(spec.dedupe_key) if spec.dedupe_key else "",
+        slo_p99_seconds=slo,
     )
+
+
+def check_slo(seconds: float, qos: Qos) -> float:
+    """A submitted p99 latency target: 0 (none), or a positive number of seconds up to a day
+    for a latency-class job; the best-effort jobs are what gets throttled to hold one."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument("slo_p99_seconds", f"{seconds} is not a non-negative number of seconds")
+    if seconds > MAX_SLO_SECONDS:
+        raise InvalidArgument("slo_p99_seconds", f"{seconds:g} s is absurd for a request's latency (at most a day)")
+    if seconds and not qos.latency_sensitive:
+        raise InvalidArgument("slo_p99_seconds", "only a latency-sensitive job (qos LS) may declare an SLO")
+    return seconds
 
 
 def group_options_from_pb(request: jobs_pb2.SubmitRequest) -> GroupSpec | None:
@@ -301,9 +326,11 @@ def resources_to_pb(r: Resources) -> common_pb2.Resources:
     return out
 
 
-def job_to_pb(job: Job, progress: KernelProgress | None = None, waiting: WaitReason | None = None) -> jobs_pb2.Job:
+def job_to_pb(job: Job, progress: KernelProgress | None = None, waiting: WaitReason | None = None,
+              colocation: ColocationStatus | None = None) -> jobs_pb2.Job:
     """``job`` as the API shows it; ``progress`` is a kernel worker's report (see gpuos.kernels.worker),
-    ``waiting`` why the scheduler's latest round left it pending (shown only while it is pending)."""
+    ``waiting`` why the scheduler's latest round left it pending (shown only while it is pending),
+    ``colocation`` what SLO-driven colocation measures and does for it (gpuos/daemon/colocation.py)."""
     spec = job.spec
     out = jobs_pb2.Job(
         id=job.id,
@@ -328,6 +355,7 @@ def job_to_pb(job: Job, progress: KernelProgress | None = None, waiting: WaitRea
             estimated_seconds=spec.estimated_seconds,
             group=spec.group,
             dedupe_key=spec.dedupe_key,
+            slo_p99_seconds=spec.slo_p99_seconds,
         ),
     )
     if job.exit_code is not None:
@@ -346,10 +374,23 @@ def job_to_pb(job: Job, progress: KernelProgress | None = None, waiting: WaitRea
         out.progress.CopyFrom(progress_to_pb(progress))
     if waiting is not None and job.state == JobState.PENDING:
         out.waiting.CopyFrom(jobs_pb2.WaitReason(kind=waiting.kind.value, message=waiting.message))
+    if colocation is not None:
+        out.colocation.CopyFrom(colocation_to_pb(colocation))
     for name in ("created_at", "started_at", "finished_at"):
         ts = _timestamp(getattr(job, name))
         if ts is not None:
             getattr(out, name).CopyFrom(ts)
+    return out
+
+
+def colocation_to_pb(status: ColocationStatus) -> jobs_pb2.Colocation:
+    out = jobs_pb2.Colocation(
+        slo_p99_seconds=status.slo_p99_seconds, p99_seconds=status.p99_seconds, attainment=status.attainment,
+        samples=status.samples, neighbour_share=status.neighbour_share, share=status.share, reason=status.reason,
+        suspended=status.suspended,
+    )
+    if status.right_share is not None:
+        out.right_share = status.right_share
     return out
 
 

@@ -219,7 +219,7 @@ class JobServicer(_Base):
     def _job_pb(self, job: Job) -> jobs_pb2.Job:
         progress = self.service.kernel_progress(job.id) if job.spec.kind == JobKind.KERNEL else None
         waiting = self.service.waiting(job.id) if job.state == JobState.PENDING else None
-        return convert.job_to_pb(job, progress, waiting)
+        return convert.job_to_pb(job, progress, waiting, self.service.colocation(job.id) if job.state.active else None)
 
     @_handled
     def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
@@ -452,6 +452,8 @@ class DeviceServicer(_Base):
         if not uuids or len(set(uuids)) != len(uuids):
             raise InvalidArgument("gpu_uuids", "name one or more distinct GPUs by UUID")
         resources = convert.resources_from_pb(request.resources)
+        if resources.executor:
+            raise InvalidArgument("resources.sharing", "executor runs gpuosd's kernel jobs; a reservation cannot use it")
         if resources.gpu_milli or resources.mig_profile or resources.timeslice:
             if len(uuids) != 1:
                 raise InvalidArgument("gpu_uuids", "a share or a MIG slice is on exactly one GPU")
@@ -481,10 +483,26 @@ class DeviceServicer(_Base):
         uuids = tuple(convert._text(u, "gpu_uuids", 128) for u in request.gpu_uuids)
         return devices_pb2.RankResponse(gpu_uuids=self.service.rank(resources, uuids))
 
+    @_handled
+    def Drain(self, request: devices_pb2.DrainRequest, context: grpc.ServicerContext) -> devices_pb2.DrainReply:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not drain GPUs; only admins may")
+        service = self.service
+        if request.index >= len(service.devices):
+            raise InvalidArgument("index", f"there is no GPU {request.index}; GPUs are 0..{len(service.devices) - 1}")
+        if request.undrain and request.requeue:
+            raise InvalidArgument("requeue", "applies to a drain, not to an undrain")
+        plan = service.drain(request.index, undrain=request.undrain, requeue=request.requeue)
+        device = next(d for d in self._devices(who) if d.index == request.index)
+        return devices_pb2.DrainReply(device=device, message=plan.message, migrating=list(plan.migrate),
+                                      requeued=list(plan.requeue), staying=list(plan.stay))
+
     def _devices(self, who: Identity) -> list[devices_pb2.Device]:
         service = self.service
         statuses = {s.index: s for s in service.statuses()}
         active = [j for j in service.store.placed() if j.placement is not None]
+        draining = service.draining()
         out = []
         for info in service.devices:
             status = statuses.get(info.index)
@@ -518,6 +536,11 @@ class DeviceServicer(_Base):
                 for m in service.mig_instances(info.index)
             )
             device.mps_daemon_running = service.mps_running(info.index)
+            suspend = service.suspend_support
+            device.suspend_supported = suspend.supported
+            device.suspend_detail = suspend.detail
+            device.suspend_cross_gpu = suspend.cross_gpu
+            device.draining = info.index in draining
             for job in holders:
                 placement = job.placement
                 assert placement is not None

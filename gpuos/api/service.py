@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gpuos.api.identity import Authenticator
-from gpuos.devices.backend import DeviceInfo, DeviceStatus, MigInstance
+from gpuos.devices.backend import DeviceInfo, DeviceStatus, MigInstance, SuspendSupport
+from gpuos.draining import DrainPlan
 from gpuos.groups import Group, GroupSpec
 from gpuos.jobs import Event, Job, JobSpec, JobState, KernelProgress, Priority, Resources
+from gpuos.partitions.slo import ColocationStatus
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.policy import Policy
 from gpuos.store import JobPage, Submitted
@@ -103,6 +105,11 @@ class DaemonService(Protocol):
 
     def mps_running(self, index: int) -> bool: ...
 
+    @property
+    def suspend_support(self) -> SuspendSupport:
+        """Whether jobs can be suspended to host memory here (detected at start), and how or why not."""
+        ...
+
     # -- jobs the controller knows more of than the store -------------------------------------
 
     def wake(self) -> None:
@@ -110,6 +117,10 @@ class DaemonService(Protocol):
         ...
 
     def kernel_progress(self, job_id: str) -> KernelProgress | None: ...
+
+    def colocation(self, job_id: str) -> ColocationStatus | None:
+        """What SLO-driven colocation measures (a job with an SLO) or does (a throttled neighbour)."""
+        ...
 
     def service_of(self, job: Job) -> float:
         """GPU-seconds of service ``job`` has had up to now (running jobs' included)."""
@@ -138,6 +149,17 @@ class DaemonService(Protocol):
         ...
 
     def crash_mps_daemon(self, index: int) -> None: ...
+
+    # -- draining (admins only; the servicer checks) -------------------------------------------
+
+    def drain(self, index: int, *, undrain: bool, requeue: bool) -> DrainPlan:
+        """Take GPU ``index`` out of service (its jobs move, finish or are requeued: gpuos.draining)
+        or, with ``undrain``, put it back."""
+        ...
+
+    def draining(self) -> frozenset[int]:
+        """The GPUs taken out of service."""
+        ...
 
     def check_now(self) -> None:
         """Run the health checks now, so the fault just injected shows in the next reply."""

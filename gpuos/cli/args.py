@@ -126,6 +126,18 @@ def byte_size(text: str) -> int:
     return value
 
 
+def slo_duration(text: str) -> float:
+    """A p99 latency target such as 20ms, 1.5s or 250us, as seconds: above 0, at most a day."""
+    from gpuos.units import parse_duration
+
+    value = _checked(lambda: parse_duration(text))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{quote(text, 40)} is not a positive duration")
+    if value > 86400:
+        raise argparse.ArgumentTypeError(f"{quote(text, 40)} is absurd for a request's latency (at most a day)")
+    return value
+
+
 def key_value(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` as a pair; KEY is not empty."""
     key, sep, value = text.partition("=")

@@ -4,7 +4,7 @@ Each non-blank line is one JSON object whose keys are the keyword arguments of
 :meth:`gpuos.Client.submit` (``command`` or ``kernel`` and ``params``, ``name``, ``gpus``,
 ``gpu_fraction``, ``memory``, ``mig_profile``, ``gpu_types``, ``sharing``, ``priority``, ``qos``,
 ``tenant``, ``env``, ``cwd``, ``estimated_seconds``, ``idempotency_key``, ``group``,
-``group_mode``, ``group_budget``, ``dedupe_key``). Unlike a single ``submit``, a line's job gets
+``group_mode``, ``group_budget``, ``dedupe_key``, ``slo_p99``: "20ms" or seconds). Unlike a single ``submit``, a line's job gets
 only the environment its ``env`` names (the caller's environment copied into 10,000 jobs would
 outgrow a request); a command job's ``cwd`` defaults to the caller's directory, as for ``submit``.
 ``--tenant``, ``--group``, ``--group-mode`` and ``--group-budget`` on the command line fill in
@@ -134,7 +134,7 @@ FIELDS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
     "mig_profile": _text,
     "gpu_types": _strings,
-    "sharing": _choice("", "mps", "timeslice"),
+    "sharing": _choice("", "mps", "timeslice", "executor"),
     "priority": _choice("high", "normal", "low"),
     "qos": _choice("", "LS", "BE"),
     "tenant": _text,
@@ -146,6 +146,7 @@ FIELDS: dict[str, Callable[[object], object]] = {
     "group_mode": lambda v: checked.group_mode(_text(v)),
     "group_budget": lambda v: checked.group_budget(_number(v)),
     "dedupe_key": lambda v: checked.dedupe_key(_text(v)),
+    "slo_p99": lambda v: checked.slo_duration(v if isinstance(v, str) else _number(v)),
 }
 
 

@@ -30,6 +30,7 @@ from gpuos.cli.args import (
     positive_float,
     positive_int,
     sequence_number,
+    slo_duration,
 )
 from gpuos.cli.evolve import add_evolve_parser, run_evolve
 from gpuos.cli.group import add_group_parser, run_group
@@ -70,13 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=byte_size, help="GPU memory per GPU, e.g. 8GiB")
     p.add_argument("--mig-profile", default="", help="a MIG slice, e.g. 1g.10gb")
     p.add_argument("--gpu-type", action="append", default=[], help="allowed GPU model (repeatable)")
-    p.add_argument("--share", default="", choices=["", "mps", "timeslice"],
-                   help="how to share a GPU: mps or timeslice (take turns); unset, the policy chooses "
+    p.add_argument("--share", default="", choices=["", "mps", "timeslice", "executor"],
+                   help="how to share a GPU: mps, timeslice (take turns) or executor (a --kernel job in the "
+                        "GPU's shared kernel executor, by priority); unset, the policy chooses "
                         "for a --gpu-fraction (MPS unless it says otherwise)")
     p.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
     p.add_argument("--tenant", default="", help="submit for this tenant (admins only; default: you)")
     p.add_argument("--qos", default="", choices=["", "LS", "BE", "ls", "be"], help="LS latency-sensitive, BE best-effort")
     p.add_argument("--estimate", type=non_negative_float, default=0.0, help="your estimate of the run time, in seconds")
+    p.add_argument("--slo-p99", type=slo_duration, metavar="DURATION",
+                   help="with --qos LS: a target for the p99 of the job's request latency, e.g. 20ms (the job "
+                        "reports each request with gpuos.report_latency; kernel jobs report each step); gpuosd "
+                        "throttles the best-effort jobs sharing its GPU to hold it")
     p.add_argument("--env", action="append", type=key_value, default=[], help="KEY=VALUE for the job (repeatable)")
     p.add_argument("--no-env", action="store_true", help="do not pass your environment on to the job")
     p.add_argument("--kernel", default="", help="a built-in kernel instead of a command (see `gpuosctl kernels`)")
@@ -151,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
     p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
     p.add_argument("gpu", type=non_negative_int)
+    p = sub.add_parser("drain", help="admins: take a GPU out of service, moving its jobs to another GPU where "
+                                     "the driver can")
+    p.add_argument("gpu", type=non_negative_int)
+    p.add_argument("--requeue", action="store_true",
+                   help="stop and requeue for a restart the jobs that cannot move (default: they finish there)")
+    p = sub.add_parser("undrain", help="admins: put a drained GPU back into service")
+    p.add_argument("gpu", type=non_negative_int)
     return parser
 
 
@@ -219,6 +232,11 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                     print(f"message: {escape(job.message)}")
                 if job.HasField("waiting"):
                     print(f"waiting: {escape(job.waiting.message)}")
+                if job.HasField("colocation"):
+                    for line in output.colocation_lines(job.colocation):
+                        print(escape(line))
+                elif job.spec.slo_p99_seconds:
+                    print(f"slo: p99 target {job.spec.slo_p99_seconds * 1e3:.3g} ms (measured while it runs)")
                 if job.HasField("progress"):
                     p = job.progress
                     print(f"progress: {p.steps_done}/{p.steps_total} steps, last {p.last_latency_ms:.3f} ms, "
@@ -253,6 +271,15 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         elif args.cmd == "fault":
             device = client.inject_fault(args.gpu, args.kind)
             print(output.dumps(output.device_dict(device)) if as_json else output.devices_table([device]))
+        elif args.cmd in ("drain", "undrain"):
+            drained = client.drain(args.gpu, undrain=args.cmd == "undrain", requeue=getattr(args, "requeue", False))
+            if as_json:
+                print(output.dumps({"message": drained.message, "migrating": list(drained.migrating),
+                                    "requeued": list(drained.requeued), "staying": list(drained.staying),
+                                    "device": output.device_dict(drained.device)}))
+            else:
+                print(output.devices_table([drained.device]))
+                print(drained.message)
         elif args.cmd == "top":
             _top(client, args.interval, args.iterations)
         elif args.cmd == "policy":
@@ -293,7 +320,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
 _PER_LINE = {"name": "--name", "gpus": "--gpus", "gpu_fraction": "--gpu-fraction", "memory": "--memory",
              "mig_profile": "--mig-profile", "gpu_type": "--gpu-type", "share": "--share", "qos": "--qos",
              "estimate": "--estimate", "env": "--env", "no_env": "--no-env", "kernel": "--kernel",
-             "param": "--param", "wait": "--wait", "dedupe_key": "--dedupe-key"}
+             "param": "--param", "wait": "--wait", "dedupe_key": "--dedupe-key", "slo_p99": "--slo-p99"}
 
 
 def _submit(client, args: argparse.Namespace, command: list[str], as_json: bool) -> int:  # type: ignore[no-untyped-def]
@@ -311,6 +338,10 @@ def _submit(client, args: argparse.Namespace, command: list[str], as_json: bool)
         return _submit_file(client, args, command, as_json)
     if bool(command) == bool(args.kernel):
         return fail("submit: give either a command after -- or --kernel NAME")
+    if args.share == "executor" and not args.kernel:
+        return fail("--share: executor runs --kernel jobs only; a command shares a GPU by mps or timeslice")
+    if args.share == "executor" and args.gpus not in (None, 1):
+        return fail("--gpus: an executor job runs in one GPU's kernel executor; ask for 1")
     env = {} if args.no_env or args.kernel else current_env()
     env.update(dict(args.env))
     kwargs = dict(
@@ -320,7 +351,10 @@ def _submit(client, args: argparse.Namespace, command: list[str], as_json: bool)
         env=env, cwd=os.getcwd() if not args.kernel else "", estimated_seconds=args.estimate,
         group=args.group or "", group_mode=args.group_mode or "", group_budget=args.group_budget,
         dedupe_key=args.dedupe_key or "",
+        slo_p99=args.slo_p99 or 0.0,
     )
+    if args.slo_p99 and args.qos.upper() != "LS":
+        return fail("--slo-p99: only a latency-sensitive job may declare an SLO; add --qos LS")
     if args.dedupe:
         try:
             kwargs["dedupe_key"] = _dedupe_key(kwargs, args)

@@ -98,7 +98,40 @@ def job_dict(job: jobs_pb2.Job) -> dict[str, Any]:
         "finished_at": _time(job.finished_at, job.HasField("finished_at")),
         "progress": progress_dict(job.progress) if job.HasField("progress") else None,
         "waiting": {"kind": job.waiting.kind, "message": job.waiting.message} if job.HasField("waiting") else None,
+        "slo_p99_seconds": spec.slo_p99_seconds or None,
+        "colocation": colocation_dict(job.colocation) if job.HasField("colocation") else None,
     }
+
+
+def colocation_dict(c: jobs_pb2.Colocation) -> dict[str, Any]:
+    """SLO-driven colocation's figures: for a job with an SLO, or for a throttled neighbour."""
+    if c.slo_p99_seconds:
+        return {
+            "slo_p99_seconds": c.slo_p99_seconds,
+            "p99_seconds": round(c.p99_seconds, 6),
+            "attainment": round(c.attainment, 4),
+            "samples": c.samples,
+            "neighbour_share": round(c.neighbour_share, 3),
+            "right_share": round(c.right_share, 3) if c.HasField("right_share") else None,
+            "reason": c.reason,
+        }
+    return {"share": round(c.share, 3), "suspended": c.suspended, "reason": c.reason}
+
+
+def colocation_lines(c: jobs_pb2.Colocation) -> list[str]:
+    """``gpuosctl get``'s lines for :func:`colocation_dict`'s figures."""
+    if c.slo_p99_seconds:
+        right = f"{c.right_share:.0%}" if c.HasField("right_share") else "not yet known"
+        neighbours = "suspended" if c.suspended else f"{c.neighbour_share:.0%} of the time"
+        return [f"slo: p99 {_duration(c.p99_seconds)} over {c.samples} requests, target {_duration(c.slo_p99_seconds)}, "
+                f"{c.attainment:.1%} within it",
+                f"best-effort neighbours: {neighbours}; right-sized share {right}" + (f" ({c.reason})" if c.reason else "")]
+    state = "suspended" if c.suspended else f"share {c.share:.0%} of the time"
+    return [f"throttled: {state}, for {c.reason}" if c.reason else f"throttled: {state}"]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 def progress_dict(p: jobs_pb2.KernelProgress) -> dict[str, Any]:
@@ -214,6 +247,8 @@ def device_dict(d: devices_pb2.Device) -> dict[str, Any]:
         "mig_profiles": [p.name for p in d.mig_profiles],
         "mig_instances": [{"profile": m.profile, "start": m.start, "uuid": m.uuid} for m in d.mig_instances],
         "mps_daemon_running": d.mps_daemon_running,
+        "draining": d.draining,
+        "suspend": {"supported": d.suspend_supported, "cross_gpu": d.suspend_cross_gpu, "detail": d.suspend_detail},
         "allocations": [
             {
                 "job_id": a.job_id,
@@ -245,10 +280,17 @@ def devices_table(devices: Sequence[devices_pb2.Device]) -> str:
         if d.mps_daemon_running:
             sharing += " (mps daemon up)"
         rows.append([
-            d.index, d.model, "ok" if d.healthy else "FAILED", f"{d.utilization_pct:.0f}%",
-            f"{format_bytes(d.memory_used)} / {format_bytes(d.memory_total)}", sharing, holders,
+            d.index, d.model, ("ok" if d.healthy else "FAILED") + (" draining" if d.draining else ""),
+            f"{d.utilization_pct:.0f}%",
+            f"{format_bytes(d.memory_used)} / {format_bytes(d.memory_total)}", sharing,
+            ("any GPU of model" if d.suspend_cross_gpu else "same GPU") if d.suspend_supported else "no",
+            holders,
         ])
-    return table(["GPU", "MODEL", "HEALTH", "UTIL", "MEMORY", "SHARING", "JOBS (id:partition share used/limit)"], rows)
+    out = table(["GPU", "MODEL", "HEALTH", "UTIL", "MEMORY", "SHARING", "SUSPEND",
+                 "JOBS (id:partition share used/limit)"], rows)
+    # Detected once per machine, so said once: how jobs are suspended to host, or why they cannot be.
+    details = dict.fromkeys(d.suspend_detail for d in devices if d.suspend_detail)
+    return "\n".join([out, *(f"suspend-to-host: {text}" for text in details)])
 
 
 def dumps(data: Any) -> str:

@@ -455,7 +455,7 @@ class _Sampler:
         node = _node_of(devices)
         healthy = sum(g.healthy for g in node.gpus)
         allocated = sum(
-            MILLI if g.jobs and g.sharing in ("", "timeslice") else (MILLI - g.milli_free if g.healthy else 0)
+            MILLI if g.jobs and g.sharing in ("", "timeslice", "executor") else (MILLI - g.milli_free if g.healthy else 0)
             for g in node.gpus
         )
         capacity = max(1, healthy) * MILLI

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
-from gpuos.devices.backend import DeviceInfo
+from gpuos.devices.backend import DeviceInfo, SuspendSupport
 from gpuos.groups import Group
 from gpuos.jobs import Job, JobState
 from gpuos.mig import Instance
@@ -55,12 +56,21 @@ def place_of(job: Job) -> Place:
 class Cluster:
     """The model of this machine, kept in step with the store."""
 
-    def __init__(self, devices: Sequence[DeviceInfo]) -> None:
+    def __init__(self, devices: Sequence[DeviceInfo], suspend: SuspendSupport | None = None,
+                 oversubscription: float = 1.0) -> None:
+        # Jobs here can be suspended to host memory only where the backend detected it at start;
+        # only then may time-sharers' limits add up past a GPU's memory (the daemon's config).
+        can = suspend is not None and suspend.supported
         gpus = tuple(
-            GpuView(d.index, d.model, d.memory_total, d.memory_total, uuid=d.uuid, mig_profiles=d.mig_profiles)
+            GpuView(d.index, d.model, d.memory_total, d.memory_total, uuid=d.uuid, mig_profiles=d.mig_profiles,
+                    suspend=can, oversubscription=oversubscription if can else 1.0)
             for d in devices
         )
-        self.state = ClusterState([NodeView(NODE, gpus)])
+        cross = can and suspend is not None and suspend.cross_gpu
+        self.state = ClusterState([NodeView(NODE, gpus, cross_gpu_restore=cross)])
+        # A GPU counts as healthy in the model when health says so and it is not being drained.
+        self._healthy: dict[int, bool] = {d.index: True for d in devices}
+        self._draining: set[int] = set()
         # The store record each waiting job's view was built from: an unchanged record (the store
         # hands out the same object until it changes) keeps its view.
         self._synced: dict[str, Job] = {}
@@ -89,8 +99,18 @@ class Cluster:
         if job.id in self.state.running:
             return
         if self._synced.get(job.id) is not job:
-            self.state.submit(job_view(job))
+            self.state.submit(self._waiting_view(job))
             self._synced[job.id] = job
+
+    def _waiting_view(self, job: Job) -> JobView:
+        """``job_view``, and for a job suspended to host where it may resume (the store keeps
+        that for a restart; the model keeps it while it runs)."""
+        view = job_view(job)
+        if job.state != JobState.PENDING or not job.suspended:
+            return view
+        model = self.state.gpu(NODE, job.suspended_from).model
+        return replace(view, suspended=True, suspended_bytes=job.suspended_bytes, suspended_model=model,
+                       suspended_gpu=(NODE, job.suspended_from))
 
     def place(self, place: Place, now: float, quantum: float) -> None:
         """Raises StateError when the model refuses it (then nothing changed)."""
@@ -107,11 +127,64 @@ class Cluster:
         else:
             self.state.finish(job_id, now)
 
+    # -- suspend-to-host (the lifecycle applies each transfer's end) -----------------------------
+
+    def requeue_suspended(self, job: Job, now: float) -> None:
+        """``job`` (the store's record after the change) was preempted by suspension: back to
+        the queue with its memory on the host, to resume where the model says it may."""
+        if job.id not in self.state.running:
+            return
+        try:
+            self.state.requeue(job.id, now, suspended=True, nbytes=job.suspended_bytes)
+        except StateError as exc:
+            # The model sees no room for it on the host; it waits as a job to be placed anew,
+            # and the lifecycle refuses a place its suspended process cannot resume on.
+            log.warning("job %s: the model refused it as suspended (%s); it waits unsuspended", job.id, exc)
+            self.state.requeue(job.id, now)
+        self._synced[job.id] = job
+
+    def set_resident(self, job_id: str, resident: bool, now: float, nbytes: int | None = None) -> None:
+        """A placed job's memory left its GPU (``resident`` False; it is paused meanwhile) or came
+        back (True; it runs again)."""
+        state = self.state
+        if job_id not in state.running:
+            return
+        try:
+            if not resident:
+                state.pause(job_id, now)
+                state.set_resident(job_id, False, now, nbytes)
+            else:
+                state.set_resident(job_id, True, now)
+                state.resume(job_id, now)
+        except StateError as exc:
+            log.warning("job %s: the model could not follow its memory %s (%s)", job_id,
+                        "back to the GPU" if resident else "to the host", exc)
+
+    def drop_suspension(self, job_id: str) -> None:
+        """A waiting suspended job's host copy is gone: it waits to restart anywhere."""
+        if job_id in self.state.pending:
+            self.state.drop_suspension(job_id)
+
     # -- devices --------------------------------------------------------------------------------
 
     def set_health(self, healthy: Mapping[int, bool]) -> None:
         for index, ok in healthy.items():
-            self.state.set_health(NODE, index, ok)
+            self._healthy[index] = ok
+            self.state.set_health(NODE, index, ok and index not in self._draining)
+
+    @property
+    def draining(self) -> frozenset[int]:
+        """The GPUs taken out of service (``gpuosctl drain``)."""
+        return frozenset(self._draining)
+
+    def set_draining(self, index: int, draining: bool) -> None:
+        """GPU ``index`` takes no new placement while ``draining``: the model sees it as not
+        placeable, as a failed GPU, though its jobs keep running until they move or end."""
+        if draining:
+            self._draining.add(index)
+        else:
+            self._draining.discard(index)
+        self.state.set_health(NODE, index, self._healthy.get(index, True) and not draining)
 
     def set_foreign_instances(self, foreign: Mapping[int, Sequence[Instance]]) -> None:
         for index, instances in foreign.items():
@@ -152,9 +225,17 @@ class Cluster:
 
     def apply(self, changed: Iterable[Job], now: float) -> None:
         """Follow the store's records that changed since the last sync (Store.changed_since), in
-        commit order: what sync does, at the cost of the changes instead of the whole queue."""
+        commit order: what sync does, at the cost of the changes instead of the whole queue.
+
+        Only each job's latest record counts: an earlier one is stale against what the lifecycle
+        already applied to the model (a RUNNING record from before a requeue by suspension would
+        otherwise be adopted back onto the GPU the job just left)."""
         state = self.state
+        latest: dict[str, Job] = {}
         for job in changed:
+            latest.pop(job.id, None)  # kept in the order of each job's last change
+            latest[job.id] = job
+        for job in latest.values():
             if job.state.terminal:
                 self._synced.pop(job.id, None)
                 if job.id in state.running:

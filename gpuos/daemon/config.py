@@ -99,6 +99,11 @@ class DaemonConfig:
     # -- devices --------------------------------------------------------------------------------
     # A GPU is marked lost only after this many consecutive failed health samples.
     health_failures_before_lost: int = 3
+    # Where jobs can be suspended to host memory (``gpuosctl devices`` says), a time-shared GPU
+    # admits sharers whose memory limits add up to this many times its memory: what must fit is
+    # the resident set, and paused sharers are suspended to make room for the one whose turn it
+    # is. 1.0 turns oversubscription off; at most 8 (MAX_TIMESLICE_JOBS sharers of one GPU each).
+    memory_oversubscription: float = 2.0
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> DaemonConfig:
@@ -161,6 +166,9 @@ class DaemonConfig:
                      "health_failures_before_lost"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(name, f"{getattr(self, name)} is below 1")
+        if not 1.0 <= self.memory_oversubscription <= 8.0:
+            raise InvalidArgument("memory_oversubscription", f"{self.memory_oversubscription} is not between 1 "
+                                                             "(off) and 8")
         if self.retention_jobs < 0:
             raise InvalidArgument("retention_jobs", f"{self.retention_jobs} is negative (0: no limit)")
 

@@ -15,18 +15,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpuos.daemon.cluster import Cluster
+from gpuos.daemon.colocation import Colocation
 from gpuos.daemon.health import Health
 from gpuos.daemon.lifecycle import Lifecycle
 from gpuos.daemon.partitioning import Partitions
 from gpuos.daemon.reservations import Reservations, rank
 from gpuos.daemon.turns import Turns
 from gpuos.devices.backend import DeviceBackend, DeviceInfo
+from gpuos.draining import DrainPlan, Occupant, can_move, plan_drain
 from gpuos.groups import GROUP_BUDGET, budget_left, over_budget
-from gpuos.jobs import Job, JobSpec, JobState, KernelProgress, Resources
+from gpuos.jobs import Job, JobSpec, JobState, KernelProgress, PartitionKind, Reason, Resources
+from gpuos.partitions.residency import Residency, Resident, plan_residency
+from gpuos.partitions.timeslice import Turn
 from gpuos.runtime.process import ProcessRuntime
 from gpuos.scheduler import Place, Policy, Preempt, Snapshot, schedule
 from gpuos.scheduler.explain import WaitReason, WaitReasons, explain
@@ -63,6 +68,7 @@ class Controller:
         kill_grace: float = 5.0,
         metrics: DaemonMetrics | None = None,
         health_failures_before_lost: int = 3,
+        memory_oversubscription: float = 1.0,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -73,17 +79,25 @@ class Controller:
         self.devices: list[DeviceInfo] = backend.devices()
         # Beside the state dir, not in it: MPS clients are the jobs, running as their users, and
         # must reach the control daemon's pipe directory; the state dir is private.
-        self.partitions = Partitions(backend, self.devices, state_dir.parent / f"{state_dir.name}-mps")
+        self.partitions = Partitions(backend, self.devices, state_dir.parent / f"{state_dir.name}-mps",
+                                     executor_root=state_dir.parent / f"{state_dir.name}-executor")
         self.mps = self.partitions.mps
         self.health = Health(backend, self.devices, self.partitions, health_failures_before_lost)
         self.turns = Turns()
+        # Detected once, at start: whether jobs here can be suspended to host memory.
+        self.suspend_support = backend.suspend_support()
+        # Time-sharers' limits may add up past a GPU's memory only where jobs can be suspended;
+        # the turns then keep the resident set within the GPU (gpuos.partitions.residency).
+        self.oversubscribed = self.suspend_support.supported and memory_oversubscription > 1.0
         # The scheduler's model of this machine, the one the simulator drives too.
-        self.cluster = Cluster(self.devices)
+        self.cluster = Cluster(self.devices, self.suspend_support, memory_oversubscription)
         self.lifecycle = Lifecycle(
             store, runtime, backend, self.devices, self.partitions, self.turns, self.cluster,
             default_cwd=str(state_dir), kill_grace=kill_grace, metrics=metrics, capacity_freed=self._capacity_freed,
+            wake=self.wake,
         )
         self.reservations = Reservations(store, self.lifecycle, self.devices)
+        self.colocation = Colocation(store, runtime, self.lifecycle)
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -115,6 +129,12 @@ class Controller:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.colocation.close()  # throttled jobs run on while gpuosd is away
+        # A transfer in flight is waited for and recorded: a half-recorded suspend would leave a
+        # stopped process that a restarted gpuosd takes for a running one.
+        self.lifecycle.transfers.close()
+        with self._lock:
+            self.lifecycle.collect_transfers()
 
     def alive(self, now: float, within: float) -> bool:
         """Whether the loop finished a round in the last ``within`` seconds (for the watchdog)."""
@@ -165,11 +185,13 @@ class Controller:
         """One round: reap, stop what must stop, check devices, schedule, rotate turns."""
         with self._lock:
             self.lifecycle.reap()
+            self.lifecycle.collect_transfers()
             self._enforce_budgets()
             self.lifecycle.drive_stops()
             self._check_health()
             self._schedule()
             self._rotate_turns()
+            self.colocation.round(time.time())
         self.last_step = time.time()
 
     def recover(self) -> None:
@@ -227,6 +249,7 @@ class Controller:
         active = [j for j in self.store.placed() if j.placement is not None]
         findings = self.health.check(now, active)
         self.partitions.stop_idle_mps(now)
+        self.partitions.stop_idle_executors(now)
         foreign = dict(self.partitions.foreign_slices)
         self.partitions.survey(active)
         self.cluster.set_health(self.health.healthy)
@@ -305,12 +328,73 @@ class Controller:
                 view = self.cluster.state.pending.get(decision.job_id)  # a lookup, not a scan of the queue
                 if decision.sharing == "timeslice" and snap is not None and view is not None:
                     quantum = self.policy.quantum(view, snap)
+                if self.oversubscribed and decision.sharing == "timeslice" and not self._room_for(decision, now):
+                    # Paused sharers are being suspended to make room; the job starts a round later.
+                    self._dirty = True
+                    continue
+                # A job preempted by suspension is restored there, not launched (Lifecycle.start).
                 self.lifecycle.start(decision, quantum)
-            else:
+            elif not self._preempt_by_suspension(decision.job_id, snap, now):
                 self.lifecycle.preempt(decision.job_id, self.policy.name)
         # After the decisions took effect: the reasons only inform, and must never hold them up.
         if self._decided is not None:
             self._waiting = explain(self._decided, self.policy, decisions)
+
+    def _preempt_by_suspension(self, job_id: str, snap: Snapshot | None, now: float) -> bool:
+        """Preempt ``job_id`` by suspending it to host memory, if its policy wants that and it can
+        be (it keeps its process and progress, and resumes by restore); False: stop it instead."""
+        if not self.suspend_support.supported or snap is None:
+            return False
+        job = self.store.active_job(job_id)
+        view = self.cluster.state.view(job_id)
+        if job is None or view is None or job.id in self.lifecycle.stopping or not can_move(job):
+            return False
+        if self.lifecycle.transferring(job_id):
+            return True  # already on its way out (or back): decided by then
+        if not self.policy.suspend(view, snap):
+            return False
+        if not self.lifecycle.suspend(job, now, requeue=True):
+            return False
+        if self.metrics is not None:
+            self.metrics.preemptions.inc()
+        return True
+
+    def _residents(self, index: int) -> list[Resident]:
+        """GPU ``index``'s time-sharers as the residency rule sees them."""
+        out = []
+        for job in self.store.placed():
+            placement = job.placement
+            if placement is None or placement.kind is not PartitionKind.TIMESLICE or index not in placement.devices:
+                continue
+            # A job being stopped holds its memory until its process ends; only a paused one moves.
+            movable = job.state == JobState.PAUSED and job.id not in self.lifecycle.stopping and can_move(job)
+            out.append(Resident(job.id, placement.granted.memory_bytes, resident=not job.suspended,
+                                last_ran=self.turns.last_ran(job.id),
+                                transferring=self.lifecycle.transferring(job.id), suspendable=movable))
+        return out
+
+    def _apply_residency(self, index: int, runner: str, extra: Resident | None, now: float) -> Residency:
+        """Plan what GPU ``index`` needs so that ``runner`` can run, and start the moves it takes.
+        ``extra``: the runner when it is not on the GPU yet (a time-sharer about to start)."""
+        sharers = self._residents(index)
+        if extra is not None:
+            sharers.append(extra)
+        residency = plan_residency(sharers, runner, self.devices[index].memory_total)
+        for job_id in residency.suspend:
+            job = self.store.active_job(job_id)
+            if job is not None:
+                self.lifecycle.suspend(job, now, requeue=False)
+        if residency.restore:
+            job = self.store.active_job(runner)
+            if job is not None:
+                self.lifecycle.restore(job, index, now)
+        return residency
+
+    def _room_for(self, place: Place, now: float) -> bool:
+        """Whether time-sharer ``place.job_id`` can start on its GPU now, its memory fitting beside
+        the resident set; if not, the paused sharers that make room are being suspended."""
+        index = place.gpus[0]
+        return self._apply_residency(index, place.job_id, Resident(place.job_id, place.memory), now).ready
 
     def waiting(self, job_id: str) -> WaitReason | None:
         """Why the latest round left pending job ``job_id`` unplaced; None if it placed it or never saw it."""
@@ -335,12 +419,76 @@ class Controller:
         if planned is None:
             return
         plan, jobs = planned
+        busy = self.lifecycle.transferring  # a job in transfer is neither paused nor resumed meanwhile
         for job_id in plan.pause:
-            if jobs[job_id].state == JobState.RUNNING:
+            if jobs[job_id].state == JobState.RUNNING and not busy(job_id):
                 self.lifecycle.pause(jobs[job_id], now)
+        waiting = self._make_resident(plan.turns, plan.run, jobs, now) if self.oversubscribed else set()
         for job_id in plan.run:
-            if jobs[job_id].state == JobState.PAUSED:
-                self.lifecycle.resume(jobs[job_id], now)
+            job = jobs[job_id]
+            # A suspended job resumes by its restore (the lifecycle resumes it once its memory is back).
+            if job.state == JobState.PAUSED and not job.suspended and job_id not in waiting and not busy(job_id):
+                self.lifecycle.resume(job, now)
+
+    def _make_resident(self, turns: Mapping[int, Turn], run: Iterable[str], jobs: Mapping[str, Job],
+                       now: float) -> set[str]:
+        """On each oversubscribed GPU, make its runner's memory resident (gpuos.partitions.residency):
+        suspend paused sharers as needed and restore the runner if its memory is out. Returns the
+        runners that must wait for that; their turns start over once they can run."""
+        runners = {gpu: turn.job_id for gpu, turn in turns.items()}
+        for job_id in run:  # a GPU with one sharer has no turns, only its runner
+            placement = jobs[job_id].placement
+            if placement is not None and placement.devices[0] not in runners:
+                runners[placement.devices[0]] = job_id
+        waiting: set[str] = set()
+        for gpu, runner in runners.items():
+            try:
+                residency = self._apply_residency(gpu, runner, None, now)
+            except ValueError:
+                continue  # the runner left the GPU since the plan (stopped, say)
+            if not residency.ready:
+                waiting.add(runner)
+                self.turns.postpone(gpu, now)
+        return waiting
+
+    # -- draining -------------------------------------------------------------------------------
+
+    def drain(self, index: int, *, undrain: bool = False, requeue: bool = False) -> DrainPlan:
+        """Take GPU ``index`` out of service (gpuos.draining says what becomes of its jobs), or put
+        it back with ``undrain``."""
+        with self._lock:
+            if undrain:
+                self.cluster.set_draining(index, False)
+                self.wake()
+                return DrainPlan(index, message=f"GPU {index} is in service again")
+            self.cluster.set_draining(index, True)
+            model = self.devices[index].model
+            spare = any(d.index != index and d.model == model and self.health.healthy.get(d.index, True)
+                        and d.index not in self.cluster.draining for d in self.devices)
+            jobs = {j.id: j for j in self.store.placed()
+                    if j.placement is not None and index in j.placement.devices and j.id not in self.lifecycle.stopping}
+            support = self.suspend_support
+            occupants = [Occupant(j.id, can_move(j)) for j in jobs.values()]
+
+            def planned() -> DrainPlan:
+                return plan_drain(index, occupants, cross_gpu=support.supported and support.cross_gpu, spare=spare,
+                                  requeue=requeue, why_not=support.detail)
+
+            plan = planned()
+            now = time.time()
+            failed = {job_id for job_id in plan.migrate
+                      if not self.lifecycle.transferring(job_id)
+                      and not self.lifecycle.suspend(jobs[job_id], now, requeue=True)}
+            if failed:
+                # Those could not start moving after all: they stay or are requeued like the rest.
+                occupants = [Occupant(o.job_id, o.movable and o.job_id not in failed) for o in occupants]
+                plan = planned()
+            for job_id in plan.requeue:
+                self.lifecycle.begin_stop(jobs[job_id], JobState.PENDING, Reason.DRAINED,
+                                          f"requeued: GPU {index} is draining")
+            log.info("%s", plan.message)
+            self.wake()
+            return plan
 
     # -- kernel jobs' progress ------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ class Daemon:
             self.store, self.backend, self.runtime, self._initial_policy(),
             state_dir=state, kill_grace=config.kill_grace_seconds, metrics=self.metrics,
             health_failures_before_lost=config.health_failures_before_lost,
+            memory_oversubscription=config.memory_oversubscription,
         )
         self.service = ControllerService(self.store, self.controller, self.backend, self.runtime,
                                          kill_grace_seconds=config.kill_grace_seconds, auth=lambda: self.auth)

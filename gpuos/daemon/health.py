@@ -90,6 +90,12 @@ class Health:
                 for job in active
                 if job.placement.kind is PartitionKind.MPS and index in job.placement.devices  # type: ignore[union-attr]
             ]
+        for index in self.partitions.lost_executors():
+            faults += [
+                Fault(job, Reason.EXECUTOR_LOST, f"the kernel executor of GPU {index} died")
+                for job in active
+                if job.placement.kind is PartitionKind.EXECUTOR and index in job.placement.devices  # type: ignore[union-attr]
+            ]
         return Findings(changed, tuple(faults), self._overruns(active))
 
     def _judge(self, status: DeviceStatus) -> bool:
@@ -116,4 +122,4 @@ class Health:
             j.id: (j.child_pid, j.placement.devices, j.placement.granted.memory_bytes)  # type: ignore[union-attr]
             for j in active if j.child_pid
         }
-        return tuple(overruns(limits, usage_by_group(self.statuses)))
+        return tuple(overruns(limits, usage_by_group(self.statuses, exclude=self.partitions.executor_pids())))

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from gpuos.devices.backend import DeviceInfo, DeviceStatus
 from gpuos.jobs import Job, JobState
+from gpuos.partitions.slo import ColocationStatus
 
 MIB = 1 << 20
 
@@ -42,6 +43,10 @@ class MetricsSource(Protocol):
     @property
     def policy_name(self) -> str: ...
 
+    def colocation_statuses(self) -> dict[str, ColocationStatus]:
+        """SLO-driven colocation's placed jobs with an SLO or a throttle, by job id."""
+        ...
+
 
 class DaemonMetrics:
     """The counters and histograms the control loop updates, in their own registry."""
@@ -64,6 +69,14 @@ class DaemonMetrics:
         self.finished = PromCounter(
             "gpuos_jobs_finished", "Jobs that ended, by final state and reason", ["state", "reason"],
             registry=self.registry,
+        )
+        self.transfers = PromCounter(
+            "gpuos_suspend_transfers", "Suspends to host and restores from it, by kind and outcome",
+            ["kind", "outcome"], registry=self.registry,
+        )
+        self.transfer_rate = Histogram(
+            "gpuos_suspend_transfer_gigabytes_per_second", "Host-link rate of each suspend or restore (GB/s)",
+            ["kind"], buckets=(1, 2, 5, 10, 15, 20, 25, 35, 50, 75, 100), registry=self.registry,
         )
         self.faults = PromCounter(
             "gpuos_fault_stops", "Jobs stopped because their GPU or MPS daemon failed", ["reason"],
@@ -121,3 +134,24 @@ class _StateCollector(Collector):
         policy = GaugeMetricFamily("gpuos_policy_info", "The scheduling policy in use", labels=["policy"])
         policy.add_metric([source.policy_name], 1.0)
         yield policy
+        yield from _colocation(source.colocation_statuses())
+
+
+def _colocation(statuses: dict[str, ColocationStatus]) -> Iterator[Metric]:
+    """Per-job SLO gauges. Only placed jobs with an SLO or a throttle have a series, so the
+    label set stays bounded, and a job's series goes with it when it ends."""
+    measured = GaugeMetricFamily("gpuos_slo_p99_seconds", "A job's requests' p99 latency over the SLO window",
+                                 labels=["job"])
+    target = GaugeMetricFamily("gpuos_slo_target_seconds", "A job's p99 latency target (its SLO)", labels=["job"])
+    attained = GaugeMetricFamily("gpuos_slo_attainment", "Fraction of a job's window of requests within its SLO",
+                                 labels=["job"])
+    share = GaugeMetricFamily("gpuos_throttle_share", "Share of time a best-effort job may run beside SLO jobs",
+                              labels=["job"])
+    for job_id, status in statuses.items():
+        if status.has_slo:
+            measured.add_metric([job_id], status.p99_seconds)
+            target.add_metric([job_id], status.slo_p99_seconds)
+            attained.add_metric([job_id], status.attainment)
+        else:
+            share.add_metric([job_id], status.share)
+    yield from (measured, target, attained, share)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from gpuos.api.identity import Authenticator
 from gpuos.daemon.controller import Controller
-from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigInstance
+from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigInstance, SuspendSupport
+from gpuos.draining import DrainPlan
 from gpuos.errors import FailedPrecondition
 from gpuos.jobs import Job, JobSpec, KernelProgress, Resources
+from gpuos.partitions.slo import ColocationStatus
 from gpuos.runtime.process import ProcessRuntime
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.policy import Policy
@@ -85,6 +87,10 @@ class ControllerService:
         mps = self._controller.mps
         return mps is not None and mps.running(index)
 
+    @property
+    def suspend_support(self) -> SuspendSupport:
+        return self._controller.lifecycle.suspend_support
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def placed(self) -> list[Job]:
@@ -101,6 +107,12 @@ class ControllerService:
 
     def service_of(self, job: Job) -> float:
         return self._controller.service_of(job)
+
+    def colocation(self, job_id: str) -> ColocationStatus | None:
+        return self._controller.colocation.status(job_id)
+
+    def colocation_statuses(self) -> dict[str, ColocationStatus]:
+        return self._controller.colocation.statuses()
 
     def log_path(self, job_id: str, stream: str) -> Path:
         return self._runtime.log_path(job_id, stream)
@@ -126,6 +138,12 @@ class ControllerService:
 
     def crash_mps_daemon(self, index: int) -> None:
         self._controller.crash_mps_daemon(index)
+
+    def drain(self, index: int, *, undrain: bool, requeue: bool) -> DrainPlan:
+        return self._controller.drain(index, undrain=undrain, requeue=requeue)
+
+    def draining(self) -> frozenset[int]:
+        return self._controller.cluster.draining
 
     def check_now(self) -> None:
         self._controller.check_now()

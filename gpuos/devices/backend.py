@@ -64,10 +64,34 @@ class DeviceStatus:
     sample_error: str = ""
 
 
+@dataclass(frozen=True)
+class SuspendSupport:
+    """Whether a backend can move a process's GPU memory to host memory and back (suspend-to-host)."""
+
+    supported: bool
+    cross_gpu: bool = False  # may restore onto another GPU of the same model
+    detail: str = ""  # why not, or which mechanism (shown by gpuosctl devices)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One suspend or restore: how many bytes crossed the host link, and how long it took."""
+
+    bytes: int
+    seconds: float
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
 class DeviceBackend(abc.ABC):
     """A source of GPUs: the simulator or the NVIDIA driver."""
 
     name: str = "abstract"
+    # Whether a process must be running (not SIGSTOP-ed) while it is suspended or restored: the
+    # CUDA driver does the work on a thread inside the process; the simulator needs no such thing.
+    suspend_needs_running: bool = False
 
     @abc.abstractmethod
     def devices(self) -> list[DeviceInfo]:
@@ -91,6 +115,30 @@ class DeviceBackend(abc.ABC):
 
     def set_paused(self, index: int, pid: int, paused: bool) -> None:  # noqa: B027 - optional hook
         """A process was paused or resumed; a paused process keeps its memory but uses no SMs."""
+
+    # -- suspend-to-host: backends that cannot do it say so (suspend_support) -------------------
+
+    def suspend_support(self) -> SuspendSupport:
+        """Whether :meth:`suspend` and :meth:`restore` work here, and if not, why not."""
+        return SuspendSupport(False, detail=f"the {self.name} backend cannot suspend processes to host memory")
+
+    def suspend(self, index: int, pid: int) -> Transfer:
+        """Move process ``pid``'s memory on GPU ``index`` to host memory and free it on the GPU.
+
+        Blocks for the transfer (callers run it off the control loop). The process must not run
+        GPU work meanwhile. Raises :class:`BackendError` with the driver's message on failure,
+        and the process is then as it was.
+        """
+        raise BackendError(self.suspend_support().detail)
+
+    def restore(self, pid: int, index: int, from_index: int) -> Transfer:
+        """Bring suspended process ``pid``'s memory back onto GPU ``index`` (``from_index``: the
+        GPU it was suspended from; another one only where ``suspend_support().cross_gpu``)."""
+        raise BackendError(self.suspend_support().detail)
+
+    def adopt_suspended(self, index: int, pid: int, memory_bytes: int, compute_milli: int) -> None:  # noqa: B027
+        """A restarted daemon found process ``pid`` suspended from GPU ``index`` (optional hook:
+        the driver keeps the checkpoint in the process itself and needs no telling)."""
 
     # -- MIG and MPS: backends that cannot do them say so with a BackendError ------------------
 

@@ -31,6 +31,17 @@ class GpuModel:
     mig_profiles: tuple[MigProfile, ...] = ()
     # Substrings of the NVML product name ("NVIDIA H100 80GB HBM3") that identify this model.
     nvml_names: tuple[str, ...] = ()
+    # Host<->device copy bandwidth one way, pinned memory (bytes/s): what suspend-to-host moves
+    # memory at. A model figure (the PCIe generation's achievable x16 rate, below), not measured.
+    host_link_bytes_per_s: float = 0.0
+
+
+# Achievable one-way x16 bandwidth with pinned buffers, about 80% of the link's raw rate after
+# PCIe protocol overhead (raw: Gen3 15.8, Gen4 31.5, Gen5 63 GB/s per direction; the achievable
+# figures are what NVIDIA's bandwidthTest and nvbandwidth typically report). Model figures.
+PCIE_GEN3_X16 = 12 * GB
+PCIE_GEN4_X16 = 25 * GB
+PCIE_GEN5_X16 = 50 * GB
 
 
 # Start slots (first memory slice) per profile shape, identical on A100 and H100: a 1g instance
@@ -77,18 +88,23 @@ H100_80GB_MIG = (
 )
 
 MODELS: tuple[GpuModel, ...] = (
-    GpuModel("H100-80GB", 132, 80 * GiB, H100_80GB_MIG, ("H100 80GB", "H100 SXM", "H100")),
-    GpuModel("H100-94GB", 132, 94 * GB, (), ("H100 NVL",)),
+    # H100 SXM5 and PCIe, H100 NVL and H200: PCIe Gen5 x16 to the host (NVIDIA datasheets).
+    GpuModel("H100-80GB", 132, 80 * GiB, H100_80GB_MIG, ("H100 80GB", "H100 SXM", "H100"), PCIE_GEN5_X16),
+    GpuModel("H100-94GB", 132, 94 * GB, (), ("H100 NVL",), PCIE_GEN5_X16),
     # H200 supports MIG, but its instance sizes have not been checked here; it is offered whole.
-    GpuModel("H200-141GB", 132, 141 * GB, (), ("H200",)),
-    GpuModel("A100-40GB", 108, 40 * GiB, A100_40GB_MIG, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB")),
-    GpuModel("A100-80GB", 108, 80 * GiB, A100_80GB_MIG, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB")),
-    GpuModel("L40S", 142, 48 * GB, (), ("L40S",)),
-    GpuModel("A10", 72, 24 * GB, (), ("A10",)),
-    GpuModel("L4", 58, 24 * GB, (), ("L4",)),
-    GpuModel("T4", 40, 16 * GB, (), ("T4",)),
-    GpuModel("V100-16GB", 80, 16 * GiB, (), ("V100-SXM2-16GB", "V100-PCIE-16GB", "V100 16GB")),
-    GpuModel("V100-32GB", 80, 32 * GiB, (), ("V100-SXM2-32GB", "V100-PCIE-32GB", "V100 32GB")),
+    GpuModel("H200-141GB", 132, 141 * GB, (), ("H200",), PCIE_GEN5_X16),
+    # A100 SXM4 and PCIe, L40S, A10, L4: PCIe Gen4 x16 (NVIDIA datasheets).
+    GpuModel("A100-40GB", 108, 40 * GiB, A100_40GB_MIG, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"),
+             PCIE_GEN4_X16),
+    GpuModel("A100-80GB", 108, 80 * GiB, A100_80GB_MIG, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+             PCIE_GEN4_X16),
+    GpuModel("L40S", 142, 48 * GB, (), ("L40S",), PCIE_GEN4_X16),
+    GpuModel("A10", 72, 24 * GB, (), ("A10",), PCIE_GEN4_X16),
+    GpuModel("L4", 58, 24 * GB, (), ("L4",), PCIE_GEN4_X16),
+    # T4 and V100 (PCIe and SXM2): PCIe Gen3 x16 to the host.
+    GpuModel("T4", 40, 16 * GB, (), ("T4",), PCIE_GEN3_X16),
+    GpuModel("V100-16GB", 80, 16 * GiB, (), ("V100-SXM2-16GB", "V100-PCIE-16GB", "V100 16GB"), PCIE_GEN3_X16),
+    GpuModel("V100-32GB", 80, 32 * GiB, (), ("V100-SXM2-32GB", "V100-PCIE-32GB", "V100 32GB"), PCIE_GEN3_X16),
 )
 
 _BY_NAME = {m.name.upper(): m for m in MODELS}

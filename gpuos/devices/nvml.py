@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Any
 
+import psutil
+
+from gpuos.devices import checkpoint
 from gpuos.devices.backend import (
     DeviceBackend,
     DeviceInfo,
@@ -19,6 +23,8 @@ from gpuos.devices.backend import (
     MigInstance,
     MigProfile,
     ProcessUsage,
+    SuspendSupport,
+    Transfer,
 )
 from gpuos.devices.catalog import match_nvml_name
 from gpuos.errors import BackendError
@@ -52,6 +58,7 @@ class NvmlBackend(DeviceBackend):
     """Real GPUs. Raises :class:`BackendError` when NVML or a GPU cannot be reached."""
 
     name = "nvml"
+    suspend_needs_running = True  # the driver's checkpoint thread runs inside the process
 
     def __init__(self) -> None:
         if pynvml is None:
@@ -61,6 +68,11 @@ class NvmlBackend(DeviceBackend):
         except pynvml.NVMLError as exc:
             raise BackendError(f"NVML could not start ({exc}); is the NVIDIA driver loaded?") from exc
         self._lock = threading.Lock()
+        # Suspend-to-host, detected on first use (it loads cuda-python and calls cuInit).
+        self._support: SuspendSupport | None = None
+        self._checkpoint: checkpoint.Driver | None = None
+        # Suspended job process -> (the GPU it left, the CUDA processes of its tree checkpointed).
+        self._suspended: dict[int, tuple[int, tuple[int, ...]]] = {}
         try:
             count = pynvml.nvmlDeviceGetCount()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
@@ -297,6 +309,91 @@ class NvmlBackend(DeviceBackend):
     def mps_control_command(self) -> list[str]:
         return ["nvidia-cuda-mps-control"]
 
+    # -- suspend-to-host through the CUDA checkpoint API (gpuos/devices/checkpoint.py) -----------
+
+    def suspend_support(self) -> SuspendSupport:
+        if self._support is None:
+            version = _optional(lambda: _text(pynvml.nvmlSystemGetDriverVersion()))
+            self._support, self._checkpoint = checkpoint.detect(version)
+        return self._support
+
+    def _driver(self) -> checkpoint.Driver:
+        support = self.suspend_support()
+        if self._checkpoint is None:
+            raise BackendError(support.detail)
+        return self._checkpoint
+
+    def _memory_of(self, index: int) -> dict[int, int]:
+        """GPU memory each process holds on GPU ``index``, by NVML."""
+        with self._lock:
+            try:
+                found = pynvml.nvmlDeviceGetComputeRunningProcesses(self._handles[index])
+            except pynvml.NVMLError as exc:
+                raise BackendError(f"NVML cannot list GPU {index}'s processes: {exc}") from exc
+        return {int(p.pid): int(p.usedGpuMemory or 0) for p in found}
+
+    @staticmethod
+    def _tree(pid: int) -> list[int]:
+        """``pid`` and its descendants: a job's CUDA process may be a child of its command."""
+        try:
+            return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+        except psutil.Error:
+            return [pid]
+
+    def suspend(self, index: int, pid: int) -> Transfer:
+        """Checkpoint every CUDA process of ``pid``'s tree on GPU ``index``; the bytes are what
+        NVML saw those processes free, the seconds the checkpoint's wall time."""
+        driver = self._driver()
+        if pid in self._suspended:
+            raise BackendError(f"process {pid} is already suspended to host memory")
+        before = self._memory_of(index)
+        targets = tuple(p for p in self._tree(pid) if p in before)
+        if not targets:
+            raise BackendError(f"process {pid} has no CUDA context on GPU {index} to suspend")
+        started = time.perf_counter()
+        done: list[int] = []
+        try:
+            for target in targets:
+                checkpoint.suspend_process(driver, target)
+                done.append(target)
+        except BackendError:
+            for target in done:  # all of the job or none of it
+                try:
+                    checkpoint.restore_process(driver, target)
+                except BackendError:
+                    pass
+            raise
+        seconds = time.perf_counter() - started
+        after = self._memory_of(index)
+        freed = sum(before[p] - after.get(p, 0) for p in targets)
+        self._suspended[pid] = (index, targets)
+        return Transfer(max(0, freed), seconds)
+
+    def restore(self, pid: int, index: int, from_index: int) -> Transfer:
+        driver = self._driver()
+        source, targets = self._suspended.get(pid, (from_index, ()))
+        if not targets:
+            # Suspended before a gpuosd restart: the driver knows which of its processes.
+            targets = tuple(p for p in self._tree(pid) if _state(driver, p) == checkpoint.CHECKPOINTED)
+        if not targets:
+            raise BackendError(f"process {pid} has nothing checkpointed to restore")
+        pairs = None
+        if index != source:
+            if not self.suspend_support().cross_gpu:
+                raise BackendError(f"this driver restores only onto the GPU a process left (GPU {source})")
+            if self._devices[index].model != self._devices[source].model:
+                raise BackendError(f"GPU {index} is a {self._devices[index].model}, GPU {source} a "
+                                   f"{self._devices[source].model}: a restore needs the same model")
+            pairs = checkpoint.gpu_pairs([d.uuid for d in self._devices], self._devices[source].uuid,
+                                         self._devices[index].uuid)
+        started = time.perf_counter()
+        for target in targets:
+            checkpoint.restore_process(driver, target, pairs)
+        seconds = time.perf_counter() - started
+        self._suspended.pop(pid, None)
+        held = self._memory_of(index)
+        return Transfer(sum(held.get(p, 0) for p in targets), seconds)
+
     def close(self) -> None:
         if pynvml is not None:
             try:
@@ -314,6 +411,13 @@ def _nominal_gb(memory_mib: int) -> int:
         if gib <= step:
             return step
     return round(gib)
+
+
+def _state(driver: checkpoint.Driver, pid: int) -> str:
+    try:
+        return driver.state(pid)
+    except BackendError:
+        return ""  # not a CUDA process
 
 
 def _optional(read: Any) -> Any:

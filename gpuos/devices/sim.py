@@ -3,19 +3,41 @@ the daemon attaches to them, so everything above the backend runs unchanged with
 
 ``SimBackend("2xH100-80GB")`` or ``SimBackend("1xA100-40GB,1xL4")``: count x model, comma
 separated, model names as in :mod:`gpuos.devices.catalog` (case-insensitive).
+
+Suspend-to-host is modelled on the CUDA driver's process checkpoint: ``suspend`` takes all the
+memory a process holds on its GPU (what ``attach`` granted it, or ``set_process_memory`` set),
+"copies" it to the host over the model's host link, and frees it on the GPU; the suspended
+process then shows no GPU memory and no utilisation, and is not listed among the GPU's
+processes (as NVML no longer lists a checkpointed process). A transfer takes
+``bytes / GpuModel.host_link_bytes_per_s`` seconds (a PCIe x16 model figure: 50 GB/s on Gen5
+parts such as the H100, 25 GB/s Gen4, 12 GB/s Gen3), and the call really sleeps that long, so
+the daemon sees time pass as it would on hardware. ``restore`` puts the memory back on the GPU
+it left or on any other GPU of the same model (``cross_gpu``), if that GPU has the room free.
+Suspension is on unless ``suspend=False`` is given or ``GPUOS_SIM_SUSPEND=0`` is set (to see
+the unsupported path).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 
 import psutil
 
-from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigInstance, ProcessUsage
+from gpuos.devices.backend import (
+    DeviceBackend,
+    DeviceInfo,
+    DeviceStatus,
+    MigInstance,
+    ProcessUsage,
+    SuspendSupport,
+    Transfer,
+)
 from gpuos.devices.catalog import GpuModel, lookup, model_names
 from gpuos.errors import BackendError, InvalidArgument
 from gpuos.mig import Instance, find_slot
@@ -79,6 +101,15 @@ class _Process:
 
 
 @dataclass
+class _Suspended:
+    """A process whose GPU memory is in host memory (or on its way there or back)."""
+
+    index: int  # the GPU it was suspended from
+    process: _Process
+    moving: bool = True  # a suspend or restore is in flight
+
+
+@dataclass
 class _Gpu:
     info: DeviceInfo
     healthy: bool = True
@@ -92,13 +123,18 @@ class SimBackend(DeviceBackend):
 
     name = "sim"
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, *, suspend: bool | None = None) -> None:
         models = parse_spec(spec)
         self._gpus = [
             _Gpu(DeviceInfo(i, _uuid(i, m.name), m.name, m.memory_bytes, m.sm_count, m.mig_profiles))
             for i, m in enumerate(models)
         ]
+        self._links = [m.host_link_bytes_per_s for m in models]
         self._lock = threading.Lock()
+        if suspend is None:
+            suspend = os.environ.get("GPUOS_SIM_SUSPEND", "1").strip().lower() not in ("0", "off", "false", "no")
+        self._suspend_on = suspend
+        self._suspended: dict[int, _Suspended] = {}
 
     def _gpu(self, index: int) -> _Gpu:
         if not 0 <= index < len(self._gpus):
@@ -118,6 +154,8 @@ class SimBackend(DeviceBackend):
         # A real driver forgets a process once it has exited; so does the simulator.
         for pid in [p for p in gpu.processes if not psutil.pid_exists(p)]:
             del gpu.processes[pid]
+        for pid in [p for p, s in self._suspended.items() if not s.moving and not psutil.pid_exists(p)]:
+            del self._suspended[pid]
         index = gpu.info.index
         if not gpu.healthy:
             # A lost GPU answers no queries; the daemon sees only that it is unhealthy.
@@ -141,18 +179,100 @@ class SimBackend(DeviceBackend):
             raise InvalidArgument("attach", "memory and compute shares cannot be negative")
         with self._lock:
             gpu = self._gpu(index)
+            if pid in self._suspended:
+                return  # its memory is in host memory until restored
             previous = gpu.processes.get(pid)
             gpu.processes[pid] = _Process(memory_bytes, compute_milli, previous.paused if previous else False)
 
     def detach(self, index: int, pid: int) -> None:
         with self._lock:
             self._gpu(index).processes.pop(pid, None)
+            # A suspended process that ended takes its host copy with it.
+            held = self._suspended.get(pid)
+            if held is not None and not held.moving:
+                del self._suspended[pid]
 
     def set_paused(self, index: int, pid: int, paused: bool) -> None:
         with self._lock:
             process = self._gpu(index).processes.get(pid)
             if process is not None:
                 process.paused = paused
+
+    # -- suspend-to-host (the model is in the module docstring) -----------------------------------
+
+    def suspend_support(self) -> SuspendSupport:
+        if not self._suspend_on:
+            return SuspendSupport(False, detail="suspension is turned off in the simulator (GPUOS_SIM_SUSPEND=0)")
+        return SuspendSupport(
+            True, cross_gpu=True,
+            detail="simulated: bytes / the model's host-link bandwidth; restore onto any GPU of the same model",
+        )
+
+    def suspend(self, index: int, pid: int) -> Transfer:
+        with self._lock:
+            self._check_suspend_on()
+            gpu = self._gpu(index)
+            if pid in self._suspended:
+                raise BackendError(f"process {pid} is already suspended to host memory")
+            if not gpu.healthy:
+                raise BackendError(f"GPU {index} does not answer; its processes cannot be suspended")
+            process = gpu.processes.get(pid)
+            if process is None:
+                raise BackendError(f"process {pid} has no memory on GPU {index} to suspend")
+            self._suspended[pid] = _Suspended(index, process)
+        seconds = self._move(index, process.memory)
+        with self._lock:
+            # Freed only once copied out, as the driver frees it at the end of the checkpoint.
+            gpu.processes.pop(pid, None)
+            self._suspended[pid].moving = False
+        return Transfer(process.memory, seconds)
+
+    def restore(self, pid: int, index: int, from_index: int) -> Transfer:
+        with self._lock:
+            self._check_suspend_on()
+            target = self._gpu(index)
+            held = self._suspended.get(pid)
+            if held is None or held.moving:
+                raise BackendError(f"process {pid} is not suspended (or is being moved now)")
+            if held.index != from_index:
+                raise BackendError(f"process {pid} was suspended from GPU {held.index}, not GPU {from_index}")
+            source = self._gpu(held.index).info
+            if target.info.model != source.model:
+                raise BackendError(f"process {pid} was suspended from a {source.model}; GPU {index} is a "
+                                   f"{target.info.model}, and a restore needs the same model")
+            if not target.healthy:
+                raise BackendError(f"GPU {index} does not answer; nothing can be restored onto it")
+            need = held.process.memory
+            free = target.info.memory_total - sum(p.memory for p in target.processes.values())
+            if need > free:
+                raise BackendError(f"GPU {index} has {free} bytes free; process {pid} needs {need} to be restored")
+            held.moving = True
+            # Held on the target from the start, so nothing else is given that room meanwhile.
+            target.processes[pid] = held.process
+        seconds = self._move(index, need)
+        with self._lock:
+            self._suspended.pop(pid, None)
+        return Transfer(need, seconds)
+
+    def adopt_suspended(self, index: int, pid: int, memory_bytes: int, compute_milli: int) -> None:
+        """A restarted daemon tells the backend of a process it had suspended from GPU ``index``.
+
+        The driver keeps a real checkpoint in the process itself; the simulator's record of it
+        lived in the old daemon, so this rebuilds it.
+        """
+        with self._lock:
+            self._gpu(index).processes.pop(pid, None)
+            self._suspended.setdefault(pid, _Suspended(index, _Process(memory_bytes, compute_milli, True), False))
+
+    def _check_suspend_on(self) -> None:
+        if not self._suspend_on:
+            raise BackendError(self.suspend_support().detail)
+
+    def _move(self, index: int, size: int) -> float:
+        """Model a copy of ``size`` bytes over GPU ``index``'s host link: sleep its duration."""
+        seconds = size / self._links[index] if self._links[index] > 0 else 0.0
+        time.sleep(seconds)
+        return seconds
 
     # -- test and fault-injection hooks ---------------------------------------------------------
 

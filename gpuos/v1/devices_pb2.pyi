@@ -79,6 +79,30 @@ class InjectFaultRequest(_message.Message):
     kind: InjectFaultRequest.Kind
     def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[InjectFaultRequest.Kind, str]] = ...) -> None: ...
 
+class DrainRequest(_message.Message):
+    __slots__ = ("index", "undrain", "requeue")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    REQUEUE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    undrain: bool
+    requeue: bool
+    def __init__(self, index: _Optional[int] = ..., undrain: _Optional[bool] = ..., requeue: _Optional[bool] = ...) -> None: ...
+
+class DrainReply(_message.Message):
+    __slots__ = ("device", "message", "migrating", "requeued", "staying")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MIGRATING_FIELD_NUMBER: _ClassVar[int]
+    REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    STAYING_FIELD_NUMBER: _ClassVar[int]
+    device: Device
+    message: str
+    migrating: _containers.RepeatedScalarFieldContainer[str]
+    requeued: _containers.RepeatedScalarFieldContainer[str]
+    staying: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., message: _Optional[str] = ..., migrating: _Optional[_Iterable[str]] = ..., requeued: _Optional[_Iterable[str]] = ..., staying: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ListDevicesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -124,7 +148,7 @@ class Allocation(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., partition: _Optional[str] = ..., compute_milli: _Optional[int] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend", "mig_instances", "mps_daemon_running")
+    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend", "mig_instances", "mps_daemon_running", "suspend_supported", "suspend_detail", "suspend_cross_gpu", "draining")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +163,10 @@ class Device(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MIG_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     MPS_DAEMON_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SUSPEND_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    SUSPEND_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SUSPEND_CROSS_GPU_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     model: str
@@ -153,7 +181,11 @@ class Device(_message.Message):
     backend: str
     mig_instances: _containers.RepeatedCompositeFieldContainer[MigInstanceInfo]
     mps_daemon_running: bool
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ..., mig_instances: _Optional[_Iterable[_Union[MigInstanceInfo, _Mapping]]] = ..., mps_daemon_running: _Optional[bool] = ...) -> None: ...
+    suspend_supported: bool
+    suspend_detail: str
+    suspend_cross_gpu: bool
+    draining: bool
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ..., mig_instances: _Optional[_Iterable[_Union[MigInstanceInfo, _Mapping]]] = ..., mps_daemon_running: _Optional[bool] = ..., suspend_supported: _Optional[bool] = ..., suspend_detail: _Optional[str] = ..., suspend_cross_gpu: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
     __slots__ = ("devices", "backend")

@@ -55,6 +55,11 @@ class DeviceServiceStub:
                 request_serializer=gpuos_dot_v1_dot_devices__pb2.RankRequest.SerializeToString,
                 response_deserializer=gpuos_dot_v1_dot_devices__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/gpuos.v1.DeviceService/Drain',
+                request_serializer=gpuos_dot_v1_dot_devices__pb2.DrainRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_devices__pb2.DrainReply.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -90,6 +95,15 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Admins only: take a GPU out of service (it gets no new work; its jobs move to another GPU of
+        the same model by suspend and restore where the driver allows, else finish where they are,
+        or are requeued for a restart), or put it back (undrain).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +126,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=gpuos_dot_v1_dot_devices__pb2.RankRequest.FromString,
                     response_serializer=gpuos_dot_v1_dot_devices__pb2.RankResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=gpuos_dot_v1_dot_devices__pb2.DrainRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_devices__pb2.DrainReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +242,33 @@ class DeviceService:
             '/gpuos.v1.DeviceService/Rank',
             gpuos_dot_v1_dot_devices__pb2.RankRequest.SerializeToString,
             gpuos_dot_v1_dot_devices__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.DeviceService/Drain',
+            gpuos_dot_v1_dot_devices__pb2.DrainRequest.SerializeToString,
+            gpuos_dot_v1_dot_devices__pb2.DrainReply.FromString,
             options,
             channel_credentials,
             insecure,

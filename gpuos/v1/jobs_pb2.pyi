@@ -51,7 +51,7 @@ KERNEL: JobKind
 EXTERNAL: JobKind
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "kind", "command", "kernel", "params", "resources", "priority", "tenant", "qos", "env", "cwd", "estimated_seconds", "group", "dedupe_key")
+    __slots__ = ("name", "kind", "command", "kernel", "params", "resources", "priority", "tenant", "qos", "env", "cwd", "estimated_seconds", "group", "dedupe_key", "slo_p99_seconds")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class JobSpec(_message.Message):
     ESTIMATED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    SLO_P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: JobKind
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -94,7 +95,8 @@ class JobSpec(_message.Message):
     estimated_seconds: float
     group: str
     dedupe_key: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., command: _Optional[_Iterable[str]] = ..., kernel: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., qos: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., estimated_seconds: _Optional[float] = ..., group: _Optional[str] = ..., dedupe_key: _Optional[str] = ...) -> None: ...
+    slo_p99_seconds: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., command: _Optional[_Iterable[str]] = ..., kernel: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., qos: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., estimated_seconds: _Optional[float] = ..., group: _Optional[str] = ..., dedupe_key: _Optional[str] = ..., slo_p99_seconds: _Optional[float] = ...) -> None: ...
 
 class GroupOptions(_message.Message):
     __slots__ = ("mode", "budget_gpu_seconds")
@@ -119,7 +121,7 @@ class Placement(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[int]] = ..., device_uuids: _Optional[_Iterable[str]] = ..., partition: _Optional[str] = ..., granted: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., mig_device_uuid: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service", "progress", "waiting")
+    __slots__ = ("id", "name", "state", "reason", "message", "exit_code", "tenant", "owner_uid", "spec", "placement", "created_at", "started_at", "finished_at", "attained_service", "progress", "waiting", "colocation")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,7 @@ class Job(_message.Message):
     ATTAINED_SERVICE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    COLOCATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -152,7 +155,30 @@ class Job(_message.Message):
     attained_service: float
     progress: KernelProgress
     waiting: WaitReason
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., tenant: _Optional[str] = ..., owner_uid: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attained_service: _Optional[float] = ..., progress: _Optional[_Union[KernelProgress, _Mapping]] = ..., waiting: _Optional[_Union[WaitReason, _Mapping]] = ...) -> None: ...
+    colocation: Colocation
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., tenant: _Optional[str] = ..., owner_uid: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attained_service: _Optional[float] = ..., progress: _Optional[_Union[KernelProgress, _Mapping]] = ..., waiting: _Optional[_Union[WaitReason, _Mapping]] = ..., colocation: _Optional[_Union[Colocation, _Mapping]] = ...) -> None: ...
+
+class Colocation(_message.Message):
+    __slots__ = ("slo_p99_seconds", "p99_seconds", "attainment", "samples", "neighbour_share", "right_share", "share", "reason", "suspended")
+    SLO_P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTAINMENT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOUR_SHARE_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    slo_p99_seconds: float
+    p99_seconds: float
+    attainment: float
+    samples: int
+    neighbour_share: float
+    right_share: float
+    share: float
+    reason: str
+    suspended: bool
+    def __init__(self, slo_p99_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ..., attainment: _Optional[float] = ..., samples: _Optional[int] = ..., neighbour_share: _Optional[float] = ..., right_share: _Optional[float] = ..., share: _Optional[float] = ..., reason: _Optional[str] = ..., suspended: _Optional[bool] = ...) -> None: ...
 
 class WaitReason(_message.Message):
     __slots__ = ("kind", "message")

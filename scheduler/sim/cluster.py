@@ -121,14 +121,20 @@ def describe(nodes: tuple[NodeSpec, ...]) -> str:
     return f"{len(nodes)} nodes, {sum(counts.values())} GPUs ({kinds})"
 
 
-def node_view(spec: NodeSpec) -> NodeView:
-    """``spec`` as a policy sees it with nothing placed: every GPU free and healthy."""
+def node_view(spec: NodeSpec, suspend: bool = False, oversubscription: float = 1.0,
+              cross_gpu_restore: bool = False) -> NodeView:
+    """``spec`` as a policy sees it with nothing placed: every GPU free and healthy; with
+    ``suspend``, every GPU can suspend jobs to host memory (and time-shared ones admit limits up
+    to ``oversubscription`` x their memory), and with ``cross_gpu_restore`` a suspended job may
+    resume on another GPU of its model on the node."""
     return NodeView(
         spec.name,
         tuple(
-            GpuView(i, g.name, g.memory, g.memory, uuid=f"{spec.name}/{i}", mig_profiles=g.mig_profiles)
+            GpuView(i, g.name, g.memory, g.memory, uuid=f"{spec.name}/{i}", mig_profiles=g.mig_profiles,
+                    suspend=suspend, oversubscription=oversubscription if suspend else 1.0)
             for i, g in enumerate(spec.gpus)
         ),
         spec.cpu_milli,
         spec.host_memory,
+        cross_gpu_restore=suspend and cross_gpu_restore,
     )

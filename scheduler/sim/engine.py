@@ -15,7 +15,17 @@ Models (numbers and sources in docs/scheduler.md):
 - progress: a job needs ``duration`` seconds of work at the rate the model gives it
   (:meth:`ClusterState.rate`: 1 alone; less beside MPS neighbours or among time-sharers);
 - preemption: a preempted job keeps its progress (checkpointed) and pays ``preemption_cost``
-  seconds of extra work when it resumes;
+  seconds of extra work when it resumes; on a cluster that can suspend (``SimConfig.suspend``)
+  and where its policy says so (``Policy.suspend``), a single-GPU victim is suspended instead: it
+  stops at once, holds its GPU while its memory crosses the host link (bytes /
+  ``host_link_bytes_per_s``), and pays that time again to restore when it resumes, on a GPU the
+  model lets it resume on;
+- oversubscription (``SimConfig.oversubscription`` with ``suspend``): time-sharers' limits may
+  add up past a GPU's memory, and while those taking turns do not fit together every turn moves
+  its job's memory in and as much out (the rate, :meth:`ClusterState.rate`);
+- atoms: a kernel job entering a GPU's executor ahead of (or level with) everyone there waits for
+  the atom in flight, ``atom_seconds``; time-slice hand-overs are below the model's resolution
+  (each turn's ``context_switch`` is longer than an atom);
 - failures: GPUs fail as a Poisson process; the policy's ``requeue_after_fault`` says whether
   each job on a failed GPU is requeued (as if preempted) or fails, as in the daemon; the GPU
   comes back after ``repair_seconds``.
@@ -37,7 +47,8 @@ Job groups and deduplication (a trace's ``groups``, its jobs' ``group``, ``dedup
   nothing (unless it copies a member of its own group: one piece of work counts once). Keys
   match forever (the daemon's retention window is longer than a trace).
 
-A trace without groups or dedupe keys runs exactly as it did before groups existed.
+A trace without groups or dedupe keys runs exactly as it did before groups existed, and one on a
+cluster without suspension (the default) as it did before suspension existed.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from gpuos.errors import InvalidArgument
 from gpuos.groups import GROUP_BUDGET, Group, after_success, over_budget
 from gpuos.scheduler.fragmentation import Fragmentation, workload
 from gpuos.scheduler.framework import options, schedule
@@ -88,11 +100,31 @@ class SimConfig:
     horizon: float = math.inf
     # Check every GPU's accounting after every instant (slow; for tests).
     check_invariants: bool = False
+    # Suspend-to-host on every GPU of the cluster (off: the cluster as before it existed, and no
+    # policy is asked Policy.suspend); with it, time-shared GPUs admit limits adding up to
+    # ``oversubscription`` x their memory, and ``cross_gpu_restore`` lets a suspended job resume
+    # on another GPU of its model on its node. Transfers run at ``host_link_bytes_per_s``.
+    suspend: bool = False
+    oversubscription: float = 1.0
+    cross_gpu_restore: bool = False
+    host_link_bytes_per_s: float = Costs.host_link_bytes_per_s
+    atom_seconds: float = Costs.atom_seconds
+
+    def __post_init__(self) -> None:
+        if not (self.oversubscription >= 1.0 and math.isfinite(self.oversubscription)):
+            raise InvalidArgument("oversubscription", f"{self.oversubscription} is below 1 (1: off)")
+        if self.oversubscription > 1.0 and not self.suspend:
+            raise InvalidArgument("oversubscription", "above 1 needs suspend: the resident set must be able to move")
+        if not self.host_link_bytes_per_s > 0:
+            raise InvalidArgument("host_link_bytes_per_s", f"{self.host_link_bytes_per_s} is not positive")
+        if not self.atom_seconds >= 0:
+            raise InvalidArgument("atom_seconds", f"{self.atom_seconds} is negative")
 
     @property
     def costs(self) -> Costs:
         return Costs(self.interference, self.context_switch, self.preemption_cost,
-                     start_latency=self.start_latency, stop_latency=self.stop_latency)
+                     start_latency=self.start_latency, stop_latency=self.stop_latency,
+                     host_link_bytes_per_s=self.host_link_bytes_per_s, atom_seconds=self.atom_seconds)
 
 
 @dataclass
@@ -182,12 +214,15 @@ class Simulator:
         self.decide: Decide = decide if decide is not None else (lambda snap: schedule(snap, policy))
         self.config = config or SimConfig()
         self.rng = random.Random(f"sim/{seed}")
-        nodes = [node_view(spec) for spec in trace.nodes]
+        nodes = [node_view(spec, self.config.suspend, self.config.oversubscription, self.config.cross_gpu_restore)
+                 for spec in trace.nodes]
         self.cadence = Cadence.of(policy.period, self.config.round_gap)
         self._last_round = -math.inf
         # Preempted jobs whose processes are still stopping (with stop_latency): they hold their
         # GPUs until then, and a policy asking again to preempt one is not asked twice, as in the daemon.
         self.stopping: dict[str, int] = {}  # job -> the sequence number of its stop event
+        # Those of them being suspended (not stopped): paused while their memory moves out.
+        self._suspending: set[str] = set()
         self.records = {j.id: JobRecord(j, j.duration) for j in trace.jobs}
         self.heap: list[tuple[float, int, int, str, int]] = []
         self.seq = 0
@@ -250,7 +285,7 @@ class Simulator:
     def _allocated(node: NodeView) -> int:
         total = 0
         for g in node.gpus:
-            if g.jobs and g.sharing in ("", "timeslice"):
+            if g.jobs and g.sharing in ("", "timeslice", "executor"):
                 total += MILLI
             elif g.healthy:
                 total += MILLI - g.milli_free
@@ -324,7 +359,14 @@ class Simulator:
             raise SimulationError(f"policy {self.policy.name}: {exc}") from None
         rec = self.records[place.job_id]
         rec.place, rec.started, rec.since = place, now, now
-        rec.remaining += self.config.start_latency
+        # A restore brings back a process that never stopped (its time was charged at requeue).
+        if not view.suspended:
+            rec.remaining += self.config.start_latency
+        # A kernel executor hands the GPU to the top priority at the next atom boundary: a job
+        # that outranks (or equals) everyone there waits for the atom in flight, at most one.
+        if place.sharing == "executor" and neighbours and all(
+                view.priority >= held.view.priority for j in neighbours if (held := self.state.running.get(j))):
+            rec.remaining += self.config.atom_seconds
         if rec.first_start is None:
             rec.first_start = now
         self._reschedule_finish(rec, now)
@@ -343,9 +385,11 @@ class Simulator:
         if self._agentic:
             self._ended(rec, now)
 
-    def _requeue(self, job_id: str, now: float, fault: bool = False) -> None:
+    def _requeue(self, job_id: str, now: float, fault: bool = False, suspended: bool = False) -> None:
         """Take a running job off its GPUs and back to the queue (preempted, or its GPU failed);
-        after a fault the policy says whether it is requeued at all, as in the daemon."""
+        after a fault the policy says whether it is requeued at all, as in the daemon.
+        ``suspended``: preempted by suspension; it pays its restore time when it runs again, not
+        ``preemption_cost``."""
         rec = self.records.get(job_id)
         if rec is None or rec.place is None:
             raise SimulationError(f"policy {self.policy.name}: preempted {job_id!r}, which is not running")
@@ -358,16 +402,24 @@ class Simulator:
             if self._agentic:
                 self._ended(rec, now)
             return
-        neighbours = self.state.requeue(job_id, now)
+        try:
+            neighbours = self.state.requeue(job_id, now, suspended=suspended)
+        except StateError as exc:
+            raise SimulationError(f"policy {self.policy.name}: {exc}") from None
         rec.attained = self.state.attained(job_id, now)
         rec.preemptions += 1
-        rec.remaining += self.config.costs.preemption_cost
+        if suspended:
+            view = self.state.pending[job_id]
+            rec.remaining += self.state.costs.transfer_seconds(view.suspended_bytes)
+        else:
+            rec.remaining += self.config.costs.preemption_cost
         self._off(rec)
         self._rates_changed(neighbours, now)
         self.dirty = True
 
     def _off(self, rec: JobRecord) -> None:
         self.stopping.pop(rec.job.id, None)
+        self._suspending.discard(rec.job.id)
         rec.version += 1
         rec.place, rec.rate = None, 0.0
         self.dirty = True
@@ -512,18 +564,51 @@ class Simulator:
 
     def _preempt(self, job_id: str, now: float) -> bool:
         """Preempt a running job: at once, or after ``stop_latency`` (its process stopping, still
-        holding its GPUs); True if it left its GPUs now."""
-        latency = self.config.stop_latency
-        if latency <= 0:
-            self._requeue(job_id, now)
-            return True
+        holding its GPUs); True if it left its GPUs now.
+
+        Where its GPU can suspend and its policy says so (``Policy.suspend``), the job is
+        suspended instead: it stops working at once and holds its GPU while its memory crosses
+        the host link (bytes / ``host_link_bytes_per_s``), then waits with its progress and pays
+        the same time again to restore, never ``preemption_cost``."""
+        if job_id in self.stopping:
+            return False
         rec = self.records.get(job_id)
         if rec is None or rec.place is None:
             raise SimulationError(f"policy {self.policy.name}: preempted {job_id!r}, which is not running")
-        if job_id not in self.stopping:
-            self._push(now + latency, _STOPPED, job_id)
-            self.stopping[job_id] = self.seq
+        suspend = self._suspends(job_id, now)
+        latency = self.config.stop_latency
+        if suspend:
+            held = self.state.holding(job_id)
+            assert held is not None
+            latency = self.state.costs.transfer_seconds(held.place.memory)
+        if latency <= 0:
+            self._requeue(job_id, now, suspended=suspend)
+            return True
+        if suspend:
+            self._advance(rec, now)
+            neighbours = self.state.pause(job_id, now)
+            self._reschedule_finish(rec, now)
+            self._rates_changed(neighbours, now)
+            self._suspending.add(job_id)
+        self._push(now + latency, _STOPPED, job_id)
+        self.stopping[job_id] = self.seq
         return False
+
+    def _suspends(self, job_id: str, now: float) -> bool:
+        """Whether a preemption of running ``job_id`` suspends it: a GPU that can, a single-GPU
+        job, room for its memory on the host, and its policy's yes (asked only then, so a cluster
+        without suspension never asks)."""
+        held = self.state.holding(job_id)
+        if held is None or len(held.place.gpus) != 1:
+            return False
+        node = self.state.nodes[held.pos]
+        if not node.gpus[held.place.gpus[0]].suspend:
+            return False
+        if held.place.memory > node.host_memory_free + held.view.host_memory:
+            return False
+        view = self.state.view(job_id)
+        assert view is not None
+        return bool(self.policy.suspend(view, self.snapshot(now)))
 
     def _fail(self, now: float) -> None:
         self._push(now + self.rng.expovariate(self._failure_rate()), _FAIL)
@@ -594,7 +679,7 @@ class Simulator:
                         self._finish(rec, now)
                 elif kind == _STOPPED:
                     if self.stopping.get(key) == seq:
-                        self._requeue(key, now)
+                        self._requeue(key, now, suspended=key in self._suspending)
                 elif kind == _FAIL:
                     self._fail(now)
                 elif kind == _REPAIR:
@@ -654,7 +739,9 @@ class Simulator:
             if node.cpu_milli_free < 0 or node.host_memory_free < 0:
                 raise SimulationError(f"t={now}: {node.name} over-committed CPU or host memory")
             for gpu in node.gpus:
-                if gpu.milli_free < 0 or gpu.memory_free < 0 or gpu.mig_slices_used > 7:
+                # Oversubscribed time-sharers' limits may add up beyond the GPU's memory, by as much.
+                floor = -int((gpu.oversubscription - 1) * gpu.memory_total) if gpu.oversubscription > 1 else 0
+                if gpu.milli_free < 0 or gpu.memory_free < floor or gpu.mig_slices_used > 7:
                     raise SimulationError(f"t={now}: {node.name} GPU {gpu.index} over-committed: {gpu}")
                 whole = [j for j in gpu.jobs if state.running[j].place.sharing == ""]
                 if whole and len(gpu.jobs) > 1:

@@ -70,11 +70,13 @@ profiles = st.builds(MigProfile, names, st.integers(1, 7), ints, st.integers(1, 
 gpus = st.builds(GpuView, st.integers(0, 15), names, ints, ints, ints, st.booleans(), names,
                  st.lists(profiles, max_size=2).map(tuple), st.integers(0, 7), st.lists(names, max_size=3).map(tuple),
                  st.sampled_from(["", "mps", "timeslice", "mig"]),
-                 st.lists(st.builds(Instance, names, st.integers(0, 7)), max_size=2).map(tuple))
-nodes = st.builds(NodeView, names, st.lists(gpus, max_size=3).map(tuple), ints, ints)
+                 st.lists(st.builds(Instance, names, st.integers(0, 7)), max_size=2).map(tuple),
+                 st.booleans(), floats, ints)
+nodes = st.builds(NodeView, names, st.lists(gpus, max_size=3).map(tuple), ints, ints, st.booleans())
 jobs = st.builds(JobView, names, resources, names, ints, names, floats, st.none() | floats, floats, floats, ints, ints,
                  names, st.lists(st.integers(0, 15), max_size=2).map(tuple), st.booleans(), ints, floats, floats,
-                 st.lists(st.builds(Stint, floats, floats, floats), max_size=2).map(tuple))
+                 st.lists(st.builds(Stint, floats, floats, floats), max_size=2).map(tuple), names, st.booleans(),
+                 ints, names, st.none() | st.tuples(names, st.integers(0, 15)))
 
 
 def _unique(views: list[JobView]) -> tuple[JobView, ...]:
@@ -154,19 +156,21 @@ def test_a_missing_field_is_refused_by_name() -> None:
 
 def test_another_schema_version_is_refused() -> None:
     with pytest.raises(wire.WireError, match="^v:"):
-        wire.decode_quantum(b'{"v": 2, "type": "quantum", "value": 1.0}')
+        wire.decode_quantum(b'{"v": %d, "type": "quantum", "value": 1.0}' % (wire.SCHEMA_VERSION + 1))
+    with pytest.raises(wire.WireError, match="^v:"):
+        wire.decode_quantum(b'{"v": %d, "type": "quantum", "value": 1.0}' % (wire.SCHEMA_VERSION - 1))
 
 
 def test_a_non_finite_number_is_refused() -> None:
     with pytest.raises(wire.WireError, match="NaN"):
-        wire.decode_quantum(b'{"v": 1, "type": "quantum", "value": NaN}')
+        wire.decode_quantum(b'{"v": %d, "type": "quantum", "value": NaN}' % wire.SCHEMA_VERSION)
     with pytest.raises(wire.WireError, match="quantum.value"):
-        wire.decode_quantum(b'{"v": 1, "type": "quantum", "value": 1e999}')
+        wire.decode_quantum(b'{"v": %d, "type": "quantum", "value": 1e999}' % wire.SCHEMA_VERSION)
 
 
 def test_an_answer_of_another_type_is_refused() -> None:
     with pytest.raises(wire.WireError, match="type: expected quantum"):
-        wire.decode_quantum(b'{"v": 1, "type": "requeue", "value": true}')
+        wire.decode_quantum(b'{"v": %d, "type": "requeue", "value": true}' % wire.SCHEMA_VERSION)
 
 
 def test_a_reported_failure_raises_with_its_kind() -> None:
