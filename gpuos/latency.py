@@ -65,6 +65,18 @@ class LatencyLog:
 _lock = threading.Lock()
 _log: LatencyLog | None = None
 _opened = False
+_warned = False
+
+
+def job_log() -> LatencyLog | None:
+    """This process's latency log as gpuosd set it up (opened once), or None outside gpuosd."""
+    global _log, _opened
+    if not _opened:
+        with _lock:
+            if not _opened:
+                _log = LatencyLog.from_environment()
+                _opened = True
+    return _log
 
 
 def report_latency(seconds: float) -> None:
@@ -73,21 +85,17 @@ def report_latency(seconds: float) -> None:
     Raises ValueError for a negative or non-finite latency; does nothing (after one warning)
     when the process is not a gpuosd job. A forked child shares its parent's open log.
     """
-    global _log, _opened
-    if not _opened:
-        with _lock:
-            if not _opened:
-                _log = LatencyLog.from_environment()
-                _opened = True
-                if _log is None and not os.environ.get("GPUOS_PROGRESS_DIR_FD"):
-                    warnings.warn("gpuos.report_latency: not running under gpuosd (neither GPUOS_PROGRESS_DIR_FD "
-                                  "nor GPUOS_LATENCY_FILE is set); latencies are not reported",
-                                  RuntimeWarning, stacklevel=2)
-    if _log is None:
+    global _warned
+    log = job_log()
+    if log is None:
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"a latency is a non-negative number of seconds, not {seconds!r}")
+        if not _warned and not os.environ.get("GPUOS_PROGRESS_DIR_FD"):
+            _warned = True
+            warnings.warn("gpuos.report_latency: not running under gpuosd (neither GPUOS_PROGRESS_DIR_FD "
+                          "nor GPUOS_LATENCY_FILE is set); latencies are not reported", RuntimeWarning, stacklevel=2)
         return
-    _log.report(seconds)
+    log.report(seconds)
 
 
 # A sample beyond a day is garbage (the API refuses such an SLO too).

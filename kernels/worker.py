@@ -41,7 +41,7 @@ from gpuos.jobs import KernelProgress
 from gpuos.kernels.atoms import target_seconds
 from gpuos.kernels.context import DEFAULT_ATOM_SECONDS, KernelContext
 from gpuos.kernels.registry import KernelSpec, get_kernel
-from gpuos.latency import report_latency
+from gpuos.latency import job_log
 
 PROGRESS_FILE = "progress.json"
 
@@ -115,8 +115,11 @@ class Progress:
 
     def record(self, step: int, latency_s: float) -> None:
         self.latencies.append(latency_s)
-        # Each step is one request as SLO-driven colocation sees it (gpuos/latency.py).
-        report_latency(latency_s)
+        # Each step is one request as SLO-driven colocation sees it (gpuos/latency.py); a worker
+        # started by hand has no log and reports nothing, quietly.
+        log = job_log()
+        if log is not None:
+            log.report(latency_s)
         print(f"step {step + 1}/{self.steps_total}: {latency_s * 1e3:.3f} ms", flush=True)
         self.write()
 

@@ -188,3 +188,14 @@ def test_sim_context_switch_cost_slows_time_sliced_jobs(tmp_path) -> None:  # ty
     free = _jct_mean(tmp_path, "--trace", trace, "--context-switch", "0")
     costly = _jct_mean(tmp_path, "--trace", trace, "--context-switch", "0.5")
     assert costly > free
+
+
+def test_sim_suspend_moves_the_victims_memory_over_the_host_link_instead_of_restarting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    trace = _pod_list(tmp_path, "be,1000,1024,1,1000,,BE,Running,0,100,0", "ls,1000,1024,1,1000,,LS,Running,10,15,10")
+    # be holds its GPU while its whole memory (the G2's 32 GiB) leaves at 25 GB/s, then ls runs
+    # 5 s, then be's memory comes back at the same rate and its 90 s of work resume: no restart.
+    move = 32 * 1024**3 / 25e9
+    jct = _jct_mean(tmp_path, "--trace", trace, "--policy", "priority", "--preemption-cost", "50", "--suspend")
+    assert abs(jct - ((5 + move) + (10 + move + 5 + move + 90)) / 2) < 1e-6
+    refused = _gpuosctl("sim", "--trace", trace, "--oversubscription", "2", cwd=str(tmp_path))
+    assert refused.returncode == 2 and "--oversubscription" in refused.stderr and refused.stderr.count("\n") == 1

@@ -121,11 +121,12 @@ def colocation_dict(c: jobs_pb2.Colocation) -> dict[str, Any]:
 def colocation_lines(c: jobs_pb2.Colocation) -> list[str]:
     """``gpuosctl get``'s lines for :func:`colocation_dict`'s figures."""
     if c.slo_p99_seconds:
-        right = f"{c.right_share:.0%}" if c.HasField("right_share") else "not yet known"
+        right = (f"the SLO held with them at {c.right_share:.0%} of the time" if c.HasField("right_share")
+                 else "not yet known")
         neighbours = "suspended" if c.suspended else f"{c.neighbour_share:.0%} of the time"
         return [f"slo: p99 {_duration(c.p99_seconds)} over {c.samples} requests, target {_duration(c.slo_p99_seconds)}, "
                 f"{c.attainment:.1%} within it",
-                f"best-effort neighbours: {neighbours}; right-sized share {right}" + (f" ({c.reason})" if c.reason else "")]
+                f"best-effort neighbours: {neighbours}; right-sized: {right}" + (f" ({c.reason})" if c.reason else "")]
     state = "suspended" if c.suspended else f"share {c.share:.0%} of the time"
     return [f"throttled: {state}, for {c.reason}" if c.reason else f"throttled: {state}"]
 

@@ -41,6 +41,16 @@ def add_sim_parser(sub: Any) -> None:
                    help="seconds lost per time-slice quantum to switching contexts")
     p.add_argument("--preemption-cost", type=non_negative_float, default=None, metavar="S",
                    help="seconds of extra work a preempted job does when it resumes (checkpoint-restart)")
+    p.add_argument("--suspend", action="store_true",
+                   help="GPUs can suspend jobs to host memory: a preempted single-GPU job is suspended (where "
+                        "its policy says so) and pays bytes over --host-link-gbps to leave and to come back, "
+                        "instead of --preemption-cost")
+    p.add_argument("--oversubscription", type=positive_float, default=None, metavar="X",
+                   help="with --suspend: time-sharers' memory limits may add up to X times a GPU's memory")
+    p.add_argument("--cross-gpu-restore", action="store_true",
+                   help="with --suspend: a suspended job may come back on another GPU of its model")
+    p.add_argument("--host-link-gbps", type=positive_float, default=None, metavar="GB/S",
+                   help="host link bandwidth for suspend and restore (default 25, a PCIe Gen4 x16 figure)")
     p.add_argument("--failures-per-gpu-hour", type=non_negative_float, default=None,
                    help="inject GPU failures at this rate")
     p.add_argument("--horizon", type=positive_float, default=None, help="stop at this simulated time, in seconds")
@@ -83,7 +93,7 @@ def run_sim(args: argparse.Namespace) -> int:
         hint = " (or leave out --plot)" if exc.modules == PLOT_MODULES else ""
         print(f"gpuosctl sim: {exc}{hint}", file=sys.stderr)
         return 1
-    from gpuos.errors import GpuosError
+    from gpuos.errors import GpuosError, InvalidArgument
     from gpuos.scheduler.registry import get_policy
     from gpuos.scheduler.sim import SimConfig, SimulationError, load_trace, run_simulation
     from gpuos.scheduler.sim.traces import window
@@ -95,13 +105,22 @@ def run_sim(args: argparse.Namespace) -> int:
             ("preemption_cost", args.preemption_cost),
             ("failures_per_gpu_hour", args.failures_per_gpu_hour),
             ("horizon", args.horizon),
+            ("suspend", args.suspend or None),
+            ("oversubscription", args.oversubscription),
+            ("cross_gpu_restore", args.cross_gpu_restore or None),
+            ("host_link_bytes_per_s", None if args.host_link_gbps is None else args.host_link_gbps * 1e9),
         ) if value is not None
     }
     policies = args.policy or ["fifo"]
     try:
+        config = SimConfig(**overrides)
+    except InvalidArgument as exc:
+        # A combination of flags the model refuses: a bad command line, named by its flag.
+        print(f"gpuosctl sim: --{exc.field.replace('_', '-')}: {exc.problem}", file=sys.stderr)
+        return 2
+    try:
         for name in policies:
             get_policy(name)  # an unknown name fails before the trace is read
-        config = SimConfig(**overrides)
         trace = window(load_trace(args.trace, seed=args.seed), args.start, args.jobs)
     except (GpuosError, KeyError, ValueError, OSError) as exc:
         print(f"gpuosctl sim: {exc}", file=sys.stderr)
