@@ -165,6 +165,11 @@ def options(job: JobView, node: NodeView,
         fitting = [g for g in node.gpus if gpu_fits(request, g)]
     if job.suspended:
         fitting = [g for g in fitting if resumes_on(job, node, g)]
+    if request.timeslice and any(g.oversubscription > 1 for g in fitting):
+        # Oversubscription is the fallback: GPUs where the time-sharer's memory fits beside the
+        # others' come first, so a first-fit policy stacks sharers beyond a GPU's memory (and pays
+        # for moving memory at every turn) only when no GPU has the room.
+        fitting.sort(key=lambda g: demand(choose(g) if choose is not None else request, g)[1] > g.memory_free)
     if request.gpu_milli or request.mig_profile or request.timeslice or request.executor:
         # GPUs that differ only in index are interchangeable: offer the lowest-indexed one.
         seen: set[tuple[object, ...]] = set()

@@ -153,6 +153,31 @@ def test_three_40gib_time_sharers_run_on_one_80gib_gpu_with_memory_in_use_within
     assert any(e.kind == "suspended" for e in events) and any(e.kind == "restored" for e in events)
 
 
+def test_a_sharer_that_cannot_fit_beside_one_running_alone_starts_without_waiting_for_its_end(one_h100: Daemon) -> None:
+    # 50 + 50 GiB do not fit in 80: the job running alone has no turn to end, so it is suspended
+    # for the newcomer, which then gets the first turn (it is not handed straight back).
+    with Client(socket=one_h100.config.socket) as client:
+        first = client.submit(_sleeper(30), sharing="timeslice", memory=50 * GIB).id
+        _running(client, first)
+        second = client.submit(_sleeper(30), sharing="timeslice", memory=50 * GIB).id
+        _running(client, second, timeout=15)
+        assert client.get(first).state == jobs_pb2.PAUSED and "suspended" in _kinds(client, first)
+        for job_id in (first, second):
+            client.cancel(job_id)
+
+
+def test_oversubscription_is_the_fallback_an_idle_gpu_comes_first(short_dir: Path) -> None:
+    for daemon in serve(short_dir, sim_gpus="2xH100-80GB"):
+        with Client(socket=daemon.config.socket) as client:
+            ids = [client.submit(_sleeper(30), sharing="timeslice", memory=50 * GIB).id for _ in range(2)]
+            for job_id in ids:
+                _running(client, job_id)
+            assert sorted(client.get(i).placement.devices[0] for i in ids) == [0, 1]
+            assert not any("suspended" in _kinds(client, i) for i in ids)
+            for job_id in ids:
+                client.cancel(job_id)
+
+
 @pytest.mark.parametrize("off", ["config", "backend"])
 def test_without_oversubscription_the_third_40gib_sharer_waits(short_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                                off: str) -> None:

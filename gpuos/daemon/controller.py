@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,9 @@ class Controller:
         self.mps = self.partitions.mps
         self.health = Health(backend, self.devices, self.partitions, health_failures_before_lost)
         self.turns = Turns()
+        # Time-shared GPUs where a sharer about to start waits for room (its neighbours' memory
+        # being suspended for it), by GPU index: the job waiting.
+        self._room_wanted: dict[int, str] = {}
         # Detected once, at start: whether jobs here can be suspended to host memory.
         self.suspend_support = backend.suspend_support()
         # Time-sharers' limits may add up past a GPU's memory only where jobs can be suspended;
@@ -328,12 +332,17 @@ class Controller:
                 view = self.cluster.state.pending.get(decision.job_id)  # a lookup, not a scan of the queue
                 if decision.sharing == "timeslice" and snap is not None and view is not None:
                     quantum = self.policy.quantum(view, snap)
-                if self.oversubscribed and decision.sharing == "timeslice" and not self._room_for(decision, now):
-                    # Paused sharers are being suspended to make room; the job starts a round later.
-                    self._dirty = True
-                    continue
+                made_room = False
+                if self.oversubscribed and decision.sharing == "timeslice":
+                    ready, made_room = self._room_for(decision, now)
+                    if not ready:
+                        # Sharers are being suspended to make room; the job starts a round later.
+                        self._dirty = True
+                        continue
                 # A job preempted by suspension is restored there, not launched (Lifecycle.start).
-                self.lifecycle.start(decision, quantum)
+                started = self.lifecycle.start(decision, quantum)
+                if started is not None and made_room:
+                    self.turns.give(decision.gpus[0], decision.job_id, now, quantum)
             elif not self._preempt_by_suspension(decision.job_id, snap, now):
                 self.lifecycle.preempt(decision.job_id, self.policy.name)
         # After the decisions took effect: the reasons only inform, and must never hold them up.
@@ -390,11 +399,31 @@ class Controller:
                 self.lifecycle.restore(job, index, now)
         return residency
 
-    def _room_for(self, place: Place, now: float) -> bool:
+    def _room_for(self, place: Place, now: float) -> tuple[bool, bool]:
         """Whether time-sharer ``place.job_id`` can start on its GPU now, its memory fitting beside
-        the resident set; if not, the paused sharers that make room are being suspended."""
+        the resident set, and whether room had to be made for it (a neighbour's memory is out).
+        If it cannot start yet, the sharers that make room are being suspended: paused ones first
+        (least recently run); if that is not enough, the one running now, whose turn then ends
+        (alone on its GPU it has no turn to end, and would otherwise hold the room until it exits)."""
         index = place.gpus[0]
-        return self._apply_residency(index, place.job_id, Resident(place.job_id, place.memory), now).ready
+        newcomer = Resident(place.job_id, place.memory)
+        residency = self._apply_residency(index, place.job_id, newcomer, now)
+        if residency.wait and not residency.suspend:
+            sharers = self._residents(index)
+            if not any(s.transferring for s in sharers):
+                running = {j.id for j in self.store.placed()
+                           if j.state == JobState.RUNNING and j.id not in self.lifecycle.stopping and can_move(j)}
+                widened = [replace(s, suspendable=s.suspendable or s.job_id in running) for s in sharers]
+                for job_id in plan_residency([*widened, newcomer], place.job_id, self.devices[index].memory_total).suspend:
+                    job = self.store.active_job(job_id)
+                    if job is not None and job_id in running:
+                        self.lifecycle.suspend(job, now, requeue=False)
+        made_room = any(not s.resident for s in self._residents(index))
+        if residency.ready:
+            self._room_wanted.pop(index, None)
+        else:
+            self._room_wanted[index] = place.job_id
+        return residency.ready, made_room
 
     def waiting(self, job_id: str) -> WaitReason | None:
         """Why the latest round left pending job ``job_id`` unplaced; None if it placed it or never saw it."""
@@ -442,6 +471,15 @@ class Controller:
                 runners[placement.devices[0]] = job_id
         waiting: set[str] = set()
         for gpu, runner in runners.items():
+            wanted = self._room_wanted.get(gpu)
+            if wanted is not None:
+                job = self.store.active_job(wanted)
+                if job is not None and job.state == JobState.PENDING:
+                    # The room being made is for a time-sharer about to start: bringing the runner
+                    # back now would undo it (the start comes with the next scheduling round).
+                    waiting.add(runner)
+                    continue
+                del self._room_wanted[gpu]
             try:
                 residency = self._apply_residency(gpu, runner, None, now)
             except ValueError:

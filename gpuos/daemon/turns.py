@@ -45,6 +45,15 @@ class Turns:
             self._turns[gpu] = Turn(turn.job_id, now + self._lengths.get(gpu, MIN_TURN))
         self._recheck = now + RECHECK
 
+    def give(self, gpu: int, job_id: str, now: float, length: float) -> None:
+        """Start a turn of ``length`` seconds for ``job_id`` on GPU ``gpu`` now: a time-sharer whose
+        start had to wait for room (its neighbour's memory suspended for it) runs first, rather than
+        the round-robin handing the GPU straight back to the neighbour it displaced."""
+        length = max(MIN_TURN, length)
+        self._turns[gpu] = Turn(job_id, now + length)
+        self._lengths[gpu] = length
+        self._last_ran[job_id] = now
+
     def forget(self, job_id: str) -> None:
         """``job_id`` left its GPUs: the turns it held end now."""
         for gpu, turn in list(self._turns.items()):
