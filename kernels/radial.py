@@ -3,15 +3,12 @@
 The static mask and its block layout are defined in :mod:`gpuos.kernels.radial_spec` (built once
 per shape and cached); the token-level reference is :mod:`gpuos.kernels.reference.radial`.
 
-- :func:`radial_attention` ``(q, k, v, frames, tokens_per_frame, block=128, sink=True, ...,
-  mask="paper")``: ``q, k, v`` of shape ``(batch, heads, frames * tokens_per_frame, dim)`` in bf16,
-  fp16 or fp32; returns the attention output (same shape and dtype), equal to softmax attention
-  under the token-level radial mask of rule ``mask`` (``"paper"``: the paper's rule exactly;
-  ``"gpuos"``: the block-floored rule gpuos shipped first; see :mod:`gpuos.kernels.radial_spec`).
-  Under ``"paper"`` the block size changes only the work, never the mask. One program per
-  (query block, batch x head) walks only that query block's key blocks with an online softmax in
-  fp32; on block pairs that the layout marks partial it applies the token mask, computed from
-  token indices and the per-frame-distance window table.
+- :func:`radial_attention` ``(q, k, v, frames, tokens_per_frame, block=128, sink=True)``: ``q, k, v``
+  of shape ``(batch, heads, frames * tokens_per_frame, dim)`` in bf16, fp16 or fp32; returns the
+  attention output (same shape and dtype), equal to softmax attention under the token-level
+  radial mask. One program per (query block, batch x head) walks only that query block's key
+  blocks with an online softmax in fp32; on block pairs that the layout marks partial it applies
+  the token mask, computed from token indices and the per-frame-distance window table.
 - :func:`run_job`: the ``radial-dit`` kernel job's runner.
 - :func:`bench_cases` ``(device="cuda")``: for ``bench/kernels.py``, a list of
   ``(label, sparse_call, dense_call, flops)`` at Wan2.1 480p shapes (12 heads, dim 128, bf16,
@@ -35,7 +32,7 @@ import triton.language as tl
 
 from gpuos.kernels import atoms
 from gpuos.kernels.context import KernelContext
-from gpuos.kernels.radial_spec import MASKS, RadialLayout, radial_layout
+from gpuos.kernels.radial_spec import RadialLayout, radial_layout
 from gpuos.kernels.reference.radial import dense_sdpa
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -138,11 +135,11 @@ def _radial_fwd(
 
 
 @lru_cache(maxsize=32)
-def _device_layout(frames: int, tokens_per_frame: int, block: int, sink: bool, mask: str,
+def _device_layout(frames: int, tokens_per_frame: int, block: int, sink: bool,
                    device: str) -> tuple[RadialLayout, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cached layout as tensors on ``device``: per query block its key blocks (padded, full ones
     first), how many are full, how many in all; and the window table."""
-    layout = radial_layout(frames, tokens_per_frame, block, sink, mask)
+    layout = radial_layout(frames, tokens_per_frame, block, sink)
     index = torch.zeros(layout.num_blocks, layout.max_blocks_per_row, dtype=torch.int32)
     full = torch.zeros(layout.num_blocks, dtype=torch.int32)
     for qb, (row, flags) in enumerate(zip(layout.key_blocks, layout.partial, strict=True)):
@@ -174,16 +171,12 @@ def _tiles(block: int, dim: int, dtype: torch.dtype) -> dict[str, Any]:
 
 def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, tokens_per_frame: int,
                      block: int = 128, sink: bool = True, scale: float | None = None,
-                     out: torch.Tensor | None = None, ctx: KernelContext | None = None, *,
-                     mask: str = "paper") -> torch.Tensor:
+                     out: torch.Tensor | None = None, ctx: KernelContext | None = None) -> torch.Tensor:
     """Softmax attention of ``q`` over ``k, v`` under the radial mask; see the module docstring.
 
     ``out``, when given, is written in place and returned (same shape, dtype and device as ``q``).
     With ``ctx`` the grid runs as atoms (``gpuos.kernels.atoms``), bit-identical to one launch.
-    ``mask`` is ``"paper"`` (the paper's rule, the default) or ``"gpuos"``.
     """
-    if mask not in MASKS:
-        raise ValueError(f"mask must be one of {', '.join(MASKS)}; got {mask!r}")
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share a (batch, heads, seq, dim) shape; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -206,7 +199,7 @@ def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: 
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
         raise ValueError("out must match q in shape, dtype and device, contiguous in the head dimension")
-    layout, index, full, counts, widths = _device_layout(frames, tokens_per_frame, block, sink, mask, str(q.device))
+    layout, index, full, counts, widths = _device_layout(frames, tokens_per_frame, block, sink, str(q.device))
     scale = dim**-0.5 if scale is None else scale
     tiles = _tiles(block, dim, q.dtype)
     atoms.launch(
@@ -237,7 +230,6 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
     shape, capped = _job_shape(params, ctx.on_gpu)
     dtype = DTYPES[str(params["dtype"])]
     sink = bool(params["sink"])
-    mask = str(params.get("mask", "paper"))
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     seq = shape["frames"] * shape["tokens_per_frame"]
     q, k, v = (torch.randn(shape["batch"], shape["heads"], seq, shape["dim"], device=ctx.device, dtype=dtype,
@@ -247,12 +239,12 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
     for step in range(int(params["steps"])):
         start = time.perf_counter()
         radial_attention(q, k, v, shape["frames"], shape["tokens_per_frame"], shape["block"], sink, out=out,
-                         ctx=ctx, mask=mask)
+                         ctx=ctx)
         if ctx.on_gpu:
             torch.cuda.current_stream(ctx.device).synchronize()  # its own stream: an executor runs others
         latencies.append(time.perf_counter() - start)
         ctx.report(step, latencies[-1])
-    layout = radial_layout(shape["frames"], shape["tokens_per_frame"], shape["block"], sink, mask)
+    layout = radial_layout(shape["frames"], shape["tokens_per_frame"], shape["block"], sink)
     mean = sum(latencies) / len(latencies)
     flops = 4.0 * shape["batch"] * shape["heads"] * shape["dim"] * layout.active_blocks * shape["block"] ** 2
     return {
@@ -281,7 +273,7 @@ def _bench_case(label: str, frames: int, device: str) -> BenchCase:
         return dense_sdpa(q, k, v)
 
     flops = 4.0 * heads * dim * layout.active_blocks * block**2
-    return f"{label}, paper mask, block density {layout.density:.1%}", sparse, dense, flops
+    return f"{label}, block density {layout.density:.1%}", sparse, dense, flops
 
 
 def bench_cases(device: str = "cuda") -> list[BenchCase]:

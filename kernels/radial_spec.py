@@ -3,25 +3,18 @@
 Radial Attention (arXiv 2506.19852) attends, for a video of ``frames`` frames of
 ``tokens_per_frame`` tokens each (token ``t`` is in frame ``t // T`` at spatial index ``t % T``),
 through a static mask. With ``d`` the distance between the query's and the key's frames and
-``r = floor(log2(max(d, 1)))`` its band, two rules (``mask=``) are offered:
+``r = floor(log2(max(d, 1)))`` its band:
 
-``"paper"`` (the default), the paper's token-level rule exactly: a query attends a key when
+- band 0 (``d <= 1``: the token's own frame and its neighbours) is dense;
+- band ``r >= 1`` keeps the keys whose spatial index is within ``T / 2**r`` of the query's
+  (``|s_q - s_k| * 2**r < T``): the spatial window halves each time the frame distance doubles;
+- once that window would be narrower than one block (``T / 2**r < block``), the window stays one
+  block wide (``|s_q - s_k| < block``) and only every ``ceil(block * 2**r / T)``-th frame
+  distance is kept, so the band's density still halves while the kernel works on whole blocks;
+- with ``sink``, every query also attends to the whole first frame.
 
-- ``2**r <= T`` and ``|s_q - s_k| + 1 <= T / 2**r`` (band 0, ``d <= 1``, is dense; the diagonal
-  band's width halves each time the frame distance doubles, down to the single diagonal), or
-- ``d % ceil(2**r / T) == 0`` and ``s_q == s_k``: once the width would fall below one token, only
-  the diagonal of every ``ceil(2**r / T)``-th frame distance is kept.
-
-``"gpuos"``, the rule gpuos shipped first, block-friendly: band ``r >= 1`` keeps
-``|s_q - s_k| < T / 2**r`` (one diagonal more per side than the paper where ``T / 2**r`` is not
-whole), and once that window is narrower than one block (``T / 2**r < block``) the window stays
-one block wide (``|s_q - s_k| < block``) and only every ``ceil(block * 2**r / T)``-th frame
-distance is kept, where the paper keeps narrowing the diagonal.
-
-Either rule is one window per frame distance, ``|s_q - s_k| < w[d]`` (:func:`window_table`), and
-with ``sink`` every query also attends to the whole first frame. Each band holds about twice as
-many frame distances as the one before it and half the density, so a query attends to O(T) keys
-per band and O(T log frames) keys in all: O(n log n) work.
+Each band holds about twice as many frame distances as the one before it and half the density,
+so a query attends to O(T) keys per band and O(T log frames) keys in all: O(n log n) work.
 
 Everything here is plain Python so that the daemon can validate jobs and price them without
 torch (the cost model estimates the layout's block count in O(frames) time, since building the
@@ -42,28 +35,16 @@ from gpuos.kernels.registry import KernelCost, KernelSpec, Param, register
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
-MASKS = ("paper", "gpuos")
-
-
-def window_table(frames: int, tokens_per_frame: int, block: int, mask: str = "paper") -> tuple[int, ...]:
+def window_table(frames: int, tokens_per_frame: int, block: int) -> tuple[int, ...]:
     """Per frame distance ``d``, the spatial window: key ``k`` is attended when ``|s_q - s_k| < w[d]``.
 
     ``w[d] == 0`` marks a frame distance that the subsampling drops (apart from the sink).
-    ``mask`` picks the rule (see the module docstring); ``block`` matters to ``"gpuos"`` only.
     """
-    if mask not in MASKS:
-        raise ValueError(f"mask must be one of {', '.join(MASKS)}; got {mask!r}")
     widths = []
     for d in range(frames):
         r = max(d, 1).bit_length() - 1
         if r == 0:
             widths.append(tokens_per_frame)
-        elif mask == "paper":
-            if tokens_per_frame >= 1 << r:
-                widths.append(tokens_per_frame >> r)  # |x| + 1 <= T/2^r  <=>  |x| < floor(T/2^r)
-            else:
-                stride = -(-(1 << r) // tokens_per_frame)
-                widths.append(1 if d % stride == 0 else 0)
         elif tokens_per_frame >= block << r:
             widths.append(-(-tokens_per_frame // (1 << r)))  # |x| < T/2^r  <=>  |x| < ceil(T/2^r)
         else:
@@ -78,7 +59,7 @@ class RadialLayout:
 
     ``partial[qb][i]`` says that block pair ``(qb, key_blocks[qb][i])`` holds both attended and
     masked-out tokens, so the kernel must apply the token-level mask there; on the other pairs
-    every (in-range) token pair is attended. ``mask`` names the rule that ``widths`` encodes.
+    every (in-range) token pair is attended.
     """
 
     frames: int
@@ -88,7 +69,6 @@ class RadialLayout:
     widths: tuple[int, ...]
     key_blocks: tuple[tuple[int, ...], ...]
     partial: tuple[tuple[bool, ...], ...]
-    mask: str
 
     @property
     def seq_len(self) -> int:
@@ -129,9 +109,8 @@ def _covers(merged: list[tuple[int, int]], lo: int, hi: int) -> bool:
 
 
 @lru_cache(maxsize=32)
-def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
-                  mask: str = "paper") -> RadialLayout:
-    """Build (once per shape and rule) the block-sparse layout of the radial mask; see the module docstring.
+def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True) -> RadialLayout:
+    """Build (once per shape) the block-sparse layout of the radial mask; see the module docstring.
 
     Works on ranges, not on the n x n mask: a query block splits into at most a few
     per-frame segments of spatial indices ``[a1, a2]``; against key frame ``j`` with window
@@ -143,7 +122,7 @@ def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bo
     t = tokens_per_frame
     n = frames * t
     nb = -(-n // block)
-    widths = window_table(frames, t, block, mask)
+    widths = window_table(frames, t, block)
     key_blocks: list[tuple[int, ...]] = []
     partial: list[tuple[bool, ...]] = []
     for qb in range(nb):
@@ -170,11 +149,10 @@ def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bo
         partial.append(tuple(
             not all(_covers(m, kb * block, min(n, (kb + 1) * block) - 1) for m in full_per_segment) for kb in row
         ))
-    return RadialLayout(frames, t, block, sink, widths, tuple(key_blocks), tuple(partial), mask)
+    return RadialLayout(frames, t, block, sink, widths, tuple(key_blocks), tuple(partial))
 
 
-def estimated_active_blocks(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
-                            mask: str = "paper") -> float:
+def estimated_active_blocks(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True) -> float:
     """About how many block pairs :func:`radial_layout` keeps, in O(frames) time (for pricing jobs).
 
     Per frame pair with window ``w``: the ``R = (T - 1) / block + 1`` block rows meeting the query
@@ -185,7 +163,7 @@ def estimated_active_blocks(frames: int, tokens_per_frame: int, block: int = 128
     t = tokens_per_frame
     rows = (t - 1) / block + 1
     total = 0.0
-    for d, w in enumerate(window_table(frames, t, block, mask)):
+    for d, w in enumerate(window_table(frames, t, block)):
         pairs = frames if d == 0 else 2 * (frames - d)
         if sink and d > 0:
             pairs -= 1  # the pair (d, 0) is attended in full instead
@@ -201,7 +179,7 @@ def cost(params: Mapping[str, Any]) -> KernelCost:
     """FLOPs and bytes of one radial attention call: the kernel computes whole active blocks."""
     block = int(params["block"])
     frames, t = int(params["frames"]), int(params["tokens_per_frame"])
-    active = estimated_active_blocks(frames, t, block, bool(params["sink"]), str(params.get("mask", "paper")))
+    active = estimated_active_blocks(frames, t, block, bool(params["sink"]))
     bh = int(params["batch"]) * int(params["heads"])
     dim = int(params["dim"])
     elt = DTYPE_BYTES[str(params["dtype"])]
@@ -228,8 +206,6 @@ SPEC = register(KernelSpec(
         Param("block", "choice", "128", "block size of the sparse layout and the kernel's tiles",
               choices=("16", "32", "64", "128")),
         Param("sink", "bool", True, "every token also attends to the whole first frame"),
-        Param("mask", "choice", "paper", "the mask's rule: the paper's token-level rule, or gpuos's first, "
-              "block-floored one", choices=MASKS),
         Param("dtype", "choice", "bf16", "input and output dtype (accumulation is fp32)",
               choices=("bf16", "fp16", "fp32")),
         Param("steps", "int", 10, "kernel calls the job runs", minimum=1, maximum=100000),

@@ -289,21 +289,18 @@ def _sla_fwd_kernel(
 def _sla_bwd_dq_kernel(
     Q, K, V, DO, DLIN, LIN, DEN, LSE, DELTA, HT, ZT, ORDER, NCRIT, NMARG, DQ, DNUM, DDEN,
     N, N_QBLOCKS, N_KBLOCKS, sm_scale, pid_offset,
-    BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr,
 ):
-    """dQ for ROWS rows of one query block (sparse and linear branches), and the linear branch's
-    gradients with respect to its numerator (DNUM) and denominator (DDEN), which the dK/dV kernel
-    needs. ROWS divides BLOCK; BLOCK // ROWS programs share a query block (and its key-block list),
-    each holding ROWS x D accumulators instead of BLOCK x D (see ``BACKWARD_CONFIGS``).
+    """dQ for one query block (sparse and linear branches), and the linear branch's gradients with
+    respect to its numerator (DNUM) and denominator (DDEN), which the dK/dV kernel needs.
 
     Every tensor is contiguous, (B*H, N, D) or (B*H, N). The linear branch's dphi(Q) is the global
     state's term minus the critical and negligible blocks' terms, or the marginal blocks' terms.
     Programs write disjoint rows, so the grid may run as atoms from ``pid_offset``.
     """
-    part = tl.program_id(0) + pid_offset
-    qblock = part // (BLOCK // ROWS)
+    qblock = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
-    offs_m = qblock * BLOCK + (part % (BLOCK // ROWS)) * ROWS + tl.arange(0, ROWS)
+    offs_m = qblock * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
     row_ok = offs_m < N
     base = bh * N * D
@@ -331,14 +328,14 @@ def _sla_bwd_dq_kernel(
     tl.store(DDEN + rows, dden, mask=row_ok)
     dnum = dnum.to(COMPUTE)
 
-    dphiq = tl.zeros((ROWS, D), dtype=tl.float32)
+    dphiq = tl.zeros((BLOCK, D), dtype=tl.float32)
     if complement:
         ht_t = tl.load(HT + bh * D * D + offs_d[None, :] * D + offs_d[:, None])  # the state, transposed
         zt = tl.load(ZT + bh * D + offs_d)
         dphiq = tl.dot(dnum, ht_t.to(COMPUTE)) + dden[:, None] * zt[None, :]
 
     qk_scale = sm_scale * 1.4426950408889634
-    dq = tl.zeros((ROWS, D), dtype=tl.float32)
+    dq = tl.zeros((BLOCK, D), dtype=tl.float32)
     for t in range(0, n_crit):
         offs_n = tl.load(order + t) * BLOCK + tl.arange(0, BLOCK)
         col_ok = offs_n < N
@@ -366,17 +363,15 @@ def _sla_bwd_dq_kernel(
 def _sla_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DNUM, DDEN, GT, GZ, T_ORDER, T_NCRIT, T_NMARG, DK, DV,
     N, N_QBLOCKS, N_KBLOCKS, sm_scale, pid_offset,
-    BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK: tl.constexpr, D: tl.constexpr, COMPUTE: tl.constexpr,
 ):
-    """dK and dV for ROWS rows of one key block: the sparse branch over the query blocks that hold
-    it critical, the linear branch over those that hold it marginal (the global state
-    GT = sum phi(Q)^T DNUM, GZ = sum DDEN phi(Q), minus the other query blocks' terms, or the
-    marginal ones added up). ROWS divides BLOCK, as in the dQ kernel. Programs write disjoint key
-    rows, so the grid may run as atoms from ``pid_offset``."""
-    part = tl.program_id(0) + pid_offset
-    kblock = part // (BLOCK // ROWS)
+    """dK and dV for one key block: the sparse branch over the query blocks that hold it critical,
+    the linear branch over those that hold it marginal (the global state GT = sum phi(Q)^T DNUM,
+    GZ = sum DDEN phi(Q), minus the other query blocks' terms, or the marginal ones added up).
+    Programs write disjoint key blocks, so the grid may run as atoms from ``pid_offset``."""
+    kblock = tl.program_id(0) + pid_offset
     bh = tl.program_id(1)
-    offs_n = kblock * BLOCK + (part % (BLOCK // ROWS)) * ROWS + tl.arange(0, ROWS)
+    offs_n = kblock * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
     col_ok = offs_n < N
     base = bh * N * D
@@ -391,8 +386,8 @@ def _sla_bwd_dkdv_kernel(
     order = T_ORDER + col * N_QBLOCKS
     complement, start, count, sign = _linear_walk(n_crit, tl.load(T_NMARG + col), N_QBLOCKS)
 
-    dphik = tl.zeros((ROWS, D), dtype=tl.float32)
-    dv = tl.zeros((ROWS, D), dtype=tl.float32)
+    dphik = tl.zeros((BLOCK, D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK, D), dtype=tl.float32)
     if complement:
         gt = tl.load(GT + bh * D * D + offs_d[:, None] * D + offs_d[None, :]).to(COMPUTE)
         gz = tl.load(GZ + bh * D + offs_d)
@@ -400,7 +395,7 @@ def _sla_bwd_dkdv_kernel(
         dv = tl.dot(phik_c, gt)
 
     qk_scale = sm_scale * 1.4426950408889634
-    dk = tl.zeros((ROWS, D), dtype=tl.float32)
+    dk = tl.zeros((BLOCK, D), dtype=tl.float32)
     for t in range(0, n_crit):
         offs_m = tl.load(order + t) * BLOCK + tl.arange(0, BLOCK)
         row_ok = offs_m < N

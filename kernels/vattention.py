@@ -44,7 +44,6 @@ from gpuos.kernels.context import KernelContext
 from gpuos.kernels.reference import vattention as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-BUDGETS = ("bernstein", "clt")
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,7 @@ class VAttentionConfig:
     # scoring tokens over all keys (reads the whole key cache: the reference's choice).
     selection: str = "pages"
     # False budgets from the denominator alone: the known trap (fails when values cancel).
-    # Only the "clt" budget reads it; the Bernstein budget always bounds both sums.
     bound_numerator: bool = True
-    # "bernstein": the distribution-free empirical-Bernstein budget with ranges from the page
-    # bounds (the guarantee in the module docstring). "clt": the paper's CLT budget with the
-    # variance from a base sample, which holds only when the rest has no heavy tail; kept to
-    # compare against.
-    budget: str = "bernstein"
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1:
@@ -77,8 +70,6 @@ class VAttentionConfig:
             raise ValueError(f"delta must be in (0, 0.4], got {self.delta}")
         if self.selection not in ("pages", "exact"):
             raise ValueError(f"selection must be 'pages' or 'exact', got {self.selection!r}")
-        if self.budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if min(self.sink, self.local, self.top_k) < 0 or self.base_sample < 2:
             raise ValueError("sink, local and top_k must be >= 0 and base_sample >= 2")
 
@@ -342,10 +333,6 @@ class _Selection:
     taken_shifted: torch.Tensor  # middle offsets taken by top pages, minus their rank; sorted, padded
     mid_lo: torch.Tensor  # [B, 1]
     n_rest: torch.Tensor  # [B, Hkv]
-    # Per query head and logical page, float64 [B, Hq, max_pages]: an upper bound on the scaled
-    # logit of every rest key in that page (-inf where the page holds no rest key). Known before
-    # any sampling, it is the range the Bernstein budget needs.
-    rest_bound: torch.Tensor
 
 
 def _group_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,10 +353,10 @@ def _group_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _top_pages(
     q: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor], mid_lo: torch.Tensor, mid_hi: torch.Tensor,
-    page_size: int, top_k: int, scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    page_size: int, top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per KV head, the middle tokens of the pages with the highest Quest bounds for any query
-    head of its group, which of them are real, and the rest's page bounds (``_Selection.rest_bound``)."""
+    head of its group, and which of them are real."""
     batch, heads, dim = q.shape
     lo, hi = bounds
     num_pages, num_kv = lo.shape[1], lo.shape[2]
@@ -383,22 +370,15 @@ def _top_pages(
     taken, pages = _group_top(upper, triton.cdiv(top_k, page_size))
     tok = (pages.unsqueeze(-1) * page_size + torch.arange(page_size, device=q.device)).flatten(2)
     ok = taken.repeat_interleave(page_size, dim=-1)
-    # The fp32 products above may round below the true bound: add the worst case of a length-D
-    # fp32 dot (D * 2^-23 of the sum of absolute products), so the bound holds exactly.
-    mag = torch.einsum("bkgd,bpkd->bkgp", qg.abs(), torch.maximum(lo.abs(), hi.abs()))
-    kept = torch.zeros(batch, num_kv, num_pages, dtype=torch.bool, device=q.device).scatter_(-1, pages, taken)
-    rest = in_middle.view(batch, 1, 1, num_pages) & ~kept.unsqueeze(2)
-    rest_bound = ((upper.double() + (dim + 2) * 2.0**-23 * mag.double()) * scale).masked_fill(~rest, -math.inf)
-    return tok, ok & (tok >= mid_lo.unsqueeze(-1)) & (tok < mid_hi.unsqueeze(-1)), rest_bound.flatten(1, 2)
+    return tok, ok & (tok >= mid_lo.unsqueeze(-1)) & (tok < mid_hi.unsqueeze(-1))
 
 
 def _top_tokens(
     q: torch.Tensor, k_cache: torch.Tensor, page_table: torch.Tensor, mid_lo: torch.Tensor, mid_hi: torch.Tensor,
-    top_k: int, scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per KV head, the ``top_k`` middle tokens with the highest exact score for any query head of
-    its group (reads every key), and the rest's page bounds: each page's largest exact rest
-    logit, in float64 as the estimator computes them."""
+    its group (reads every key)."""
     batch, heads, dim = q.shape
     num_kv = k_cache.shape[2]
     longest = int(mid_hi.max())
@@ -407,18 +387,12 @@ def _top_tokens(
     scores = torch.einsum("bkgd,bknd->bkgn", q.float().view(batch, num_kv, heads // num_kv, dim), keys)
     middle = (pos >= mid_lo.unsqueeze(-1)) & (pos < mid_hi.unsqueeze(-1))
     taken, tok = _group_top(scores.masked_fill(~middle.unsqueeze(2), -math.inf), top_k)
-    page_size, num_pages = k_cache.shape[1], page_table.shape[1]
-    kept = torch.zeros(batch, num_kv, longest, dtype=torch.bool, device=q.device).scatter_(-1, tok, taken)
-    exact = torch.einsum("bkgd,bknd->bkgn", q.double().view(batch, num_kv, heads // num_kv, dim), keys.double())
-    exact = (exact * scale).masked_fill(~(middle & ~kept).unsqueeze(2), -math.inf)
-    exact = torch.nn.functional.pad(exact, (0, num_pages * page_size - longest), value=-math.inf)
-    rest_bound = exact.view(batch, num_kv, heads // num_kv, num_pages, page_size).amax(-1)
-    return tok, taken, rest_bound.flatten(1, 2)
+    return tok, taken
 
 
 def _select(
     q: torch.Tensor, k_cache: torch.Tensor, page_table: torch.Tensor,
-    bounds: tuple[torch.Tensor, torch.Tensor] | None, seq_lens: torch.Tensor, cfg: VAttentionConfig, scale: float,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None, seq_lens: torch.Tensor, cfg: VAttentionConfig,
 ) -> _Selection:
     batch, num_kv = q.shape[0], k_cache.shape[2]  # one selection per KV head
     dev = q.device
@@ -433,12 +407,11 @@ def _select(
                                                          (local < length.unsqueeze(-1)).expand(batch, num_kv, cfg.local))]
     mid_tok = torch.empty(batch, num_kv, 0, dtype=torch.long, device=dev)
     mid_ok = torch.empty(batch, num_kv, 0, dtype=torch.bool, device=dev)
-    rest_bound = torch.full((batch, q.shape[1], page_table.shape[1]), -math.inf, dtype=torch.float64, device=dev)
     if int(mid_hi.max()) > 0:
         if bounds is not None:
-            mid_tok, mid_ok, rest_bound = _top_pages(q, bounds, mid_lo, mid_hi, k_cache.shape[1], cfg.top_k, scale)
+            mid_tok, mid_ok = _top_pages(q, bounds, mid_lo, mid_hi, k_cache.shape[1], cfg.top_k)
         else:
-            mid_tok, mid_ok, rest_bound = _top_tokens(q, k_cache, page_table, mid_lo, mid_hi, cfg.top_k, scale)
+            mid_tok, mid_ok = _top_tokens(q, k_cache, page_table, mid_lo, mid_hi, cfg.top_k)
         candidates.append((mid_tok, mid_ok))
     pos = torch.cat([c[0] for c in candidates], -1)
     ok = torch.cat([c[1] for c in candidates], -1)
@@ -450,7 +423,7 @@ def _select(
     rank = torch.arange(taken.shape[-1], device=dev)
     taken_shifted = torch.where(taken == big, big, taken - rank).contiguous()
     n_rest = (mid_hi - mid_lo) - mid_ok.sum(-1)
-    return _Selection(det_idx, det_count, taken_shifted, mid_lo, n_rest, rest_bound)
+    return _Selection(det_idx, det_count, taken_shifted, mid_lo, n_rest)
 
 
 def _rest_positions(j: torch.Tensor, sel: _Selection) -> torch.Tensor:
@@ -502,110 +475,6 @@ def _need(
     return torch.where((rest <= cfg.base_sample) | (need >= rest), rest, need.ceil().clamp(max=rest.double()).long())
 
 
-def bernstein_radius(var: torch.Tensor, width: torch.Tensor, n: int, log_term: torch.Tensor | float) -> torch.Tensor:
-    """Half-width of the two-sided empirical-Bernstein interval for the mean of ``n >= 2`` i.i.d.
-    draws from a range of ``width``, given their unbiased sample variance ``var``: Maurer and
-    Pontil (2009, Theorem 4) applied to both tails, each at ``delta' / 2``, so that with
-    ``log_term = log(4 / delta')`` the true mean lies within the radius with probability at
-    least ``1 - delta'``."""
-    return torch.sqrt(2 * var * log_term / n) + 7 * width * log_term / (3 * (n - 1))
-
-
-def _rest_value_range(
-    weight_bound: torch.Tensor, value_bounds: tuple[torch.Tensor, torch.Tensor], group: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Range ``[lo, hi]`` per query head and coordinate, ``[B, Hq, D]``, of ``w v`` over the rest,
-    from each page's weight bound ``weight_bound[B, Hq, P]`` (0 where no rest key) and the pages'
-    value minima and maxima ``[B, P, Hkv, D]``. Chunked over pages to keep the product small."""
-    vlo, vhi = (t.double().repeat_interleave(group, dim=2).permute(0, 2, 1, 3) for t in value_bounds)
-    batch, heads, pages, dim = vlo.shape
-    lo = torch.zeros(batch, heads, dim, dtype=torch.float64, device=vlo.device)
-    hi = torch.zeros_like(lo)
-    for p0 in range(0, pages, 64):
-        w = weight_bound[:, :, p0 : p0 + 64].unsqueeze(-1)
-        lo = torch.minimum(lo, (w * vlo[:, :, p0 : p0 + 64].clamp(max=0)).amin(2))
-        hi = torch.maximum(hi, (w * vhi[:, :, p0 : p0 + 64].clamp(min=0)).amax(2))
-    return lo, hi
-
-
-def _gather_rows(cache: torch.Tensor, page_table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rows of ``cache`` at positions ``pos[B, Hkv, n]`` of each sequence's KV head: ``[B, Hkv, n, D]``."""
-    num_pages, page_size, num_kv, dim = cache.shape
-    batch, _, n = pos.shape
-    pages = torch.gather(page_table.long(), 1, (pos // page_size).reshape(batch, num_kv * n)).view(pos.shape)
-    rows = (pages * page_size + pos % page_size) * num_kv + torch.arange(num_kv, device=pos.device).view(1, -1, 1)
-    return cache.reshape(num_pages * page_size * num_kv, dim)[rows]
-
-
-def _certify(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor, det: State,
-    sel: _Selection, cfg: VAttentionConfig, scale: float, value_bounds: tuple[torch.Tensor, torch.Tensor],
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Bernstein budget: per KV group, draw ``base_sample`` rest positions, then double the
-    sample until every query head of the group certifies both sums (docs: "The Bernstein
-    budget"), or the next size would reach ``n_rest`` (then exact). Returns the sample size
-    ``[B, Hkv]`` (``n_rest`` where exact) and the drawn offsets into the rest ``[B, Hkv, n]``,
-    of which the first ``size`` are the sample. Float64 statistics."""
-    batch, heads, dim = q.shape
-    num_kv = k_cache.shape[2]
-    group = heads // num_kv
-    m_det, l_det, acc_det = (t.double() for t in ref.merge_states(*det))
-    top = sel.rest_bound.amax(-1)
-    shift = torch.maximum(m_det, top)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    # Weights relative to shift are at most 1; the 1e-9 covers float64 rounding of the logits.
-    weight_bound = torch.exp(sel.rest_bound - shift.unsqueeze(-1)) * (1 + 1e-9)
-    w_max = weight_bound.amax(-1)
-    x_lo, x_hi = _rest_value_range(weight_bound, value_bounds, group)
-    l_det = l_det * torch.exp(m_det - shift)
-    acc_det = acc_det * torch.exp(m_det - shift).unsqueeze(-1)
-    rest = sel.n_rest
-    n_rest = rest.double().repeat_interleave(group, dim=1)
-    # Sampling steps b0, 2 b0, 4 b0, ... below n_rest; delta is split evenly over them, then half
-    # to the denominator and half to the numerator's D coordinates.
-    steps = torch.ceil(torch.log2(rest.double() / cfg.base_sample)).clamp(min=1).repeat_interleave(group, dim=1)
-    log_d = torch.log(8 * steps / cfg.delta)
-    log_n = torch.log(8 * dim * steps / cfg.delta)
-    e = cfg.per_sum_epsilon
-    size = rest.clone()
-    done = rest <= cfg.base_sample
-    s1 = torch.zeros_like(l_det)
-    s2 = torch.zeros_like(l_det)
-    t1 = torch.zeros_like(acc_det)
-    t2 = torch.zeros_like(acc_det)
-    drawn: list[torch.Tensor] = []
-    n = 0
-    while True:
-        target = cfg.base_sample << len(drawn)
-        active = ~done & (target < rest)
-        if not bool(active.any()):
-            break
-        uniform = torch.rand(batch, num_kv, target - n, device=q.device, generator=generator, dtype=torch.float64)
-        j = torch.minimum((uniform * rest.unsqueeze(-1)).long(), (rest - 1).clamp(min=0).unsqueeze(-1))
-        drawn.append(j)
-        pos = _rest_positions(j, sel)
-        k = _gather_rows(k_cache, page_table, pos).double().repeat_interleave(group, dim=1)
-        v = _gather_rows(v_cache, page_table, pos).double().repeat_interleave(group, dim=1)
-        w = torch.exp(torch.einsum("bhd,bhnd->bhn", q.double(), k) * scale - shift.unsqueeze(-1))
-        x = w.unsqueeze(-1) * v
-        s1, s2 = s1 + w.sum(-1), s2 + (w * w).sum(-1)
-        t1, t2 = t1 + x.sum(-2), t2 + (x * x).sum(-2)
-        n = target
-        var_w = ((s2 - s1 * s1 / n) / (n - 1)).clamp(min=0)
-        var_x = ((t2 - t1 * t1 / n) / (n - 1)).clamp(min=0)
-        r_d = n_rest * bernstein_radius(var_w, w_max, n, log_d)
-        r_n = n_rest.unsqueeze(-1) * bernstein_radius(var_x, x_hi - x_lo, n, log_n.unsqueeze(-1))
-        d_low = l_det + (n_rest * s1 / n - r_d).clamp(min=0)
-        n_low = ((acc_det + n_rest.unsqueeze(-1) * t1 / n).abs() - r_n).clamp(min=0).norm(dim=-1)
-        ok = (r_d <= e * d_low) & (r_n.norm(dim=-1) <= e * n_low)
-        certified = active & ok.view(batch, num_kv, group).all(-1)
-        size = torch.where(certified, target, size)
-        done = done | certified
-    j = torch.cat(drawn, -1) if drawn else torch.zeros(batch, num_kv, 0, dtype=torch.long, device=q.device)
-    return size, j
-
-
 def vattention_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -620,7 +489,6 @@ def vattention_decode(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     ctx: KernelContext | None = None,
-    value_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> VAttentionResult:
     """vAttention decode of ``q[B, Hq, D]`` against a paged cache (layout in the module docstring).
 
@@ -637,23 +505,16 @@ def vattention_decode(
         bounds = page_key_bounds(k_cache, page_table, seq_lens)
     partials = _triton_partials if backend == "triton" else _reference_partials
     num_kv = k_cache.shape[2]
-    sel = _select(q, k_cache, page_table, bounds, seq_lens, cfg, scale)
+    sel = _select(q, k_cache, page_table, bounds, seq_lens, cfg)
     zero = torch.zeros(batch, num_kv, device=q.device, dtype=torch.float32)
     det = partials(q, k_cache, v_cache, page_table, [(sel.det_idx, sel.det_count, zero)], scale, num_splits, ctx)
 
-    if cfg.budget == "clt":
-        size = _budget(q, k_cache, v_cache, page_table, det, sel, cfg, scale, generator)
-        width = max(int(size.max()), 1)
-        uniform = torch.rand(batch, num_kv, width, device=q.device, generator=generator, dtype=torch.float64)
-        drawn = (uniform * sel.n_rest.unsqueeze(-1)).long()
-    else:
-        if value_bounds is None:
-            value_bounds = page_key_bounds(v_cache, page_table, seq_lens)
-        size, drawn = _certify(q, k_cache, v_cache, page_table, det, sel, cfg, scale, value_bounds, generator)
-        width = max(int(size.max()), 1)
-        drawn = torch.nn.functional.pad(drawn, (0, max(width - drawn.shape[-1], 0)))[..., :width]
+    size = _budget(q, k_cache, v_cache, page_table, det, sel, cfg, scale, generator)
     exact = size >= sel.n_rest
-    j = torch.where(exact.unsqueeze(-1), torch.arange(width, device=q.device), drawn)
+    width = max(int(size.max()), 1)
+    uniform = torch.rand(batch, num_kv, width, device=q.device, generator=generator, dtype=torch.float64)
+    j = torch.where(exact.unsqueeze(-1), torch.arange(width, device=q.device),
+                    (uniform * sel.n_rest.unsqueeze(-1)).long())
     j = torch.minimum(j, (sel.n_rest - 1).clamp(min=0).unsqueeze(-1))
     sample_idx = _rest_positions(j, sel)
     log_weight = torch.where(exact, 0.0, torch.log(sel.n_rest.double() / size.clamp(min=1).double())).float()

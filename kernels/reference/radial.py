@@ -12,20 +12,14 @@ import torch.nn.functional as F
 
 
 def radial_mask(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
-                device: torch.device | str = "cpu", rows: torch.Tensor | None = None,
-                mask: str = "paper") -> torch.Tensor:
+                device: torch.device | str = "cpu", rows: torch.Tensor | None = None) -> torch.Tensor:
     """The ``(n, n)`` boolean mask (``True``: the query row attends to the key column), ``n = frames * T``;
     only the query rows ``rows`` (token indices) when given.
 
-    Frame distance ``d``, band ``r = floor(log2(max(d, 1)))``, spatial distance ``x = |s_q - s_k|``.
-    ``mask="paper"``: attend when ``2**r <= T`` and ``x + 1 <= T / 2**r``, or when
-    ``d % ceil(2**r / T) == 0`` and ``x == 0`` (the paper's rule; ``block`` is unused).
-    ``mask="gpuos"``: attend when ``x < T / 2**r``; where ``T / 2**r < block`` (and ``r >= 1``)
-    attend when ``x < block`` and ``d`` is a multiple of ``ceil(block * 2**r / T)``.
-    Either way, with ``sink`` also attend to every key of frame 0.
+    Frame distance ``d``, band ``r = floor(log2(max(d, 1)))``: attend when ``|s_q - s_k| < T / 2**r``;
+    where ``T / 2**r < block`` (and ``r >= 1``) attend when ``|s_q - s_k| < block`` and ``d`` is a
+    multiple of ``ceil(block * 2**r / T)``; with ``sink`` also attend to every key of frame 0.
     """
-    if mask not in ("paper", "gpuos"):
-        raise ValueError(f"mask must be paper or gpuos; got {mask!r}")
     t = tokens_per_frame
     idx = torch.arange(frames * t, device=device, dtype=torch.int64)
     frame, spatial = idx // t, idx % t
@@ -34,20 +28,14 @@ def radial_mask(frames: int, tokens_per_frame: int, block: int = 128, sink: bool
     ds = (query[:, None] % t - spatial[None, :]).abs()
     r = torch.floor(torch.log2(d.clamp(min=1).to(torch.float64))).to(torch.int64)
     scale = torch.ones_like(r) << r
-    if mask == "paper":
-        # In integers: x + 1 <= T / 2^r  <=>  (x + 1) 2^r <= T, and ceil(2^r / T) = (2^r + T - 1) // T.
-        in_band = (scale <= t) & ((ds + 1) * scale <= t)
-        on_kept_diagonal = (d % ((scale + t - 1) // t) == 0) & (ds == 0)
-        attended = in_band | on_kept_diagonal
-    else:
-        in_window = ds * scale < t
-        narrow = (r >= 1) & (t < block * scale)
-        stride = (block * scale + t - 1) // t
-        kept_pair = (d % stride == 0) & (ds < block)
-        attended = torch.where(narrow, kept_pair, in_window)
+    in_window = ds * scale < t
+    narrow = (r >= 1) & (t < block * scale)
+    stride = (block * scale + t - 1) // t
+    kept_pair = (d % stride == 0) & (ds < block)
+    mask = torch.where(narrow, kept_pair, in_window)
     if sink:
-        attended |= (frame == 0)[None, :]
-    return attended
+        mask |= (frame == 0)[None, :]
+    return mask
 
 
 def block_cover(mask: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:

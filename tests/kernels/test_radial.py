@@ -39,9 +39,8 @@ def _poisoned_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int
     return out
 
 
-def _layout_as_blocks(frames: int, tokens_per_frame: int, block: int, sink: bool,
-                      mask: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
-    layout = radial_layout(frames, tokens_per_frame, block, sink, mask)
+def _layout_as_blocks(frames: int, tokens_per_frame: int, block: int, sink: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    layout = radial_layout(frames, tokens_per_frame, block, sink)
     active = torch.zeros(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
     partial = torch.zeros_like(active)
     for qb, (row, flags) in enumerate(zip(layout.key_blocks, layout.partial, strict=True)):
@@ -74,16 +73,6 @@ def test_kernel_matches_sdpa_with_the_same_boolean_mask_on_strided_inputs(device
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"{m} (seed {seed})")
 
 
-def test_kernel_with_the_gpuos_rule_matches_the_reference_under_that_rule(device: str) -> None:
-    frames, tokens_per_frame, block = 20, 6, 16  # bands 3 and 4 are narrower than a block
-    seed, q, k, v = _qkv(1, 2, frames * tokens_per_frame, 16, torch.float32, device)
-    out = torch.full_like(q, float("nan"))
-    radial_attention(q, k, v, frames, tokens_per_frame, block, out=out, mask="gpuos")
-    reference = attention_reference(q, k, v, radial_mask(frames, tokens_per_frame, block, device=device,
-                                                         mask="gpuos"))
-    assert (out.double() - reference).abs().max().item() < 1e-5, f"seed {seed}"
-
-
 def test_kernel_without_the_sink_matches_the_reference(device: str) -> None:
     frames, tokens_per_frame, block = 8, 12, 16
     seed, q, k, v = _qkv(1, 1, frames * tokens_per_frame, 32, torch.float32, device)
@@ -99,14 +88,13 @@ def test_single_frame_is_dense_attention(device: str) -> None:
     assert (out.double() - expected).abs().max().item() < 1e-5, f"seed {seed}"
 
 
-@pytest.mark.parametrize("mask", ["paper", "gpuos"])
 @pytest.mark.parametrize("frames,tokens_per_frame,block,sink", [
     (6, 20, 16, True), (9, 7, 16, True), (12, 40, 8, False), (33, 16, 16, True), (20, 64, 16, True),
 ])
 def test_block_layout_is_exactly_the_blocks_the_token_mask_touches(frames: int, tokens_per_frame: int,
-                                                                  block: int, sink: bool, mask: str) -> None:
-    touched, full = block_cover(radial_mask(frames, tokens_per_frame, block, sink, mask=mask), block)
-    active, partial = _layout_as_blocks(frames, tokens_per_frame, block, sink, mask)
+                                                                  block: int, sink: bool) -> None:
+    touched, full = block_cover(radial_mask(frames, tokens_per_frame, block, sink), block)
+    active, partial = _layout_as_blocks(frames, tokens_per_frame, block, sink)
     assert torch.equal(active, touched)
     assert torch.equal(partial, touched & ~full)
 
@@ -129,15 +117,12 @@ def test_attended_keys_per_query_grow_logarithmically_with_frames() -> None:
     assert largest / (64 * tokens_per_frame) < 0.5 * counts[8].max().item() / (8 * tokens_per_frame)
 
 
-@pytest.mark.parametrize("mask", ["paper", "gpuos"])
-def test_density_falls_as_the_video_lengthens(mask: str) -> None:
+def test_density_falls_as_the_video_lengthens() -> None:
     tokens_per_frame, block = 48, 16
-    token_density = [radial_mask(f, tokens_per_frame, block, mask=mask).float().mean().item() for f in (4, 8, 16, 32)]
+    token_density = [radial_mask(f, tokens_per_frame, block).float().mean().item() for f in (4, 8, 16, 32)]
+    block_density = [radial_layout(f, tokens_per_frame, block).density for f in (4, 8, 16, 32, 64)]
     assert token_density == sorted(token_density, reverse=True) and token_density[-1] < token_density[0] / 2
-    # The paper's diagonals narrower than a block still cost whole blocks, so its block density
-    # falls fast only where a frame spans many blocks: 16 here.
-    block_density = [radial_layout(f, 256, block, True, mask).density for f in (4, 8, 16, 32, 64)]
-    assert block_density == sorted(block_density, reverse=True) and block_density[-1] < block_density[0] / 2.5
+    assert block_density == sorted(block_density, reverse=True) and block_density[-1] < block_density[0] / 3
 
 
 def test_mask_is_symmetric_apart_from_the_first_frame_sink() -> None:
@@ -169,11 +154,11 @@ def test_own_and_adjacent_frames_are_attended_fully() -> None:
     assert not mask[0, :, 2, :].all()
 
 
-def test_gpuos_rule_halves_the_spatial_window_as_frame_distance_doubles_until_one_block() -> None:
+def test_spatial_window_halves_as_frame_distance_doubles_until_one_block() -> None:
     frames, tokens_per_frame, block = 17, 256, 16
     t = tokens_per_frame
     centre = torch.tensor([t // 2])
-    keys = radial_mask(frames, t, block, sink=False, rows=centre, mask="gpuos").view(frames, t)
+    keys = radial_mask(frames, t, block, sink=False, rows=centre).view(frames, t)
     keys_at = {d: keys[d].sum().item() for d in (2, 4, 8, 16)}
     for d in (2, 4, 8):
         # Window T / 2^r each side of the query: 2 ceil(T / 2^r) - 1 keys, so about half per doubling.
@@ -181,10 +166,10 @@ def test_gpuos_rule_halves_the_spatial_window_as_frame_distance_doubles_until_on
     assert keys_at[16] >= 2 * block - 1
 
 
-def test_gpuos_rule_subsamples_frame_pairs_below_one_block() -> None:
+def test_frame_pairs_below_one_block_are_subsampled() -> None:
     frames, tokens_per_frame, block = 64, 32, 16
     t = tokens_per_frame
-    mask = radial_mask(frames, t, block, sink=False, mask="gpuos").view(frames, t, frames, t)
+    mask = radial_mask(frames, t, block, sink=False).view(frames, t, frames, t)
     attended_frames = mask[0, t // 2].any(dim=1)
     for lo in (4, 8, 16, 32):  # bands where T / 2^r < block
         band = attended_frames[lo: 2 * lo]
@@ -244,12 +229,10 @@ def test_cost_model_grows_like_n_log_n_not_n_squared() -> None:
     assert longer.memory_bytes > 3.9 * base.memory_bytes
 
 
-@pytest.mark.parametrize("mask", ["paper", "gpuos"])
 @pytest.mark.parametrize("frames,tokens_per_frame,block", [(21, 1560, 128), (41, 1560, 128), (16, 200, 16)])
-def test_cost_model_block_estimate_is_close_to_the_layout(frames: int, tokens_per_frame: int, block: int,
-                                                          mask: str) -> None:
-    exact = radial_layout(frames, tokens_per_frame, block, True, mask).active_blocks
-    assert exact <= estimated_active_blocks(frames, tokens_per_frame, block, True, mask) <= 1.5 * exact
+def test_cost_model_block_estimate_is_close_to_the_layout(frames: int, tokens_per_frame: int, block: int) -> None:
+    exact = radial_layout(frames, tokens_per_frame, block).active_blocks
+    assert exact <= estimated_active_blocks(frames, tokens_per_frame, block) <= 1.5 * exact
 
 
 def test_launcher_rejects_inconsistent_inputs(device: str) -> None:
