@@ -6,6 +6,7 @@ Kept free of torch at import time, like the specs: the worker builds it once tor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,3 +42,20 @@ class KernelContext:
     seed: int = 0
     between_atoms: Callable[[], None] = _no_preemption_point
     atom_seconds: float = DEFAULT_ATOM_SECONDS
+
+
+class Pacer:
+    """Steps of a latency service: one every ``interval_ms`` (a kernel's ``interval_ms`` param),
+    like requests arriving at a fixed rate; a step that overruns starts the next at once. An
+    interval of 0 never waits (steps back to back)."""
+
+    def __init__(self, interval_ms: float) -> None:
+        self.interval = float(interval_ms) / 1e3
+        self._due = time.perf_counter()
+
+    def wait(self) -> None:
+        """Block until the next step is due (call before each step)."""
+        if self.interval <= 0:
+            return
+        time.sleep(max(0.0, self._due - time.perf_counter()))
+        self._due = max(self._due + self.interval, time.perf_counter())

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gpuos.kernels import atoms
-from gpuos.kernels.context import KernelContext
+from gpuos.kernels.context import KernelContext, Pacer
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # The CPU runs the math path on small shapes: enough to exercise the job, not to measure it.
@@ -67,13 +67,10 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
     q = torch.randn(b, h, 1, d, generator=gen, device=ctx.device).to(dtype)
     k = torch.randn(b, hkv, n, d, generator=gen, device=ctx.device).to(dtype)
     v = torch.randn(b, hkv, n, d, generator=gen, device=ctx.device).to(dtype)
-    interval = float(params.get("interval_ms", 0.0)) / 1e3
     latencies: list[float] = []
-    due = time.perf_counter()
+    pacer = Pacer(float(params.get("interval_ms", 0.0)))
     for step in range(int(params["steps"])):
-        if interval > 0:
-            time.sleep(max(0.0, due - time.perf_counter()))
-            due = max(due + interval, time.perf_counter())
+        pacer.wait()
         began = time.perf_counter()
         decode(q, k, v, ctx)
         if ctx.on_gpu:

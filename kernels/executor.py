@@ -83,7 +83,7 @@ from gpuos.kernels.executor_wire import (
 )
 from gpuos.kernels.gate import Cancelled, PriorityGate
 from gpuos.kernels.registry import KernelSpec, available, get_kernel
-from gpuos.kernels.worker import STREAM_PRIORITY_RANK, StopAtStep
+from gpuos.kernels.worker import StopAtStep, priority_stream
 from gpuos.text import quote
 from gpuos.units import format_bytes
 
@@ -551,9 +551,7 @@ class Executor:
             return
         import torch
 
-        least, greatest = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]  # greatest: most urgent
-        rank = STREAM_PRIORITY_RANK.get(job.admit.priority, 1)
-        stream = torch.cuda.Stream(device=self.device.torch_device, priority=greatest if rank == 0 else least)
+        stream = priority_stream(self.device.torch_device, job.admit.priority)
         pool = torch.cuda.MemPool() if hasattr(torch.cuda, "MemPool") else None
         uses_pool = torch.cuda.use_mem_pool(pool, self.device.torch_device) if pool is not None else nullcontext()
         try:

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from gpuos.kernels import atoms
-from gpuos.kernels.context import KernelContext
+from gpuos.kernels.context import KernelContext, Pacer
 from gpuos.kernels.reference import vattention as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -633,14 +633,9 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
                            base_sample=int(params["base_sample"]))
     bounds = page_key_bounds(inputs.k_cache, inputs.page_table, inputs.seq_lens)
     latencies, densities = [], []
-    interval = float(params.get("interval_ms", 0.0)) / 1e3
-    due = time.perf_counter()
+    pacer = Pacer(float(params.get("interval_ms", 0.0)))
     for step in range(int(params["steps"])):
-        if interval > 0:
-            # A latency service: one step per interval, like requests at a fixed rate (a step
-            # that overruns starts the next at once).
-            time.sleep(max(0.0, due - time.perf_counter()))
-            due = max(due + interval, time.perf_counter())
+        pacer.wait()
         began = time.perf_counter()
         result = vattention_decode(inputs.q, inputs.k_cache, inputs.v_cache, inputs.page_table, inputs.seq_lens,
                                    cfg, bounds=bounds, generator=gen, ctx=ctx)

@@ -185,11 +185,17 @@ def _place(priority: str, memory_limit: int) -> tuple[Any, bool, Any]:
     if memory_limit > 0:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_limit / total), device)
-    least, greatest = torch.cuda.Stream.priority_range()  # e.g. (0, -5): greatest is the most urgent
+    return device, True, torch.cuda.stream(priority_stream(device, priority))
+
+
+def priority_stream(device: Any, priority: str) -> Any:
+    """A CUDA stream on ``device`` for a job of ``priority``: ``high`` takes torch's most urgent
+    stream priority, ``normal`` and ``low`` the default (the worker's and the executor's rule)."""
+    import torch
+
+    least, greatest = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]  # e.g. (0, -5): greatest is the most urgent
     rank = STREAM_PRIORITY_RANK.get(priority, 1)
-    value = greatest if rank == 0 else least
-    stream = torch.cuda.Stream(device=device, priority=value)
-    return device, True, torch.cuda.stream(stream)
+    return torch.cuda.Stream(device=device, priority=greatest if rank == 0 else least)
 
 
 def run(spec: KernelSpec, params: Mapping[str, Any], progress: Progress, yielder: Yielder,

@@ -282,29 +282,9 @@ def _busy(job: JobView, nodes: Sequence[NodeView], multi: bool) -> WaitReason:
         need = "an idle GPU" if request.gpus == 1 else f"{request.gpus} idle GPUs on one node"
         return WaitReason(WaitKind.BUSY, f"needs {need}; the most idle on one node is {idle}{held}{others}")
     if sharing == "timeslice":
-        slots = [g for _, g in same if len(g.jobs) >= MAX_TIMESLICE_JOBS]
-        open_ = [(n, g) for n, g in same if len(g.jobs) < MAX_TIMESLICE_JOBS]
-        parts = []
-        if open_:
-            n, g = max(open_, key=lambda ng: ng[1].memory_free)
-            need = demand(request, g)[1]
-            parts.append(f"needs {format_bytes(need)} on a time-sliced GPU; the most free on one GPU is "
-                         f"{format_bytes(g.memory_free)}")
-        if slots:
-            parts.append(f"time-slice slots full ({MAX_TIMESLICE_JOBS} jobs) on {_count(len(slots))}")
-        return WaitReason(WaitKind.BUSY, "; ".join(parts) + others)
+        return _slots_or_memory(request, same, MAX_TIMESLICE_JOBS, "on a time-sliced GPU", "time-slice", others)
     if sharing == "executor":
-        slots = [g for _, g in same if len(g.jobs) >= MAX_EXECUTOR_JOBS]
-        open_ = [(n, g) for n, g in same if len(g.jobs) < MAX_EXECUTOR_JOBS]
-        parts = []
-        if open_:
-            n, g = max(open_, key=lambda ng: ng[1].memory_free)
-            need = demand(request, g)[1]
-            parts.append(f"needs {format_bytes(need)} in a GPU's kernel executor; the most free on one GPU is "
-                         f"{format_bytes(g.memory_free)}")
-        if slots:
-            parts.append(f"executor slots full ({MAX_EXECUTOR_JOBS} jobs) on {_count(len(slots))}")
-        return WaitReason(WaitKind.BUSY, "; ".join(parts) + others)
+        return _slots_or_memory(request, same, MAX_EXECUTOR_JOBS, "in a GPU's kernel executor", "executor", others)
     # MPS: the GPU that comes closest to the job's compute and memory together.
     def closeness(gpu: GpuView) -> float:
         milli, memory = demand(request, gpu)
@@ -358,3 +338,19 @@ def _some(items: Sequence[str]) -> str:
 
 def _names(ids: Sequence[str]) -> str:
     return ", ".join(ids[:NAMED_GPUS]) + (f" and {len(ids) - NAMED_GPUS} more" if len(ids) > NAMED_GPUS else "")
+
+
+def _slots_or_memory(request: Resources, same: list[tuple[NodeView, GpuView]], limit: int, where: str, kind: str,
+                     others: str) -> WaitReason:
+    """Why a job that shares a GPU by a mode with a job limit per GPU (time-slicing, the kernel
+    executor) waits: no GPU of that mode with the memory it needs, or every one full."""
+    slots = [g for _, g in same if len(g.jobs) >= limit]
+    open_ = [g for _, g in same if len(g.jobs) < limit]
+    parts = []
+    if open_:
+        g = max(open_, key=lambda gpu: gpu.memory_free)
+        parts.append(f"needs {format_bytes(demand(request, g)[1])} {where}; the most free on one GPU is "
+                     f"{format_bytes(g.memory_free)}")
+    if slots:
+        parts.append(f"{kind} slots full ({limit} jobs) on {_count(len(slots))}")
+    return WaitReason(WaitKind.BUSY, "; ".join(parts) + others)
