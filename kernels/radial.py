@@ -3,19 +3,21 @@
 The static mask and its block layout are defined in :mod:`gpuos.kernels.radial_spec` (built once
 per shape and cached); the token-level reference is :mod:`gpuos.kernels.reference.radial`.
 
-- :func:`radial_attention` ``(q, k, v, frames, tokens_per_frame, block=128, sink=True)``: ``q, k, v``
-  of shape ``(batch, heads, frames * tokens_per_frame, dim)`` in bf16, fp16 or fp32; returns the
-  attention output (same shape and dtype), equal to softmax attention under the token-level
-  radial mask. One program per (query block, batch x head) walks only that query block's key
-  blocks with an online softmax in fp32; on block pairs that the layout marks partial it applies
-  the token mask, computed from token indices and the per-frame-distance window table.
+- :func:`radial_attention` ``(q, k, v, frames, tokens_per_frame, block=128, sink=True, mask="paper")``:
+  ``q, k, v`` of shape ``(batch, heads, frames * tokens_per_frame, dim)`` in bf16, fp16 or fp32;
+  returns the attention output (same shape and dtype), equal to softmax attention under the
+  token-level radial mask of rule ``mask`` (the paper's Equation 4, or ``"gpuos"``; see
+  :mod:`gpuos.kernels.radial_spec`). One program per (query block, batch x head) walks only that
+  query block's key blocks with an online softmax in fp32; on block pairs that the layout marks
+  partial it applies the token mask, computed from token indices and the per-frame-distance
+  window table (both rules are such a table, so one kernel serves both).
 - :func:`run_job`: the ``radial-dit`` kernel job's runner.
 - :func:`bench_cases` ``(device="cuda")``: for ``bench/kernels.py``, a list of
   ``(label, sparse_call, dense_call, flops)`` at Wan2.1 480p shapes (12 heads, dim 128, bf16,
   1560 tokens per latent frame) for 81 video frames (21 latent, ~32.8K tokens) and 4x that length
-  (81 latent frames, ~126K tokens); ``sparse_call`` runs this kernel, ``dense_call`` runs PyTorch's
-  SDPA on the same inputs, and ``flops`` is what the sparse kernel computes
-  (``4 * heads * dim * active blocks * block**2``), for a FLOP rate.
+  (81 latent frames, ~126K tokens), under the default (paper's) mask; ``sparse_call`` runs this
+  kernel, ``dense_call`` runs PyTorch's SDPA on the same inputs, and ``flops`` is what the sparse
+  kernel computes (``4 * heads * dim * active blocks * block**2``), for a FLOP rate.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import triton.language as tl
 
 from gpuos.kernels import atoms
 from gpuos.kernels.context import KernelContext
-from gpuos.kernels.radial_spec import RadialLayout, radial_layout
+from gpuos.kernels.radial_spec import DEFAULT_MASK, RadialLayout, check_mask, radial_layout
 from gpuos.kernels.reference.radial import dense_sdpa
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -135,11 +137,11 @@ def _radial_fwd(
 
 
 @lru_cache(maxsize=32)
-def _device_layout(frames: int, tokens_per_frame: int, block: int, sink: bool,
+def _device_layout(frames: int, tokens_per_frame: int, block: int, sink: bool, mask: str,
                    device: str) -> tuple[RadialLayout, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cached layout as tensors on ``device``: per query block its key blocks (padded, full ones
     first), how many are full, how many in all; and the window table."""
-    layout = radial_layout(frames, tokens_per_frame, block, sink)
+    layout = radial_layout(frames, tokens_per_frame, block, sink, mask)
     index = torch.zeros(layout.num_blocks, layout.max_blocks_per_row, dtype=torch.int32)
     full = torch.zeros(layout.num_blocks, dtype=torch.int32)
     for qb, (row, flags) in enumerate(zip(layout.key_blocks, layout.partial, strict=True)):
@@ -171,8 +173,10 @@ def _tiles(block: int, dim: int, dtype: torch.dtype) -> dict[str, Any]:
 
 def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, tokens_per_frame: int,
                      block: int = 128, sink: bool = True, scale: float | None = None,
-                     out: torch.Tensor | None = None, ctx: KernelContext | None = None) -> torch.Tensor:
-    """Softmax attention of ``q`` over ``k, v`` under the radial mask; see the module docstring.
+                     out: torch.Tensor | None = None, ctx: KernelContext | None = None, *,
+                     mask: str = DEFAULT_MASK) -> torch.Tensor:
+    """Softmax attention of ``q`` over ``k, v`` under the radial mask of rule ``mask`` (``"paper"``
+    or ``"gpuos"``); see the module docstring.
 
     ``out``, when given, is written in place and returned (same shape, dtype and device as ``q``).
     With ``ctx`` the grid runs as atoms (``gpuos.kernels.atoms``), bit-identical to one launch.
@@ -189,6 +193,7 @@ def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: 
         raise ValueError(f"head dim must be 16, 32, 64, 128 or 256; got {dim}")
     if block not in (16, 32, 64, 128):
         raise ValueError(f"block must be 16, 32, 64 or 128; got {block}")
+    check_mask(mask)
     if q.dtype == torch.float32 and dim == 256 and block == 128:
         raise ValueError("fp32 inputs with head dim 256 need block <= 64 (the tiles would not fit in shared memory)")
     if k.device != q.device or v.device != q.device:
@@ -199,7 +204,8 @@ def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: 
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
         raise ValueError("out must match q in shape, dtype and device, contiguous in the head dimension")
-    layout, index, full, counts, widths = _device_layout(frames, tokens_per_frame, block, sink, str(q.device))
+    layout, index, full, counts, widths = _device_layout(frames, tokens_per_frame, block, sink, mask,
+                                                         str(q.device))
     scale = dim**-0.5 if scale is None else scale
     tiles = _tiles(block, dim, q.dtype)
     atoms.launch(
@@ -230,6 +236,7 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
     shape, capped = _job_shape(params, ctx.on_gpu)
     dtype = DTYPES[str(params["dtype"])]
     sink = bool(params["sink"])
+    mask = str(params["mask"])
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     seq = shape["frames"] * shape["tokens_per_frame"]
     q, k, v = (torch.randn(shape["batch"], shape["heads"], seq, shape["dim"], device=ctx.device, dtype=dtype,
@@ -239,12 +246,12 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
     for step in range(int(params["steps"])):
         start = time.perf_counter()
         radial_attention(q, k, v, shape["frames"], shape["tokens_per_frame"], shape["block"], sink, out=out,
-                         ctx=ctx)
+                         ctx=ctx, mask=mask)
         if ctx.on_gpu:
             torch.cuda.current_stream(ctx.device).synchronize()  # its own stream: an executor runs others
         latencies.append(time.perf_counter() - start)
         ctx.report(step, latencies[-1])
-    layout = radial_layout(shape["frames"], shape["tokens_per_frame"], shape["block"], sink)
+    layout = radial_layout(shape["frames"], shape["tokens_per_frame"], shape["block"], sink, mask)
     mean = sum(latencies) / len(latencies)
     flops = 4.0 * shape["batch"] * shape["heads"] * shape["dim"] * layout.active_blocks * shape["block"] ** 2
     return {
@@ -264,16 +271,16 @@ def _bench_case(label: str, frames: int, device: str) -> BenchCase:
     heads, dim, tokens_per_frame, block = 12, 128, 1560, 128
     q, k, v = (torch.randn(1, heads, frames * tokens_per_frame, dim, device=device, dtype=torch.bfloat16)
                for _ in range(3))
-    layout = radial_layout(frames, tokens_per_frame, block, True)
+    layout = radial_layout(frames, tokens_per_frame, block, True, DEFAULT_MASK)
 
     def sparse() -> torch.Tensor:
-        return radial_attention(q, k, v, frames, tokens_per_frame, block)
+        return radial_attention(q, k, v, frames, tokens_per_frame, block, mask=DEFAULT_MASK)
 
     def dense() -> torch.Tensor:
         return dense_sdpa(q, k, v)
 
     flops = 4.0 * heads * dim * layout.active_blocks * block**2
-    return f"{label}, block density {layout.density:.1%}", sparse, dense, flops
+    return f"{label}, {DEFAULT_MASK} mask, block density {layout.density:.1%}", sparse, dense, flops
 
 
 def bench_cases(device: str = "cuda") -> list[BenchCase]:

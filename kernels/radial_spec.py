@@ -3,18 +3,26 @@
 Radial Attention (arXiv 2506.19852) attends, for a video of ``frames`` frames of
 ``tokens_per_frame`` tokens each (token ``t`` is in frame ``t // T`` at spatial index ``t % T``),
 through a static mask. With ``d`` the distance between the query's and the key's frames and
-``r = floor(log2(max(d, 1)))`` its band:
+``r = floor(log2(max(d, 1)))`` its band, both rules below keep, per frame distance, the key
+tokens whose spatial index is within a window of the query's (``|s_q - s_k| < w[d]``, see
+:func:`window_table`); ``d <= 1`` (band 0) is dense; with ``sink``, every query also attends
+to the whole first frame. They differ in the window:
 
-- band 0 (``d <= 1``: the token's own frame and its neighbours) is dense;
-- band ``r >= 1`` keeps the keys whose spatial index is within ``T / 2**r`` of the query's
-  (``|s_q - s_k| * 2**r < T``): the spatial window halves each time the frame distance doubles;
-- once that window would be narrower than one block (``T / 2**r < block``), the window stays one
-  block wide (``|s_q - s_k| < block``) and only every ``ceil(block * 2**r / T)``-th frame
-  distance is kept, so the band's density still halves while the kernel works on whole blocks;
-- with ``sink``, every query also attends to the whole first frame.
+- ``mask="paper"`` (the default), the paper's Equation 4: ``|s_q - s_k| + 1 <= T / 2**r``
+  while ``2**r <= T``, so ``w[d] = floor(T / 2**r)``; once that would fall below one token, only
+  the diagonal ``s_q == s_k`` on every ``ceil(2**r / T)``-th frame distance. The mask is
+  token-level; the block layout keeps every block it touches and masks inside it.
+- ``mask="gpuos"``: ``w[d] = ceil(T / 2**r)`` (``|s_q - s_k| < T / 2**r``, one diagonal wider
+  each side where ``T / 2**r`` is not whole); once that is narrower than one block
+  (``T / 2**r < block``), a one-block window (``|s_q - s_k| < block``) on every
+  ``ceil(block * 2**r / T)``-th frame distance, so that the band's density still halves while the
+  kernel works on whole blocks.
 
 Each band holds about twice as many frame distances as the one before it and half the density,
-so a query attends to O(T) keys per band and O(T log frames) keys in all: O(n log n) work.
+so under either rule a query attends to O(T) keys per band and O(T log frames) keys in all:
+O(n log n) token pairs. The kernel computes whole blocks, though, and the paper's narrow diagonals
+cost at least a block per block row on every frame distance until ``2**r > T``; so in computed
+blocks only the gpuos rule stays O(n log n) at realistic lengths (figures in docs/kernels/radial.md).
 
 Everything here is plain Python so that the daemon can validate jobs and price them without
 torch (the cost model estimates the layout's block count in O(frames) time, since building the
@@ -35,22 +43,49 @@ from gpuos.kernels.registry import KernelCost, KernelSpec, Param, register
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
-def window_table(frames: int, tokens_per_frame: int, block: int) -> tuple[int, ...]:
+MASKS = ("paper", "gpuos")
+DEFAULT_MASK = "paper"
+
+
+def check_mask(mask: str) -> str:
+    """``mask`` itself if it names a rule in :data:`MASKS`; otherwise a ValueError naming ``mask``."""
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}; got {mask!r}")
+    return mask
+
+
+def _band_scale(d: int) -> int:
+    """``2**r`` for frame distance ``d``, ``r = floor(log2(max(d, 1)))``."""
+    return 1 << (max(d, 1).bit_length() - 1)
+
+
+def _paper_width(d: int, t: int) -> int:
+    scale = _band_scale(d)
+    if scale <= t:
+        return t // scale  # |x| + 1 <= T / 2^r  <=>  |x| < floor(T / 2^r), x an integer
+    return 1 if d % -(-scale // t) == 0 else 0  # only x == 0, on every ceil(2^r / T)-th distance
+
+
+def _gpuos_width(d: int, t: int, block: int) -> int:
+    scale = _band_scale(d)
+    if scale == 1:
+        return t
+    if t >= block * scale:
+        return -(-t // scale)  # |x| < T/2^r  <=>  |x| < ceil(T/2^r)
+    stride = -(-(block * scale) // t)
+    return block if d % stride == 0 else 0
+
+
+def window_table(frames: int, tokens_per_frame: int, block: int, mask: str = DEFAULT_MASK) -> tuple[int, ...]:
     """Per frame distance ``d``, the spatial window: key ``k`` is attended when ``|s_q - s_k| < w[d]``.
 
-    ``w[d] == 0`` marks a frame distance that the subsampling drops (apart from the sink).
+    ``w[d] == 0`` marks a frame distance that is dropped (apart from the sink). ``block`` matters
+    only to ``mask="gpuos"``; the paper's rule is defined token by token.
     """
-    widths = []
-    for d in range(frames):
-        r = max(d, 1).bit_length() - 1
-        if r == 0:
-            widths.append(tokens_per_frame)
-        elif tokens_per_frame >= block << r:
-            widths.append(-(-tokens_per_frame // (1 << r)))  # |x| < T/2^r  <=>  |x| < ceil(T/2^r)
-        else:
-            stride = -(-(block << r) // tokens_per_frame)
-            widths.append(block if d % stride == 0 else 0)
-    return tuple(widths)
+    check_mask(mask)
+    if mask == "paper":
+        return tuple(_paper_width(d, tokens_per_frame) for d in range(frames))
+    return tuple(_gpuos_width(d, tokens_per_frame, block) for d in range(frames))
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,7 @@ class RadialLayout:
     tokens_per_frame: int
     block: int
     sink: bool
+    mask: str
     widths: tuple[int, ...]
     key_blocks: tuple[tuple[int, ...], ...]
     partial: tuple[tuple[bool, ...], ...]
@@ -109,8 +145,9 @@ def _covers(merged: list[tuple[int, int]], lo: int, hi: int) -> bool:
 
 
 @lru_cache(maxsize=32)
-def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True) -> RadialLayout:
-    """Build (once per shape) the block-sparse layout of the radial mask; see the module docstring.
+def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
+                  mask: str = DEFAULT_MASK) -> RadialLayout:
+    """Build (once per shape and rule) the block-sparse layout of the radial mask; see the module docstring.
 
     Works on ranges, not on the n x n mask: a query block splits into at most a few
     per-frame segments of spatial indices ``[a1, a2]``; against key frame ``j`` with window
@@ -122,7 +159,7 @@ def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bo
     t = tokens_per_frame
     n = frames * t
     nb = -(-n // block)
-    widths = window_table(frames, t, block)
+    widths = window_table(frames, t, block, mask)
     key_blocks: list[tuple[int, ...]] = []
     partial: list[tuple[bool, ...]] = []
     for qb in range(nb):
@@ -149,10 +186,11 @@ def radial_layout(frames: int, tokens_per_frame: int, block: int = 128, sink: bo
         partial.append(tuple(
             not all(_covers(m, kb * block, min(n, (kb + 1) * block) - 1) for m in full_per_segment) for kb in row
         ))
-    return RadialLayout(frames, t, block, sink, widths, tuple(key_blocks), tuple(partial))
+    return RadialLayout(frames, t, block, sink, mask, widths, tuple(key_blocks), tuple(partial))
 
 
-def estimated_active_blocks(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True) -> float:
+def estimated_active_blocks(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
+                            mask: str = DEFAULT_MASK) -> float:
     """About how many block pairs :func:`radial_layout` keeps, in O(frames) time (for pricing jobs).
 
     Per frame pair with window ``w``: the ``R = (T - 1) / block + 1`` block rows meeting the query
@@ -163,7 +201,7 @@ def estimated_active_blocks(frames: int, tokens_per_frame: int, block: int = 128
     t = tokens_per_frame
     rows = (t - 1) / block + 1
     total = 0.0
-    for d, w in enumerate(window_table(frames, t, block)):
+    for d, w in enumerate(window_table(frames, t, block, mask)):
         pairs = frames if d == 0 else 2 * (frames - d)
         if sink and d > 0:
             pairs -= 1  # the pair (d, 0) is attended in full instead
@@ -179,7 +217,7 @@ def cost(params: Mapping[str, Any]) -> KernelCost:
     """FLOPs and bytes of one radial attention call: the kernel computes whole active blocks."""
     block = int(params["block"])
     frames, t = int(params["frames"]), int(params["tokens_per_frame"])
-    active = estimated_active_blocks(frames, t, block, bool(params["sink"]))
+    active = estimated_active_blocks(frames, t, block, bool(params["sink"]), str(params["mask"]))
     bh = int(params["batch"]) * int(params["heads"])
     dim = int(params["dim"])
     elt = DTYPE_BYTES[str(params["dtype"])]
@@ -206,6 +244,8 @@ SPEC = register(KernelSpec(
         Param("block", "choice", "128", "block size of the sparse layout and the kernel's tiles",
               choices=("16", "32", "64", "128")),
         Param("sink", "bool", True, "every token also attends to the whole first frame"),
+        Param("mask", "choice", DEFAULT_MASK, "the mask's rule: the paper's Equation 4 (token-level), or gpuos's "
+              "block-wide variant (docs/kernels/radial.md)", choices=MASKS),
         Param("dtype", "choice", "bf16", "input and output dtype (accumulation is fp32)",
               choices=("bf16", "fp16", "fp32")),
         Param("steps", "int", 10, "kernel calls the job runs", minimum=1, maximum=100000),

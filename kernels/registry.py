@@ -120,14 +120,16 @@ def register(spec: KernelSpec) -> KernelSpec:
 
 def _load() -> None:
     # Each kernel family declares its spec in a torch-free module named ``<family>_spec``.
+    # The package is found by its spec, not imported by name: gpuos.kernels exports the public
+    # kernel functions, which import their specs, which import this module.
     import importlib
+    import importlib.util
     import pkgutil
 
-    import gpuos.kernels as package
-
-    for module in pkgutil.iter_modules(package.__path__):
+    found = importlib.util.find_spec(__package__ or "gpuos.kernels")
+    for module in pkgutil.iter_modules(found.submodule_search_locations if found else []):
         if module.name.endswith("_spec"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+            importlib.import_module(f"{__package__}.{module.name}")
 
 
 def available() -> dict[str, KernelSpec]:

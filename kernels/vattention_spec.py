@@ -16,8 +16,11 @@ REST_MASS_GUESS = 0.5
 
 
 def expected_keys(params: Mapping[str, Any]) -> float:
-    """Keys one KV group attends to per step: deterministic set, base sample and the CLT sample
-    for a head whose rest weights have a coefficient of variation of one."""
+    """Keys one KV group attends to per step (besides scoring every key from the sketch, which
+    ``cost`` adds): deterministic set, base sample and the CLT sample
+    for a head whose rest weights have a coefficient of variation of one (a guess for either
+    budget: the real size is decided per head at run time, and the Bernstein budget computes
+    the rest exactly where its certificate cannot pass)."""
     context = int(params["context"])
     fixed = min(context, int(params["sink"]) + int(params["local"]) + float(params["heavy_fraction"]) * context)
     rest = context - fixed
@@ -32,13 +35,16 @@ def cost(params: Mapping[str, Any]) -> KernelCost:
     context, page = int(params["context"]), int(params["page_size"])
     elt = ELEMENT_BYTES[str(params["dtype"])]
     keys = expected_keys(params)
-    bounds = batch * math.ceil(context / page) * kv_heads * dim * 2 * 4
+    # Per page: key minima and maxima (the sketch's ranges) and value centres and radii, fp32.
+    bounds = batch * math.ceil(context / page) * kv_heads * (3 * dim + 1) * 4
+    # The int8 key sketch that selection scores every key from: one byte per key dimension.
+    sketch = batch * context * kv_heads * dim
     cache = batch * context * kv_heads * dim * 2 * elt
     return KernelCost(
-        flops_per_step=4.0 * batch * heads * dim * keys,
+        flops_per_step=4.0 * batch * heads * dim * keys + 2.0 * batch * heads * dim * context,
         # A KV group's query heads share their keys, so each key row is read once per KV head.
-        bytes_per_step=float(batch * kv_heads * keys * 2 * dim * elt + bounds + 2 * batch * heads * dim * elt),
-        memory_bytes=int(cache + bounds + batch * kv_heads * keys * 16),
+        bytes_per_step=float(batch * kv_heads * keys * 2 * dim * elt + sketch + bounds + 2 * batch * heads * dim * elt),
+        memory_bytes=int(cache + sketch + bounds + batch * kv_heads * keys * 16),
     )
 
 
@@ -60,8 +66,11 @@ SPEC = register(
             Param("delta", "float", 0.05, "probability of exceeding epsilon", 1e-9, 0.4),
             Param("sink", "int", 128, "leading tokens always attended", 0, 1 << 20),
             Param("local", "int", 128, "trailing tokens always attended", 0, 1 << 20),
-            Param("heavy_fraction", "float", 0.05, "share of the context picked as top pages", 0.0, 1.0),
-            Param("base_sample", "int", 64, "keys sampled to estimate the variance", 2, 4096),
+            Param("heavy_fraction", "float", 0.05, "share of the context picked as top keys", 0.0, 1.0),
+            Param("base_sample", "int", 64, "first sample size (bernstein), variance sample (clt)",
+                  2, 4096),
+            Param("budget", "choice", "bernstein", "sample-size rule: distribution-free (bernstein) or the "
+                  "paper's CLT (clt)", choices=("bernstein", "clt")),
             Param("interval_ms", "float", 0.0, "start one step every this many ms, like requests at a "
                   "fixed rate (0: back to back)", 0.0, 60_000.0),
         ),

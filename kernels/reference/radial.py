@@ -1,8 +1,9 @@
 """Plain PyTorch reference for Radial Attention: the token-level mask from its definition, and
 attention under a boolean mask (float64 softmax, or PyTorch's SDPA), plus the dense baseline.
 
-The mask here is built independently of :func:`gpuos.kernels.radial_spec.radial_layout` (from the
-definition, token by token), so the tests can check the block layout against it.
+The mask here is built independently of :func:`gpuos.kernels.radial_spec.radial_layout` and its
+window table (from each rule's definition, token by token), so the tests can check the block
+layout against it; only the rule names are shared.
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpuos.kernels.radial_spec import check_mask
+
 
 def radial_mask(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
-                device: torch.device | str = "cpu", rows: torch.Tensor | None = None) -> torch.Tensor:
+                device: torch.device | str = "cpu", rows: torch.Tensor | None = None,
+                mask: str = "paper") -> torch.Tensor:
     """The ``(n, n)`` boolean mask (``True``: the query row attends to the key column), ``n = frames * T``;
     only the query rows ``rows`` (token indices) when given.
 
-    Frame distance ``d``, band ``r = floor(log2(max(d, 1)))``: attend when ``|s_q - s_k| < T / 2**r``;
-    where ``T / 2**r < block`` (and ``r >= 1``) attend when ``|s_q - s_k| < block`` and ``d`` is a
-    multiple of ``ceil(block * 2**r / T)``; with ``sink`` also attend to every key of frame 0.
+    Frame distance ``d``, band ``r = floor(log2(max(d, 1)))``, spatial distance ``x = |s_q - s_k|``.
+    ``mask="paper"`` is Equation 4 of the paper (``block`` plays no part): attend when
+    ``2**r <= T`` and ``x + 1 <= T / 2**r``, or when ``d mod ceil(2**r / T) == 0`` and ``x == 0``.
+    ``mask="gpuos"``: attend when ``x < T / 2**r``; where ``T / 2**r < block`` (and ``r >= 1``)
+    attend instead when ``x < block`` and ``d`` is a multiple of ``ceil(block * 2**r / T)``.
+    With ``sink`` both also attend to every key of frame 0.
     """
+    check_mask(mask)
     t = tokens_per_frame
     idx = torch.arange(frames * t, device=device, dtype=torch.int64)
     frame, spatial = idx // t, idx % t
@@ -28,14 +36,20 @@ def radial_mask(frames: int, tokens_per_frame: int, block: int = 128, sink: bool
     ds = (query[:, None] % t - spatial[None, :]).abs()
     r = torch.floor(torch.log2(d.clamp(min=1).to(torch.float64))).to(torch.int64)
     scale = torch.ones_like(r) << r
-    in_window = ds * scale < t
-    narrow = (r >= 1) & (t < block * scale)
-    stride = (block * scale + t - 1) // t
-    kept_pair = (d % stride == 0) & (ds < block)
-    mask = torch.where(narrow, kept_pair, in_window)
+    if mask == "paper":
+        # Both sides of each inequality are integers times integers, so no rounding enters.
+        diagonal_band = (scale <= t) & ((ds + 1) * scale <= t)
+        sparse_diagonal = (d % ((scale + t - 1) // t) == 0) & (ds == 0)
+        attended = diagonal_band | sparse_diagonal
+    else:
+        in_window = ds * scale < t
+        narrow = (r >= 1) & (t < block * scale)
+        stride = (block * scale + t - 1) // t
+        kept_pair = (d % stride == 0) & (ds < block)
+        attended = torch.where(narrow, kept_pair, in_window)
     if sink:
-        mask |= (frame == 0)[None, :]
-    return mask
+        attended |= (frame == 0)[None, :]
+    return attended
 
 
 def block_cover(mask: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,9 +118,12 @@ def test_attended_keys_per_query_grow_logarithmically_with_frames() -> None:
 
 
 def test_density_falls_as_the_video_lengthens() -> None:
+    # The gpuos rule's blocks: the paper's keeps a diagonal in every frame pair until 2^r > T, so
+    # its block density falls more slowly (tests/kernels/test_radial_rules.py).
     tokens_per_frame, block = 48, 16
-    token_density = [radial_mask(f, tokens_per_frame, block).float().mean().item() for f in (4, 8, 16, 32)]
-    block_density = [radial_layout(f, tokens_per_frame, block).density for f in (4, 8, 16, 32, 64)]
+    token_density = [radial_mask(f, tokens_per_frame, block, mask="gpuos").float().mean().item()
+                     for f in (4, 8, 16, 32)]
+    block_density = [radial_layout(f, tokens_per_frame, block, mask="gpuos").density for f in (4, 8, 16, 32, 64)]
     assert token_density == sorted(token_density, reverse=True) and token_density[-1] < token_density[0] / 2
     assert block_density == sorted(block_density, reverse=True) and block_density[-1] < block_density[0] / 3
 
@@ -167,9 +170,10 @@ def test_spatial_window_halves_as_frame_distance_doubles_until_one_block() -> No
 
 
 def test_frame_pairs_below_one_block_are_subsampled() -> None:
+    # The gpuos rule (the paper's narrows the diagonal below one block; test_radial_rules.py).
     frames, tokens_per_frame, block = 64, 32, 16
     t = tokens_per_frame
-    mask = radial_mask(frames, t, block, sink=False).view(frames, t, frames, t)
+    mask = radial_mask(frames, t, block, sink=False, mask="gpuos").view(frames, t, frames, t)
     attended_frames = mask[0, t // 2].any(dim=1)
     for lo in (4, 8, 16, 32):  # bands where T / 2^r < block
         band = attended_frames[lo: 2 * lo]

@@ -167,6 +167,39 @@ def test_backward_matches_reference_gradients(seed: int, device: str, pattern: s
         assert err <= 1e-4 * max(1.0, theirs.grad.abs().max().item()), f"d{name}: error {err:.3g} (seed {seed})"
 
 
+@pytest.mark.parametrize(("d", "dtype", "tol"), [(128, torch.float32, 1e-4), (64, torch.float16, 3e-3)],
+                         ids=["d128-fp32", "d64-fp16"])
+def test_forward_and_backward_in_row_slices_at_wide_heads(seed: int, device: str, d: int, dtype: torch.dtype,
+                                                          tol: float) -> None:
+    # At d >= 64 each program takes a slice of a 64-token block and walks the other side in
+    # slices too (kernel_tiles); a ragged last block and both linear walks per head.
+    for backward in (False, True):
+        tiles = sla.kernel_tiles(d, dtype, backward)
+        assert tiles.rows < 64 and tiles.inner < 64
+    q, k, v, proj = inputs(seed, (1, 2, 150, d), device, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 3, (1, 2, 3, 3), generator=gen, dtype=torch.int8)
+    classes[..., 0] = ref.CRITICAL
+    classes[0, 0, :, 1:] = ref.MARGINAL  # head 0: more marginal than negligible blocks everywhere
+    classes[0, 1, :, 1:] = ref.NEGLIGIBLE  # head 1: the other way round
+    classes[0, 1, 0, 1] = ref.MARGINAL
+    block_map = sla.BlockMap.from_classes(classes.to(device))
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v, proj)]
+    ref_leaves = [x.double().requires_grad_(True) for x in (q, k, v, proj)]
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    out = sla.sla_attention(*leaves, block=64, block_map=block_map)
+    expected = ref.sla(*ref_leaves, block_map.classes, 64)
+    assert_close(out.detach(), expected.detach(), tol, seed)
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out.double())
+    for name, mine, theirs in zip("q k v proj".split(), leaves, ref_leaves, strict=True):
+        assert mine.grad is not None and theirs.grad is not None
+        assert not torch.isnan(mine.grad).any(), f"d{name}: NaN (seed {seed})"
+        err = (mine.grad.double() - theirs.grad).abs().max().item()
+        scale = max(1.0, theirs.grad.abs().max().item())
+        assert err <= tol * scale, f"d{name}: error {err:.3g} (seed {seed})"
+
+
 def test_zero_initialised_layer_is_block_sparse_and_its_projection_learns(seed: int, device: str) -> None:
     q, k, v, _ = inputs(seed, (1, 2, 64, 16), device)
     layer = sla.SparseLinearAttention(16, block=16, critical_ratio=0.25).to(device)

@@ -1,5 +1,6 @@
-"""vAttention decoding: the Triton kernels against a float64 reference, and the (epsilon, delta)
-guarantee checked statistically."""
+"""vAttention decoding: the Triton kernels against a float64 reference, the plan's structure, and
+the paper's CLT budget checked statistically on benign families (the distribution-free Bernstein
+budget's guarantee, on adversarial ones: test_vattention_guarantee.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from gpuos.kernels.registry import get_kernel  # noqa: E402
 # what is left is the output's rounding to its dtype.
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 SMALL = va.VAttentionConfig(epsilon=0.1, delta=0.1, sink=8, local=16, top_k=64, base_sample=16)
-# A loose target, so that heads of a few hundred keys sample rather than compute the rest exactly.
-LOOSE = va.VAttentionConfig(epsilon=0.5, delta=0.4, sink=8, local=16, top_k=64, base_sample=16)
+# A loose target and the CLT budget, so that heads of a few hundred keys sample rather than compute
+# the rest exactly (the plumbing under test is the same for both budgets).
+LOOSE = va.VAttentionConfig(epsilon=0.5, delta=0.4, sink=8, local=16, top_k=64, base_sample=16, budget="clt")
 
 
 @pytest.fixture
@@ -148,7 +150,7 @@ def test_page_bounds_select_the_page_of_a_dominant_key(gen: torch.Generator) -> 
         page = int(x.page_table[b, pos // 16])
         # Far above what any other page's min/max bound can reach (|k| entries stay below ~5).
         x.k_cache[page, pos % 16, 0] = 30 * x.q[b, 0] / x.q[b, 0].abs().max()
-    cfg = va.VAttentionConfig(sink=8, local=16, top_k=16)
+    cfg = va.VAttentionConfig(sink=8, local=16, top_k=16, selection="pages")
     (det_idx, det_count, _), _ = decode(x, cfg, gen).plan.lists()
     for b, pos in enumerate(where):
         assert pos in det_idx[b, 0, : det_count[b, 0]].tolist()
@@ -164,7 +166,7 @@ def test_each_query_head_of_a_group_keeps_its_best_page(gen: torch.Generator) ->
     for logical in pages[:5]:
         x.k_cache[int(x.page_table[0, logical]), 3, 0, 1] = 20.0
     x.k_cache[int(x.page_table[0, pages[5]]), 7, 0, 0] = 5.0
-    cfg = va.VAttentionConfig(sink=0, local=0, top_k=32)
+    cfg = va.VAttentionConfig(sink=0, local=0, top_k=32, selection="pages")
     (det_idx, det_count, _), _ = decode(x, cfg, gen).plan.lists()
     chosen = {p // 16 for p in det_idx[0, 0, : det_count[0, 0]].tolist()}
     assert pages[5] in chosen and len(chosen & set(pages[:5])) == 1
@@ -174,11 +176,55 @@ def test_heads_of_different_sparsity_get_different_samples(gen: torch.Generator)
     x = inputs(gen, [1000, 1000], heads=4, kv_heads=4, value_mean=2.0)
     peaked = va.DecodeInputs(x.q * torch.tensor([0.0, 1.0, 3.0, 8.0]).view(1, 4, 1), x.k_cache, x.v_cache,
                              x.page_table, x.seq_lens)
-    cfg = va.VAttentionConfig(epsilon=0.1, delta=0.1, sink=8, local=16, top_k=64, selection="exact")
+    cfg = va.VAttentionConfig(epsilon=0.1, delta=0.1, sink=8, local=16, top_k=64, selection="exact",
+                              budget="clt")
     result = decode(peaked, cfg, gen, out=poisoned_like(x.q))
     assert result.density.unique().numel() > 2
     want = ref.index_attention(peaked.q, x.k_cache, x.v_cache, x.page_table, result.plan.lists(), 32**-0.5)
     assert relative_gap(result.out, want) < TOLERANCE[torch.float32]
+
+
+def test_bernstein_plan_runs_through_the_kernel(gen: torch.Generator) -> None:
+    # Flat heads and exact top-k: the distribution-free budget samples; the Triton output is the
+    # float64 estimator of that plan.
+    x = inputs(gen, [1500, 2500], value_mean=2.0)
+    flat = va.DecodeInputs(x.q * 0.1, x.k_cache, x.v_cache, x.page_table, x.seq_lens)
+    cfg = va.VAttentionConfig(epsilon=0.3, delta=0.3, sink=8, local=16, top_k=64, selection="exact")
+    result = decode(flat, cfg, gen, out=poisoned_like(x.q))
+    assert (~result.exact).all() and (result.sample_size < result.n_rest).all()
+    want = ref.index_attention(flat.q, x.k_cache, x.v_cache, x.page_table, result.plan.lists(), 32**-0.5)
+    assert relative_gap(result.out, want) < TOLERANCE[torch.float32]
+
+
+def test_page_value_bounds_hold_every_value(gen: torch.Generator) -> None:
+    x = inputs(gen, [37, 300], value_mean=3.0)
+    center, radius = va.page_value_bounds(x.v_cache, x.page_table, x.seq_lens)
+    assert center.shape == (2, x.page_table.shape[1], 2, 32) and radius.shape == (2, x.page_table.shape[1], 2)
+    for b, length in enumerate(x.seq_lens.tolist()):
+        pos = torch.arange(length)
+        values = x.v_cache[x.page_table[b, pos // 16].long(), pos % 16].double()  # [n, Hkv, D]
+        dist = (values - center[b, pos // 16].double()).norm(dim=-1)
+        assert (dist <= radius[b, pos // 16].double()).all()
+        assert (dist.view(-1) >= radius[b, pos // 16].double().view(-1) * 0.999).any(), "radius not tight"
+
+
+def test_exact_selection_ignores_page_bounds(gen: torch.Generator) -> None:
+    x = inputs(gen, [400])
+    cfg = va.VAttentionConfig(sink=8, local=16, top_k=32, selection="exact")
+    bounds = va.page_key_bounds(x.k_cache, x.page_table, x.seq_lens)
+    with_bounds = decode(x, cfg, torch.Generator().manual_seed(1), bounds=bounds)
+    without = decode(x, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(with_bounds.plan.det_idx, without.plan.det_idx)
+
+
+def test_config_refuses_bad_budgets() -> None:
+    with pytest.raises(ValueError, match="budget"):
+        va.VAttentionConfig(budget="hoeffding")
+    with pytest.raises(ValueError, match="delta"):
+        va.VAttentionConfig(budget="clt", delta=0.5)
+    assert va.VAttentionConfig(delta=0.5).budget == "bernstein"  # no Gaussian premise to cap delta
+    with pytest.raises(ValueError, match="base_sample"):
+        va.VAttentionConfig(base_sample=1)
 
 
 def test_bad_shapes_are_refused(gen: torch.Generator) -> None:
@@ -189,9 +235,12 @@ def test_bad_shapes_are_refused(gen: torch.Generator) -> None:
         va.vattention_decode(x.q.half(), x.k_cache, x.v_cache, x.page_table, x.seq_lens)
     with pytest.raises(ValueError, match="tokens"):
         va.vattention_decode(x.q, x.k_cache, x.v_cache, x.page_table, x.seq_lens * 0)
+    box = va.page_key_bounds(x.v_cache, x.page_table, x.seq_lens)  # min/max, not center/radius
+    with pytest.raises(ValueError, match="value_bounds"):
+        va.vattention_decode(x.q, x.k_cache, x.v_cache, x.page_table, x.seq_lens, value_bounds=box)
 
 
-# ----------------------------------------------------------------------------- the (epsilon, delta) guarantee
+# ----------------------------------------------------------------------------- the CLT budget on benign families
 
 EPSILON, DELTA = 0.1, 0.1
 # Logit standard deviation per head, from flat to very peaked.
@@ -237,7 +286,7 @@ def test_share_of_heads_beyond_epsilon_stays_within_delta(
     gen: torch.Generator, case: str, selection: str, draws: int
 ) -> None:
     cfg = va.VAttentionConfig(epsilon=EPSILON, delta=DELTA, sink=16, local=32, top_k=64, base_sample=32,
-                              selection=selection)
+                              selection=selection, budget="clt")
     errors, sampled = relative_errors(cfg, gen, draws, case)
     failures = int((errors > EPSILON).sum())
     assert failures <= most_failures_allowed(errors.numel(), DELTA), f"{failures} of {errors.numel()} heads"
@@ -249,7 +298,7 @@ def test_share_of_heads_beyond_epsilon_stays_within_delta(
 def test_denominator_only_budget_fails_when_values_cancel(gen: torch.Generator) -> None:
     # The same check catches the known trap, so the guarantee test above is not vacuous.
     cfg = va.VAttentionConfig(epsilon=EPSILON, delta=DELTA, sink=16, local=32, top_k=64, base_sample=32,
-                              selection="exact", bound_numerator=False)
+                              selection="exact", budget="clt", bound_numerator=False)
     errors, sampled = relative_errors(cfg, gen, 2, "values_cancel")
     assert sampled.all()
     assert int((errors > EPSILON).sum()) > most_failures_allowed(errors.numel(), DELTA)
