@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from gpuos.jobs import Resources
 from gpuos.mig import find_slot
-from gpuos.scheduler.framework import _take, demand, options, placed_request, sharing_of
+from gpuos.scheduler.framework import demand, options, placed_request, sharing_of, take
 from gpuos.scheduler.policy import Policy
 from gpuos.scheduler.snapshot import (
     MAX_EXECUTOR_JOBS,
@@ -184,7 +184,7 @@ def _after(snap: Snapshot, decisions: Iterable[Decision]) -> tuple[NodeView, ...
             gpus = {g.index: g for g in node.gpus}
             taken = tuple(gpus[k] for k in d.gpus)
             request = placed_request(jobs[d.job_id].request, d, taken[0]) if taken else None
-            nodes[i], _ = _take(jobs[d.job_id], node, taken, request)
+            nodes[i], _ = take(jobs[d.job_id], node, taken, request)
     return tuple(nodes)
 
 

@@ -185,18 +185,18 @@ def options(job: JobView, node: NodeView,
         yield tuple(fitting[: request.gpus])
 
 
-# _take copies views field by field; a field added to GpuView or NodeView must be copied there.
+# take copies views field by field; a field added to GpuView or NodeView must be copied there.
 _VIEW_FIELDS = (
     ("index", "model", "memory_total", "memory_free", "milli_free", "healthy", "uuid", "mig_profiles",
      "mig_slices_used", "jobs", "sharing", "mig_instances", "suspend", "oversubscription", "memory_suspended"),
     ("name", "gpus", "cpu_milli_free", "host_memory_free", "cross_gpu_restore"),
 )
 assert tuple(tuple(f.name for f in fields(view)) for view in (GpuView, NodeView)) == _VIEW_FIELDS, (
-    "GpuView or NodeView gained a field: copy it in _take"
+    "GpuView or NodeView gained a field: copy it in take"
 )
 
 
-def _take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...],
+def take(job: JobView, node: NodeView, gpus: tuple[GpuView, ...],
           request: Resources | None = None) -> tuple[NodeView, Place]:
     """The node after ``job`` is placed on ``gpus`` holding ``request`` (default: its own), and the
     decision that records it."""
@@ -457,7 +457,7 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
         if best is not None:
             _, i, gpus = best
             chosen = None if choices is None else choices.on(nodes[i])(gpus[0])
-            nodes[i], place = _take(job, nodes[i], gpus, chosen)
+            nodes[i], place = take(job, nodes[i], gpus, chosen)
             if by_state is not None:
                 by_state.leave(i, changed=True)
             decisions.append(place)

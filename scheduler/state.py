@@ -696,7 +696,7 @@ class ClusterState:
                 gpu.healthy, gpu.uuid, gpu.mig_profiles, slices, gpu.jobs + (view.id,), sharing, instances,
                 suspend=gpu.suspend, oversubscription=gpu.oversubscription, memory_suspended=gpu.memory_suspended,
             )
-        # A suspended job's memory leaves its node's host as it is restored (framework._take alike).
+        # A suspended job's memory leaves its node's host as it is restored (framework.take alike).
         restored = view.suspended_bytes if view.suspended and view.suspended_gpu is not None else 0
         return NodeView(
             node.name,

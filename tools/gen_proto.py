@@ -1,5 +1,7 @@
-"""Regenerate the generated gRPC code from proto/: gpuos/v1/ (gpuos's API) and
-gpuos/deviceplugin/v1beta1/ (the kubelet's device-plugin API).
+"""Regenerate the generated gRPC code from proto/: gpuos/v1/ (gpuos's API),
+gpuos/deviceplugin/v1beta1/ (the kubelet's device-plugin API),
+gpuos/deviceplugin/podresources/ (the kubelet's PodResources API, v1) and gpuos/dra/ (the kubelet's DRA
+plugin API, v1 and v1beta1, and its plugin registration API).
 
 Usage: python tools/gen_proto.py [--out DIR]
 
@@ -17,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 
 
-PACKAGES = ("gpuos/v1", "gpuos/deviceplugin/v1beta1")
+PACKAGES = ("gpuos/v1", "gpuos/deviceplugin/v1beta1", "gpuos/deviceplugin/podresources",
+            "gpuos/dra/v1", "gpuos/dra/v1beta1",
+            "gpuos/dra/pluginregistration/v1")
 
 
 def generate(out: Path) -> list[Path]:

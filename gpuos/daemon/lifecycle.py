@@ -241,7 +241,8 @@ class Lifecycle:
         if self.metrics is not None:
             self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
         try:
-            partitioned = self.partitions.create(placement)
+            others = [j.placement for j in self.store.placed() if j.placement is not None and j.id != job.id]
+            partitioned = self.partitions.create(placement, others)
             if partitioned.placement != job.placement:
                 job = self.store.update(job.id, placement=partitioned.placement)
             if job.spec.kind == JobKind.EXTERNAL:

@@ -75,8 +75,12 @@ class Partitions:
             return None
         return MpsManager(root, command, {d.index: d.uuid for d in self.devices})
 
-    def create(self, placement: Placement) -> Partitioned:
-        """Create the partition ``placement`` names (MIG instance, MPS daemon). Raises BackendError."""
+    def create(self, placement: Placement, others: Iterable[Placement] = ()) -> Partitioned:
+        """Create the partition ``placement`` names (MIG instance, MPS daemon). Raises BackendError.
+
+        ``others``: the placements that exist besides it; an MPS daemon's limits (its ceiling, see
+        MpsManager.set_ceiling) follow the largest share among its clients.
+        """
         index = placement.devices[0]
         if placement.kind is PartitionKind.MIG:
             if index in self._mps_unused_since and self.mps is not None:
@@ -94,7 +98,15 @@ class Partitions:
                 raise BackendError("this gpuosd runs no kernel executors; submit with --share timeslice instead")
             self._executor_unused_since.pop(index, None)
             self.executors.start(index)  # spawned, not waited for: see executor_ready and admit
-        return Partitioned(placement, self._env(placement))
+        partitioned = Partitioned(placement, self._env(placement))
+        if placement.kind is PartitionKind.MPS and self.mps is not None:
+            shares = [p.granted for p in (placement, *others) if p.kind is PartitionKind.MPS and index in p.devices]
+            try:
+                self.mps.set_ceiling(index, max(g.gpu_milli for g in shares), max(g.memory_bytes for g in shares))
+            except BackendError as exc:
+                # The clients' own variables still carry the share; only its enforcement is lost.
+                log.warning("could not set the MPS limits of GPU %d on its daemon: %s", index, exc)
+        return partitioned
 
     def _env(self, placement: Placement) -> dict[str, str]:
         if placement.kind is PartitionKind.MIG:

@@ -1,7 +1,9 @@
 """Reservations for work started elsewhere (the Kubernetes device plugin): hold a partition, rank GPUs.
 
 A reservation is an EXTERNAL job: the daemon creates its partition and records it, and someone
-else runs the work in it. It ends when released, or when its device is handed out again.
+else runs the work in it. It ends when released (by its keys: the device plugin releases those
+of containers that no longer exist), or when its device is handed out again. Both are recorded
+in the store, so a gpuosd restart keeps what is held and what was released.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from gpuos.devices.backend import DeviceInfo
 from gpuos.errors import InvalidArgument, ResourceExhausted
 from gpuos.jobs import Job, JobKind, JobSpec, JobState, Reason, Resources
 from gpuos.scheduler import JobView, Policy, Snapshot
-from gpuos.scheduler.framework import _take, gpu_fits
+from gpuos.scheduler.framework import gpu_fits, take
 
 if TYPE_CHECKING:
     from gpuos.store import Store
@@ -46,11 +48,7 @@ class Reservations:
         ``snapshot()`` is taken. Raises ResourceExhausted, naming the holders, when the GPUs have
         no room. The caller holds the control loop's lock, so no round ever sees the job pending.
         """
-        keys = set(spec.reservation_keys)
-        for other in self.store.placed():
-            if other.spec.kind == JobKind.EXTERNAL and keys.intersection(other.spec.reservation_keys):
-                self.lifecycle.finalize(other, JobState.SUCCEEDED, Reason.RELEASED, "its device was handed out again",
-                                        None)
+        self.release(spec.reservation_keys, "its device was handed out again")
         snap = snapshot()
         node = snap.nodes[0]
         gpus = {g.index: g for g in node.gpus}
@@ -60,12 +58,27 @@ class Reservations:
                 why = "it failed" if not gpu.healthy else f"held by {', '.join(gpu.jobs) or 'MIG slices'}"
                 raise ResourceExhausted(f"GPU {gpu.index} has no room for this request ({why})")
         job, _ = self.store.submit(spec, owner_uid)
-        _, place = _take(job_view(job), node, chosen)
+        _, place = take(job_view(job), node, chosen)
         partitioned = self.lifecycle.start(place)
         started = self.store.get(job.id)
         if partitioned is None or started.state != JobState.RUNNING or started.placement is None:
             raise ResourceExhausted(f"could not reserve: {started.message or started.state.value}")
         return started, partitioned.env
+
+    def held(self, name_prefix: str = "") -> list[Job]:
+        """The reservations held now whose name starts with ``name_prefix``, oldest first."""
+        return [j for j in self.store.placed() if j.spec.kind == JobKind.EXTERNAL and j.spec.name.startswith(name_prefix)]
+
+    def release(self, keys: Sequence[str], message: str) -> list[Job]:
+        """End every reservation that holds any of ``keys``; those it ended (none for unknown keys).
+
+        The caller holds the control loop's lock.
+        """
+        wanted = set(keys)
+        ended = [j for j in self.held() if wanted.intersection(j.spec.reservation_keys)]
+        for job in ended:
+            self.lifecycle.finalize(job, JobState.SUCCEEDED, Reason.RELEASED, message, None)
+        return ended
 
 
 def rank(policy: Policy, snap: Snapshot, request: Resources, uuids: tuple[str, ...]) -> list[str]:

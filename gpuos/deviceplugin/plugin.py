@@ -2,9 +2,16 @@
 
 Each resource gets its own gRPC server on its own socket in the kubelet's device-plugin
 directory and registers itself with the kubelet (``Registration.Register`` on ``kubelet.sock``).
-When the kubelet restarts it deletes every plugin socket and comes back with a new
+Each registers on its own: one the kubelet refuses is retried, with backoff, while the others
+serve. When the kubelet restarts it deletes every plugin socket and comes back with a new
 ``kubelet.sock``; the manager notices (a socket gone, or kubelet.sock replaced), starts its
 servers again and registers anew.
+
+One poller refreshes the inventory from gpuosd every ``poll`` seconds (and at once after an
+allocation), and every ``ListAndWatch`` stream sends the kubelet its resource's devices whenever
+they change: a GPU that another resource (or gpuosd's own work) takes shows its other devices
+Unhealthy within one poll. A reconciler (:mod:`gpuos.deviceplugin.reconcile`) releases the
+reservations of containers the kubelet no longer has.
 """
 
 from __future__ import annotations
@@ -13,60 +20,147 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 
+from gpuos import cdi
 from gpuos.client import ApiError, Client
 from gpuos.deviceplugin import resources
+from gpuos.deviceplugin.reconcile import RESERVATION_PREFIX, Reconciler
 from gpuos.deviceplugin.resources import Advertised
 from gpuos.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from gpuos.errors import GpuosError
+from gpuos.v1 import devices_pb2
 
 log = logging.getLogger("gpuos.deviceplugin")
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
+REGISTER_TIMEOUT = 5.0
+# A refused registration is retried after 0.5 s, then twice as long each time, at most 30 s.
+BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0
+# The driver's device nodes every CUDA container needs, besides its GPUs' /dev/nvidia<minor>.
 
 
 def socket_name(resource: str) -> str:
     return "gpuos-" + resource.removeprefix(resources.PREFIX).replace("/", "-").replace(".", "_") + ".sock"
 
 
+def backoff(failures: int) -> float:
+    """Seconds to wait before the next registration after ``failures`` refusals in a row."""
+    return float(min(BACKOFF_MOST, BACKOFF_FIRST * 2 ** max(0, failures - 1)))
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the plugin's servers answer, beyond what gpuosd says.
+
+    ``cdi_dir``: where CDI spec files for allocated devices go ("" for none). ``dev_root``: where
+    the host's /dev is visible to the plugin, to see which device nodes exist.
+    """
+
+    poll: float = 0.5
+    cdi_dir: str = cdi.DEFAULT_DIR
+    dev_root: str = "/dev"
+
+
 class Inventory:
-    """What gpuosd's GPUs offer as Kubernetes resources, refreshed from gpuosd on demand."""
+    """What gpuosd's GPUs offer as Kubernetes resources, refreshed from gpuosd on demand.
+
+    Each refresh that changes anything bumps a version; ``watch`` waits for the next one.
+    """
 
     def __init__(self, client: Client, replicas: int) -> None:
         self.client = client
         self.replicas = replicas
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._version = 0
         self._last: dict[str, list[Advertised]] = {}
+        self._gpus: dict[str, devices_pb2.Device] = {}
+        self._unreachable = False
+        # One refresh at a time: an older answer must never be stored over a newer one.
+        self._refreshing = threading.Lock()
 
     def refresh(self) -> dict[str, list[Advertised]]:
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> dict[str, list[Advertised]]:
         try:
-            current = resources.advertise(list(self.client.devices().devices), self.replicas)
+            gpus = list(self.client.devices().devices)
+            held = {k for r in self.client.reservations(RESERVATION_PREFIX) for k in r.keys}
+            current = resources.advertise(gpus, self.replicas, held)
+            if self._unreachable:
+                log.info("gpuosd answers again")
+            self._unreachable = False
         except ApiError as exc:
-            log.warning("cannot reach gpuosd (%s); advertising every device unhealthy", exc.details)
-            with self._lock:
-                current = {r: [Advertised(a.device_id, a.gpu_uuid, resources.UNHEALTHY) for a in devs]
+            if not self._unreachable:
+                log.warning("cannot reach gpuosd (%s); advertising every device unhealthy", exc.details)
+            self._unreachable = True
+            gpus = list(self._gpus.values())
+            with self._changed:
+                current = {r: [Advertised(a.device_id, a.gpu_uuid, resources.UNHEALTHY, a.numa_node) for a in devs]
                            for r, devs in self._last.items()}
-        with self._lock:
-            self._last = current
+        with self._changed:
+            self._gpus = {g.uuid: g for g in gpus}
+            if current != self._last:
+                self._last = current
+                self._version += 1
+                self._changed.notify_all()
         return current
 
     def devices(self, resource: str) -> list[Advertised]:
-        with self._lock:
+        with self._changed:
             return list(self._last.get(resource, []))
+
+    def resources(self) -> list[str]:
+        with self._changed:
+            return sorted(self._last)
+
+    def gpu(self, uuid: str) -> devices_pb2.Device | None:
+        with self._changed:
+            return self._gpus.get(uuid)
+
+    def watch(self, resource: str, version: int, timeout: float) -> tuple[int, list[Advertised]]:
+        """``resource``'s devices once the inventory is newer than ``version`` (or after ``timeout``)."""
+        with self._changed:
+            if self._version == version:
+                self._changed.wait(timeout)
+            return self._version, list(self._last.get(resource, []))
+
+
+def write_cdi_specs(options: Options, ids: Sequence[str], reservation: devices_pb2.Reservation,
+                    nodes: Sequence[str]) -> list[str]:
+    """One CDI spec file per device ID (named for it, so a device handed out again replaces its
+    own file), each device carrying the reservation's environment, mounts and ``nodes``; the
+    qualified names to give the kubelet."""
+    mounts = [cdi.Mount(m.host_path, m.container_path, m.read_only) for m in reservation.mounts]
+    names = []
+    for device_id in ids:
+        device = cdi.CdiDevice(name=device_id, env=dict(reservation.env), mounts=mounts, device_nodes=list(nodes))
+        cdi.write_spec(options.cdi_dir, cdi.DEFAULT_CLASS, [device], name=device_id)
+        names.append(cdi.qualified(device_id))
+    return names
+
+
+def remove_cdi_specs(cdi_dir: str, ids: Iterable[str]) -> None:
+    for device_id in ids:
+        try:
+            cdi.remove_spec(cdi.spec_path(cdi_dir, device_id))
+        except cdi.CdiError:
+            continue  # a key that was never a CDI name never had a spec
 
 
 class ResourcePlugin:
     """The DevicePlugin service for one resource."""
 
-    def __init__(self, resource: str, inventory: Inventory, poll: float) -> None:
+    def __init__(self, resource: str, inventory: Inventory, options: Options) -> None:
         self.resource = resource
         self.inventory = inventory
-        self.poll = poll
+        self.options = options
         self.stopped = threading.Event()
 
     def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> api_pb2.DevicePluginOptions:
@@ -74,14 +168,13 @@ class ResourcePlugin:
 
     def ListAndWatch(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> Iterator[api_pb2.ListAndWatchResponse]:
         last: list[Advertised] | None = None
+        version = -1
         while context.is_active() and not self.stopped.is_set():
-            current = sorted(self.inventory.refresh().get(self.resource, []))
+            version, devices = self.inventory.watch(self.resource, version, self.options.poll)
+            current = sorted(devices)
             if current != last:
                 last = current
-                yield api_pb2.ListAndWatchResponse(
-                    devices=[api_pb2.Device(ID=a.device_id, health=a.health) for a in current]
-                )
-            self.stopped.wait(self.poll)
+                yield api_pb2.ListAndWatchResponse(devices=[_device(a) for a in current])
 
     def GetPreferredAllocation(
         self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
@@ -121,21 +214,40 @@ class ResourcePlugin:
     def Allocate(self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext) -> api_pb2.AllocateResponse:
         out = api_pb2.AllocateResponse()
         advertised = self.inventory.devices(self.resource) or self.inventory.refresh().get(self.resource, [])
-        for container in request.container_requests:
-            ids = list(container.devices_ids)
-            try:
-                gpus, wanted = resources.request_for(self.resource, ids, advertised, self.inventory.replicas)
-                reservation = self.inventory.client.reserve(f"k8s:{self.resource}", gpus, wanted, keys=ids)
-            except GpuosError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except ApiError as exc:
-                context.abort(exc.code, f"gpuosd refused {self.resource} {ids}: {exc.details}")
-            response = api_pb2.ContainerAllocateResponse(envs=dict(reservation.env))
-            for mount in reservation.mounts:
-                response.mounts.append(api_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path,
-                                                     read_only=mount.read_only))
-            out.container_responses.append(response)
+        try:
+            for container in request.container_requests:
+                out.container_responses.append(self._allocate(list(container.devices_ids), advertised, context))
+        finally:
+            # The other resources' devices on these GPUs change health now, not a poll later.
+            self.inventory.refresh()
         return out
+
+    def _allocate(self, ids: list[str], advertised: list[Advertised],
+                  context: grpc.ServicerContext) -> api_pb2.ContainerAllocateResponse:
+        try:
+            gpus, wanted = resources.request_for(self.resource, ids, advertised, self.inventory.replicas)
+            reservation = self.inventory.client.reserve(f"{RESERVATION_PREFIX}{self.resource}", gpus, wanted, keys=ids)
+        except GpuosError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ApiError as exc:
+            context.abort(exc.code, f"gpuosd refused {self.resource} {ids}: {exc.details}")
+        response = api_pb2.ContainerAllocateResponse(envs=dict(reservation.env))
+        for mount in reservation.mounts:
+            response.mounts.append(api_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path,
+                                                 read_only=mount.read_only))
+        minors = [g.minor_number for g in map(self.inventory.gpu, gpus) if g is not None]
+        nodes = cdi.device_nodes(minors, self.options.dev_root)
+        for path in nodes:
+            response.devices.append(api_pb2.DeviceSpec(container_path=path, host_path=path, permissions="rw"))
+        if self.options.cdi_dir:
+            try:
+                names = write_cdi_specs(self.options, ids, reservation, nodes)
+            except (OSError, cdi.CdiError) as exc:
+                # Without its spec a CDI name would fail the container; envs and mounts still carry it.
+                log.warning("no CDI spec for %s (%s); answering without cdi_devices", ids, exc)
+            else:
+                response.cdi_devices.extend(api_pb2.CDIDevice(name=n) for n in names)
+        return response
 
     def PreStartContainer(
         self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
@@ -143,14 +255,38 @@ class ResourcePlugin:
         return api_pb2.PreStartContainerResponse()
 
 
-class Manager:
-    """Runs one plugin server per resource and keeps each registered with the kubelet."""
+def _device(a: Advertised) -> api_pb2.Device:
+    device = api_pb2.Device(ID=a.device_id, health=a.health)
+    if a.numa_node >= 0:
+        device.topology.nodes.append(api_pb2.NUMANode(ID=a.numa_node))
+    return device
 
-    def __init__(self, plugin_dir: str, inventory: Inventory, poll: float = 1.0) -> None:
+
+@dataclass
+class _Served:
+    """One resource's server and where its registration stands."""
+
+    server: grpc.Server
+    plugin: ResourcePlugin
+    registered: bool = False
+    failures: int = 0
+    next_try: float = 0.0
+
+
+class Manager:
+    """Runs one plugin server per resource, keeps each registered with the kubelet, keeps the
+    inventory fresh and, with a reconciler, releases the reservations of vanished containers."""
+
+    def __init__(self, plugin_dir: str, inventory: Inventory, options: Options | None = None, *,
+                 reconciler: Reconciler | None = None, reconcile_every: float = 3.0) -> None:
         self.plugin_dir = plugin_dir
         self.inventory = inventory
-        self.poll = poll
-        self._servers: dict[str, tuple[grpc.Server, ResourcePlugin]] = {}
+        self.options = options or Options()
+        self.reconciler = reconciler
+        self.reconcile_every = reconcile_every
+        if reconciler is not None and reconciler.released is None:
+            reconciler.released = self._released
+        self._servers: dict[str, _Served] = {}
         self._kubelet_id: tuple[int, int] | None = None
         self._stop = threading.Event()
 
@@ -169,18 +305,21 @@ class Manager:
         path = os.path.join(self.plugin_dir, socket_name(resource))
         if os.path.exists(path):
             os.unlink(path)
-        plugin = ResourcePlugin(resource, self.inventory, self.poll)
+        plugin = ResourcePlugin(resource, self.inventory, self.options)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpuos-dp"))
         api_pb2_grpc.add_DevicePluginServicer_to_server(plugin, server)  # type: ignore[arg-type]
         server.add_insecure_port(f"unix:{path}")
         server.start()
-        self._servers[resource] = (server, plugin)
+        self._servers[resource] = _Served(server, plugin)
+
+    def _stop_server(self, resource: str) -> None:
+        served = self._servers.pop(resource)
+        served.plugin.stopped.set()
+        served.server.stop(0)
 
     def _stop_servers(self) -> None:
-        for server, plugin in self._servers.values():
-            plugin.stopped.set()
-            server.stop(0)
-        self._servers.clear()
+        for resource in list(self._servers):
+            self._stop_server(resource)
 
     def _register(self, resource: str) -> None:
         with grpc.insecure_channel(f"unix:{self.kubelet_socket}") as channel:
@@ -191,47 +330,85 @@ class Manager:
                     resource_name=resource,
                     options=api_pb2.DevicePluginOptions(get_preferred_allocation_available=True),
                 ),
-                timeout=10,
+                timeout=REGISTER_TIMEOUT,
             )
         log.info("registered %s with the kubelet", resource)
 
-    def sync(self) -> bool:
-        """Start and register servers if the kubelet (re)appeared or a socket vanished; True if it did."""
+    def sync(self, now: float | None = None) -> bool:
+        """Serve every resource and register those not yet registered whose retry is due; True
+        if any registered now. A kubelet that (re)appeared, or a socket that vanished, makes the
+        servers concerned start again and register anew."""
+        now = time.monotonic() if now is None else now
         kubelet = self._kubelet_identity()
         if kubelet is None:
             if self._servers:
                 log.info("kubelet.sock is gone; waiting for the kubelet to come back")
                 self._stop_servers()
-                self._kubelet_id = None
+            self._kubelet_id = None
             return False
-        sockets_gone = any(not os.path.exists(os.path.join(self.plugin_dir, socket_name(r))) for r in self._servers)
-        if kubelet == self._kubelet_id and not sockets_gone and self._servers:
-            return False
-        self._stop_servers()
-        for resource in sorted(self.inventory.refresh()):
-            self._start(resource)
-        try:
-            for resource in self._servers:
+        if kubelet != self._kubelet_id:
+            self._stop_servers()  # a new kubelet deleted our sockets and knows none of us
+            self._kubelet_id = kubelet
+        for resource in [r for r in self._servers if not os.path.exists(os.path.join(self.plugin_dir, socket_name(r)))]:
+            self._stop_server(resource)
+        for resource in self.inventory.resources():
+            if resource not in self._servers:
+                self._start(resource)
+        registered = False
+        for resource, served in sorted(self._servers.items()):
+            if served.registered or now < served.next_try:
+                continue
+            try:
                 self._register(resource)
-        except grpc.RpcError as exc:
-            log.warning("registration failed (%s); will retry", exc.details())  # type: ignore[attr-defined]
-            self._stop_servers()
-            return False
-        self._kubelet_id = kubelet
-        return True
+            except grpc.RpcError as exc:
+                served.failures += 1
+                delay = backoff(served.failures)
+                served.next_try = now + delay
+                log.warning("registering %s failed (%s); retrying in %.1f s", resource,
+                            exc.details() or exc.code(), delay)  # type: ignore[attr-defined]
+                continue
+            served.registered, served.failures = True, 0
+            registered = True
+        return registered
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.options.poll):
+            self.inventory.refresh()
+
+    def _reconcile(self) -> None:
+        assert self.reconciler is not None
+        while not self._stop.wait(self.reconcile_every):
+            self.reconciler.once(time.time())
+
+    def _released(self, keys: Iterable[str]) -> None:
+        if self.options.cdi_dir:
+            remove_cdi_specs(self.options.cdi_dir, keys)
+        self.inventory.refresh()
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
-        while not self._stop.is_set() and not (until and until()):
-            self.sync()
-            self._stop.wait(self.poll)
-        self._stop_servers()
+        self.inventory.refresh()
+        threads = [threading.Thread(target=self._poll, name="gpuos-dp-poll", daemon=True)]
+        if self.reconciler is not None and self.reconcile_every > 0:
+            threads.append(threading.Thread(target=self._reconcile, name="gpuos-dp-reconcile", daemon=True))
+        for thread in threads:
+            thread.start()
+        try:
+            while not self._stop.is_set() and not (until and until()):
+                self.sync()
+                self._stop.wait(min(self.options.poll, BACKOFF_FIRST))
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(REGISTER_TIMEOUT)
+            self._stop_servers()
 
     def stop(self) -> None:
         self._stop.set()
 
     @property
     def resources(self) -> list[str]:
-        return sorted(self._servers)
+        """The resources registered with the kubelet now."""
+        return sorted(r for r, s in self._servers.items() if s.registered)
 
 
 def wait_registered(manager: Manager, timeout: float = 10.0) -> None:

@@ -7,14 +7,28 @@ Resources and their device IDs (IDs are at most 63 characters, as the kubelet re
   container given n of them on one GPU gets n/replicas of its SMs and of its memory.
 - ``gpuos.io/mig-<profile>``: MIG slices of that profile, as many per GPU as the profile allows;
   ID = ``<uuid>::mig-<profile>-<k>``.
+
+Every resource is offered on every GPU, but a GPU is shared one way at a time (whole, MPS shares,
+or MIG slices) and only as far as it has room. :func:`advertise` says, from gpuosd's device state
+(what ``DeviceService.List`` returns: each GPU's allocations and MIG instances) and the device IDs
+that containers hold now, which devices the kubelet may still hand out: those Healthy, the rest
+Unhealthy. A device a container holds stays Healthy while its GPU is: the kubelet does not hand
+it out again, and an Unhealthy device would mark that container's pod as failing. The fit rules
+are the scheduler's own (:func:`gpuos.scheduler.framework.gpu_fits`, MIG slots by
+:mod:`gpuos.mig`), so the plugin offers exactly what ``Reserve`` would accept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from gpuos.errors import InvalidArgument
+from gpuos.jobs import Partition, PartitionKind, Resources
+from gpuos.mig import Instance, MigProfile
+from gpuos.scheduler import GpuView, JobView, NodeView
+from gpuos.scheduler.framework import gpu_fits, take
+from gpuos.scheduler.snapshot import MILLI
 from gpuos.v1 import common_pb2, devices_pb2
 
 PREFIX = "gpuos.io/"
@@ -22,6 +36,7 @@ WHOLE = PREFIX + "gpu"
 SHARED = PREFIX + "gpu-shared"
 MIG = PREFIX + "mig-"
 HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
+NO_NUMA = -1
 
 
 @dataclass(frozen=True, order=True)
@@ -29,19 +44,106 @@ class Advertised:
     device_id: str
     gpu_uuid: str
     health: str
+    # The host NUMA node of the device's GPU, for the kubelet's topology hints; -1 unknown.
+    numa_node: int = NO_NUMA
 
 
-def advertise(devices: Sequence[devices_pb2.Device], replicas: int) -> dict[str, list[Advertised]]:
-    """Every resource and its devices, with health following each GPU's."""
+def gpu_view(device: devices_pb2.Device) -> GpuView:
+    """gpuosd's ``device`` as the scheduler's fit rules see it: its room after its allocations.
+
+    A draining or failed GPU is not healthy: gpuosd places nothing new on it.
+    """
+    profiles = tuple(
+        MigProfile(p.name, p.slices, p.memory_bytes, p.memory_slices, p.max_count, tuple(p.placements))
+        for p in device.mig_profiles
+    )
+    milli_used = memory_used = 0
+    kinds: set[PartitionKind] = set()
+    for a in device.allocations:
+        try:
+            kind = Partition.parse(a.partition).kind
+        except ValueError:
+            kind = PartitionKind.EXCLUSIVE  # a partition this plugin does not know: assume the worst
+        kinds.add(kind)
+        # Turns share time, not space: a time-sharer's weight takes none of the GPU's compute.
+        if kind not in (PartitionKind.TIMESLICE, PartitionKind.EXECUTOR):
+            milli_used += a.compute_milli
+        memory_used += a.memory_limit or (device.memory_total if kind is PartitionKind.EXCLUSIVE else 0)
+    sharing = ""
+    for kind in (PartitionKind.MIG, PartitionKind.MPS, PartitionKind.TIMESLICE, PartitionKind.EXECUTOR):
+        if kind in kinds:
+            sharing = kind.sharing
+            break
+    instances = tuple(Instance(m.profile, m.start) for m in device.mig_instances)
+    return GpuView(
+        index=device.index, model=device.model, memory_total=device.memory_total,
+        memory_free=device.memory_total - memory_used, milli_free=MILLI - milli_used,
+        healthy=device.healthy and not device.draining, uuid=device.uuid, mig_profiles=profiles,
+        mig_slices_used=sum(next((p.slices for p in profiles if p.name == i.profile), 0) for i in instances),
+        jobs=tuple(f"(allocation {k})" for k in range(len(device.allocations))),
+        sharing=sharing, mig_instances=instances,
+    )
+
+
+def room(gpu: GpuView, request: Resources, most: int) -> int:
+    """How many more of ``request`` ``gpu`` takes, one after another (at most ``most``)."""
+    node = NodeView("(plugin)", (gpu,))
+    probe = JobView(id="(probe)", request=request)
+    count = 0
+    while count < most and gpu_fits(request, node.gpus[0]):
+        node, _ = take(probe, node, node.gpus)
+        count += 1
+    return count
+
+
+def share_request(shares: int, replicas: int) -> Resources:
+    """The gpuos request of ``shares`` of a GPU's ``replicas`` MPS shares (as Reserve converts it:
+    all of them is the whole GPU)."""
+    milli = round(shares * MILLI / replicas)
+    return Resources(gpus=1) if milli >= MILLI else Resources(gpu_milli=milli)
+
+
+def _offer(ids: Sequence[str], held: Collection[str], free: int, usable: bool) -> list[tuple[str, str]]:
+    """Health of ``ids``: held ones Healthy, then the first ``free`` others; all Unhealthy if not usable."""
+    out = []
+    for device_id in ids:
+        if not usable:
+            health = UNHEALTHY
+        elif device_id in held:
+            health = HEALTHY
+        elif free > 0:
+            health, free = HEALTHY, free - 1
+        else:
+            health = UNHEALTHY
+        out.append((device_id, health))
+    return out
+
+
+def advertise(devices: Sequence[devices_pb2.Device], replicas: int,
+              held: Collection[str] = frozenset()) -> dict[str, list[Advertised]]:
+    """Every resource and its devices, Healthy exactly where the kubelet may hand them out now.
+
+    ``held``: the device IDs containers hold now (the keys of the plugin's reservations).
+    """
+    if replicas < 1:
+        raise InvalidArgument("replicas", f"must be at least 1, got {replicas}")
     out: dict[str, list[Advertised]] = {WHOLE: [], SHARED: []}
     for d in devices:
-        health = HEALTHY if d.healthy else UNHEALTHY
-        out[WHOLE].append(Advertised(d.uuid, d.uuid, health))
-        out[SHARED].extend(Advertised(f"{d.uuid}::shared-{k}", d.uuid, health) for k in range(replicas))
-        for profile in d.mig_profiles:
-            out.setdefault(MIG + profile.name, []).extend(
-                Advertised(f"{d.uuid}::mig-{profile.name}-{k}", d.uuid, health) for k in range(profile.max_count)
-            )
+        gpu = gpu_view(d)
+        usable = gpu.healthy
+        numa = d.numa_node if d.numa_node >= 0 else NO_NUMA
+
+        def add(resource: str, offered: list[tuple[str, str]], uuid: str = d.uuid, node: int = numa) -> None:
+            out.setdefault(resource, []).extend(Advertised(i, uuid, h, node) for i, h in offered)
+
+        add(WHOLE, _offer([d.uuid], held, room(gpu, Resources(gpus=1), 1), usable))
+        shares = [f"{d.uuid}::shared-{k}" for k in range(replicas)]
+        free = room(gpu, share_request(1, replicas), replicas)
+        add(SHARED, _offer(shares, held, free, usable))
+        for profile in gpu.mig_profiles:
+            ids = [f"{d.uuid}::mig-{profile.name}-{k}" for k in range(profile.max_count)]
+            free = room(gpu, Resources(mig_profile=profile.name), profile.max_count)
+            add(MIG + profile.name, _offer(ids, held, free, usable))
     return out
 
 

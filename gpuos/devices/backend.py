@@ -23,6 +23,10 @@ class DeviceInfo:
     memory_total: int
     sm_count: int
     mig_profiles: tuple[MigProfile, ...] = ()
+    # The host NUMA node the GPU hangs off (topology hints for the kubelet); -1 when unknown.
+    numa_node: int = -1
+    # /dev/nvidia<minor_number>, what a container needs to reach the GPU; -1 when there is none.
+    minor_number: int = -1
 
     @property
     def mig_capable(self) -> bool:

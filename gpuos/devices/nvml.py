@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from gpuos.devices import checkpoint
+from gpuos.devices import checkpoint, numa
 from gpuos.devices.backend import (
     DeviceBackend,
     DeviceInfo,
@@ -93,7 +93,27 @@ class NvmlBackend(DeviceBackend):
             memory,
             self._sm_count(handle, product),
             self._mig_profiles(handle),
+            self._numa_node(handle),
+            self._minor_number(handle),
         )
+
+    @staticmethod
+    def _minor_number(handle: Any) -> int:
+        try:
+            return int(pynvml.nvmlDeviceGetMinorNumber(handle))
+        except (pynvml.NVMLError, AttributeError):
+            return -1
+
+    @staticmethod
+    def _numa_node(handle: Any) -> int:
+        # The PCI device's node in sysfs is the CPU side the GPU hangs off, what the kubelet's
+        # topology hints mean. (nvmlDeviceGetNumaNodeId is another thing: the node that is the
+        # GPU's own memory, on platforms such as Grace Hopper where GPU memory is a NUMA node.)
+        try:
+            bus_id = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
+        except (pynvml.NVMLError, AttributeError):
+            return numa.UNKNOWN  # one field unknown, never the whole GPU
+        return numa.numa_node(bus_id)
 
     @staticmethod
     def _sm_count(handle: Any, product: str) -> int:

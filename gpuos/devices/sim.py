@@ -2,7 +2,9 @@
 the daemon attaches to them, so everything above the backend runs unchanged without a GPU.
 
 ``SimBackend("2xH100-80GB")`` or ``SimBackend("1xA100-40GB,1xL4")``: count x model, comma
-separated, model names as in :mod:`gpuos.devices.catalog` (case-insensitive).
+separated, model names as in :mod:`gpuos.devices.catalog` (case-insensitive). A group may end
+in ``@N``, the host NUMA node its GPUs are attached to (``2xH100-80GB@0,2xH100-80GB@1`` is a
+two-socket host); without it a simulated GPU is on node 0, as on a one-socket host.
 
 Suspend-to-host is modelled on the CUDA driver's process checkpoint: ``suspend`` takes all the
 memory a process holds on its GPU (what ``attach`` granted it, or ``set_process_memory`` set),
@@ -57,21 +59,30 @@ _TDP_W = {
     "V100": 300.0,
 }
 
-_GROUP = re.compile(r"^\s*(-?\d+)\s*[xX]\s*([A-Za-z0-9][A-Za-z0-9.-]*)\s*$")
+MAX_NUMA_NODE = 63
+_GROUP = re.compile(r"^\s*(-?\d+)\s*[xX]\s*([A-Za-z0-9][A-Za-z0-9.-]*)\s*(?:@\s*(\d+)\s*)?$")
 
 
 def parse_spec(spec: str) -> list[GpuModel]:
     """The GPUs a ``--sim-gpus`` spec describes, in index order."""
+    return [model for model, _ in parse_groups(spec)]
+
+
+def parse_groups(spec: str) -> list[tuple[GpuModel, int]]:
+    """Each GPU a ``--sim-gpus`` spec describes, with its NUMA node, in index order."""
     field_name = "sim_gpus"
     known = ", ".join(model_names())
     if not spec or not spec.strip():
         raise InvalidArgument(field_name, f"no GPUs given; write e.g. 2xH100-80GB (models: {known})")
-    gpus: list[GpuModel] = []
+    gpus: list[tuple[GpuModel, int]] = []
     for group in spec.split(","):
         match = _GROUP.match(group)
         if not match:
-            raise InvalidArgument(field_name, f"{group.strip()!r} is not COUNTxMODEL, e.g. 2xH100-80GB")
+            raise InvalidArgument(field_name, f"{group.strip()!r} is not COUNTxMODEL[@NUMA], e.g. 2xH100-80GB")
         count, name = int(match.group(1)), match.group(2)
+        node = int(match.group(3) or 0)
+        if node > MAX_NUMA_NODE:
+            raise InvalidArgument(field_name, f"NUMA node {node} in {group.strip()!r} must be 0..{MAX_NUMA_NODE}")
         if not 1 <= count <= MAX_GPUS_PER_GROUP:
             raise InvalidArgument(
                 field_name, f"count {count} in {group.strip()!r} must be 1..{MAX_GPUS_PER_GROUP}"
@@ -79,7 +90,7 @@ def parse_spec(spec: str) -> list[GpuModel]:
         model = lookup(name)
         if model is None:
             raise InvalidArgument(field_name, f"unknown GPU model {name!r}; known models: {known}")
-        gpus.extend([model] * count)
+        gpus.extend([(model, node)] * count)
     return gpus
 
 
@@ -124,12 +135,12 @@ class SimBackend(DeviceBackend):
     name = "sim"
 
     def __init__(self, spec: str, *, suspend: bool | None = None) -> None:
-        models = parse_spec(spec)
+        groups = parse_groups(spec)
         self._gpus = [
-            _Gpu(DeviceInfo(i, _uuid(i, m.name), m.name, m.memory_bytes, m.sm_count, m.mig_profiles))
-            for i, m in enumerate(models)
+            _Gpu(DeviceInfo(i, _uuid(i, m.name), m.name, m.memory_bytes, m.sm_count, m.mig_profiles, node))
+            for i, (m, node) in enumerate(groups)
         ]
-        self._links = [m.host_link_bytes_per_s for m in models]
+        self._links = [m.host_link_bytes_per_s for m, _ in groups]
         self._lock = threading.Lock()
         if suspend is None:
             suspend = os.environ.get("GPUOS_SIM_SUSPEND", "1").strip().lower() not in ("0", "off", "false", "no")

@@ -5,6 +5,7 @@
 
 Like the real tool it reads ``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY``, listens
 on ``<pipe>/control``, logs to ``<log>/control.log``, answers ``get_server_list`` and ``quit``,
+accepts the limit commands (``set_default_active_thread_percentage`` and the like),
 and refuses client commands when no daemon runs. It computes nothing: the simulated GPU's SM
 shares are accounted by the simulator backend.
 """
@@ -52,6 +53,9 @@ def serve() -> None:
                 return
             if command == "get_server_list":
                 conn.sendall(b"")
+            elif command.startswith(("set_default_active_thread_percentage ", "set_default_device_pinned_mem_limit ",
+                                     "set_active_thread_percentage ", "set_device_pinned_mem_limit ")):
+                conn.sendall(b"")  # accepted (and logged above); the simulator's shares are accounted by the backend
             else:
                 conn.sendall(f"unknown command {command}\n".encode())
 

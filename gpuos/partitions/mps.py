@@ -60,6 +60,8 @@ class MpsManager:
         self.control_command = control_command
         self.uuids = uuids
         self._daemons: dict[int, MpsDaemon] = {}
+        # The (thread percentage, pinned memory MiB) ceiling last set on each GPU's daemon.
+        self._ceilings: dict[int, tuple[int, int]] = {}
         # Control daemons asked to quit in the background (stop(wait=False)), by GPU.
         self._quitting: dict[int, threading.Thread] = {}
 
@@ -116,6 +118,7 @@ class MpsManager:
 
     def forget(self, index: int) -> None:
         self._daemons.pop(index, None)
+        self._ceilings.pop(index, None)
 
     def client_env(self, index: int, compute_milli: int, memory_bytes: int) -> dict[str, str]:
         """What a client job needs: the daemon's pipe, its thread share and its pinned memory limit."""
@@ -129,11 +132,44 @@ class MpsManager:
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={limit_mib}M",
         }
 
+    def set_ceiling(self, index: int, compute_milli: int, memory_bytes: int) -> None:
+        """Limit every client of GPU ``index``'s daemon to ``compute_milli`` of its threads and
+        ``memory_bytes`` of pinned memory, on the daemon itself.
+
+        A client's CUDA_MPS_* variables are its own to change; the daemon's limits are not, and the
+        driver lets a client's variable only lower them. One server serves all clients of a user,
+        so the ceiling is the largest share on the GPU (the caller's to work out): equal shares
+        (the device plugin's) are enforced exactly, unequal ones no tighter than the largest. Set
+        as the daemon's defaults (for servers it starts from now on) and on the servers running.
+        """
+        percent = max(1, min(100, -(-compute_milli // 10)))
+        limit_mib = max(1, memory_bytes // (1 << 20))
+        if self._ceilings.get(index) == (percent, limit_mib) and self.running(index):
+            return
+        self.ensure(index)
+        servers = [w for w in self._control(index, "get_server_list").split() if w.isdigit()]
+        commands = [f"set_default_active_thread_percentage {percent}",
+                    f"set_default_device_pinned_mem_limit 0 {limit_mib}M"]
+        for pid in servers:
+            commands += [f"set_active_thread_percentage {pid} {percent}", f"set_device_pinned_mem_limit {pid} 0 {limit_mib}M"]
+        self._control(index, "\n".join(commands))
+        self._ceilings[index] = (percent, limit_mib)
+
+    def _control(self, index: int, commands: str) -> str:
+        """Send ``commands`` (one a line) to GPU ``index``'s control daemon; what it answered."""
+        try:
+            done = subprocess.run(self.control_command, input=(commands + "\n").encode(), env=self._env(index),
+                                  timeout=START_TIMEOUT, capture_output=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BackendError(f"cannot reach the MPS control daemon of GPU {index}: {exc}") from exc
+        return done.stdout.decode(errors="replace")
+
     def stop(self, index: int, wait: bool = True) -> None:
         """Ask the GPU's control daemon to quit (once it has no clients). With ``wait`` False the
         asking and the waiting (about a second: the control program is a process of its own)
         happen on a thread, so the control loop goes on; ``ensure`` waits for it if it must."""
         daemon = self._daemons.pop(index, None)
+        self._ceilings.pop(index, None)
         if daemon is None:
             return
         if not wait:

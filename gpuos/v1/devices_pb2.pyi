@@ -47,6 +47,44 @@ class Reservation(_message.Message):
     mounts: _containers.RepeatedCompositeFieldContainer[HostMount]
     def __init__(self, job_id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[HostMount, _Mapping]]] = ...) -> None: ...
 
+class ReleaseRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReleaseReply(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class ListReservationsRequest(_message.Message):
+    __slots__ = ("name_prefix",)
+    NAME_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    name_prefix: str
+    def __init__(self, name_prefix: _Optional[str] = ...) -> None: ...
+
+class ReservationInfo(_message.Message):
+    __slots__ = ("job_id", "name", "keys", "gpu_uuids", "resources")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
+    resources: _common_pb2.Resources
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+
+class ListReservationsReply(_message.Message):
+    __slots__ = ("reservations",)
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    reservations: _containers.RepeatedCompositeFieldContainer[ReservationInfo]
+    def __init__(self, reservations: _Optional[_Iterable[_Union[ReservationInfo, _Mapping]]] = ...) -> None: ...
+
 class RankRequest(_message.Message):
     __slots__ = ("resources", "gpu_uuids")
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -118,16 +156,20 @@ class MigInstanceInfo(_message.Message):
     def __init__(self, profile: _Optional[str] = ..., start: _Optional[int] = ..., uuid: _Optional[str] = ...) -> None: ...
 
 class MigProfileInfo(_message.Message):
-    __slots__ = ("name", "slices", "memory_bytes", "max_count")
+    __slots__ = ("name", "slices", "memory_bytes", "max_count", "memory_slices", "placements")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SLICES_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     slices: int
     memory_bytes: int
     max_count: int
-    def __init__(self, name: _Optional[str] = ..., slices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_count: _Optional[int] = ...) -> None: ...
+    memory_slices: int
+    placements: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., slices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_count: _Optional[int] = ..., memory_slices: _Optional[int] = ..., placements: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Allocation(_message.Message):
     __slots__ = ("job_id", "tenant", "partition", "compute_milli", "memory_limit", "memory_used", "paused")
@@ -148,7 +190,7 @@ class Allocation(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., partition: _Optional[str] = ..., compute_milli: _Optional[int] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend", "mig_instances", "mps_daemon_running", "suspend_supported", "suspend_detail", "suspend_cross_gpu", "draining")
+    __slots__ = ("index", "uuid", "model", "memory_total", "memory_used", "sm_count", "utilization_pct", "healthy", "mig_profiles", "partitioning", "allocations", "backend", "mig_instances", "mps_daemon_running", "suspend_supported", "suspend_detail", "suspend_cross_gpu", "draining", "numa_node", "minor_number")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +209,8 @@ class Device(_message.Message):
     SUSPEND_DETAIL_FIELD_NUMBER: _ClassVar[int]
     SUSPEND_CROSS_GPU_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    NUMA_NODE_FIELD_NUMBER: _ClassVar[int]
+    MINOR_NUMBER_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     model: str
@@ -185,7 +229,9 @@ class Device(_message.Message):
     suspend_detail: str
     suspend_cross_gpu: bool
     draining: bool
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ..., mig_instances: _Optional[_Iterable[_Union[MigInstanceInfo, _Mapping]]] = ..., mps_daemon_running: _Optional[bool] = ..., suspend_supported: _Optional[bool] = ..., suspend_detail: _Optional[str] = ..., suspend_cross_gpu: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
+    numa_node: int
+    minor_number: int
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., sm_count: _Optional[int] = ..., utilization_pct: _Optional[float] = ..., healthy: _Optional[bool] = ..., mig_profiles: _Optional[_Iterable[_Union[MigProfileInfo, _Mapping]]] = ..., partitioning: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., backend: _Optional[str] = ..., mig_instances: _Optional[_Iterable[_Union[MigInstanceInfo, _Mapping]]] = ..., mps_daemon_running: _Optional[bool] = ..., suspend_supported: _Optional[bool] = ..., suspend_detail: _Optional[str] = ..., suspend_cross_gpu: _Optional[bool] = ..., draining: _Optional[bool] = ..., numa_node: _Optional[int] = ..., minor_number: _Optional[int] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
     __slots__ = ("devices", "backend")

@@ -50,6 +50,16 @@ class DeviceServiceStub:
                 request_serializer=gpuos_dot_v1_dot_devices__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=gpuos_dot_v1_dot_devices__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/gpuos.v1.DeviceService/Release',
+                request_serializer=gpuos_dot_v1_dot_devices__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_devices__pb2.ReleaseReply.FromString,
+                _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/gpuos.v1.DeviceService/ListReservations',
+                request_serializer=gpuos_dot_v1_dot_devices__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_devices__pb2.ListReservationsReply.FromString,
+                _registered_method=True)
         self.Rank = channel.unary_unary(
                 '/gpuos.v1.DeviceService/Rank',
                 request_serializer=gpuos_dot_v1_dot_devices__pb2.RankRequest.SerializeToString,
@@ -88,6 +98,22 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Admins only: end the reservations that hold any of the keys (the kubelet's device IDs of a
+        container that no longer exists). Keys no reservation holds are no error: releasing twice
+        releases nothing the second time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """Admins only: the reservations held now (those whose name starts with name_prefix).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rank(self, request, context):
         """The given GPUs ordered by how well the active policy scores them for a request, best first.
         """
@@ -121,6 +147,16 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.Reserve,
                     request_deserializer=gpuos_dot_v1_dot_devices__pb2.ReserveRequest.FromString,
                     response_serializer=gpuos_dot_v1_dot_devices__pb2.Reservation.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=gpuos_dot_v1_dot_devices__pb2.ReleaseRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_devices__pb2.ReleaseReply.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=gpuos_dot_v1_dot_devices__pb2.ListReservationsRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_devices__pb2.ListReservationsReply.SerializeToString,
             ),
             'Rank': grpc.unary_unary_rpc_method_handler(
                     servicer.Rank,
@@ -215,6 +251,60 @@ class DeviceService:
             '/gpuos.v1.DeviceService/Reserve',
             gpuos_dot_v1_dot_devices__pb2.ReserveRequest.SerializeToString,
             gpuos_dot_v1_dot_devices__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.DeviceService/Release',
+            gpuos_dot_v1_dot_devices__pb2.ReleaseRequest.SerializeToString,
+            gpuos_dot_v1_dot_devices__pb2.ReleaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.DeviceService/ListReservations',
+            gpuos_dot_v1_dot_devices__pb2.ListReservationsRequest.SerializeToString,
+            gpuos_dot_v1_dot_devices__pb2.ListReservationsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gpuos.jobs import Resources
 from gpuos.scheduler import GpuView, JobView, NodeView, Snapshot
-from gpuos.scheduler.framework import _take, options
+from gpuos.scheduler.framework import options, take
 from gpuos.units import GiB
 
 MEM = 32 * GiB
@@ -21,7 +21,7 @@ def job(id: str, gpus: int = 1, milli: int = 0, **kw: object) -> JobView:
 def place(n: NodeView, j: JobView, now: float = 0.0, **kw: object) -> tuple[NodeView, JobView]:
     """Put ``j`` on the first option of ``n``; the node after, and ``j`` as a running job."""
     gpus = next(options(j, n))
-    new, p = _take(j, n, gpus)
+    new, p = take(j, n, gpus)
     from dataclasses import replace
 
     return new, replace(j, node=n.name, gpus=p.gpus, started_at=now, **kw)  # type: ignore[arg-type]

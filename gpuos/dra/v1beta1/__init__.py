@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code; regenerate with tools/gen_proto.py."""
