@@ -11,6 +11,7 @@ objective as JSON under ``agents/tuned/`` with the command and the specs that ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -115,12 +116,33 @@ def load_tuned(objective: str) -> dict[str, dict[str, float]]:
     return {k: {p: float(x) for p, x in v.items()} for k, v in json.loads(path.read_text())["constants"].items()}
 
 
-def baseline_set(objective: str) -> list[Policy | str]:
-    """Every human policy, the order x placement combinations, and the policies tuned for
-    ``objective`` (those stored under agents/tuned/)."""
+# Tuned constants: policy -> constant label -> value (as agents/tuned/*.json hold them).
+Constants = dict[str, dict[str, float]]
+
+
+def tuned_label(constants: Constants) -> str:
+    """The label of baselines tuned elsewhere than on the built-in training set (a history's
+    training part): ``tuned-<digest>``, so two sets of constants never share a baseline's name
+    (runs are memoised by name)."""
+    digest = hashlib.sha256(json.dumps(constants, sort_keys=True).encode()).hexdigest()[:8]
+    return f"tuned-{digest}"
+
+
+def baseline_set(objective: str, tuned: Constants | None = None) -> list[Policy | str]:
+    """Every human policy, the order x placement combinations, and the tunable policies with
+    their constants tuned for ``objective``: ``tuned`` when given (constants tuned on a history's
+    training part, :func:`tune_all`), else those stored under agents/tuned/."""
     human: list[Policy | str] = [n for n in available() if not n.startswith("evolved") and "+" not in n]
-    tuned = [tuned_policy(n, v, f"tuned-{objective}") for n, v in load_tuned(objective).items()]
-    return [*human, *COMBINED, *tuned]
+    if tuned is None:
+        made = [tuned_policy(n, v, f"tuned-{objective}") for n, v in load_tuned(objective).items()]
+    else:
+        made = [tuned_policy(n, v, tuned_label(tuned)) for n, v in tuned.items()]
+    return [*human, *COMBINED, *made]
+
+
+def tune_all(specs: Sequence[str], objective: str, *, trials: int, seed: int = 0) -> Constants:
+    """Every tunable policy's constants tuned on ``specs`` for ``objective`` (:func:`tune`)."""
+    return {name: tune(name, specs, objective, trials=trials, seed=seed) for name in SPACES}
 
 
 def spread(specs: Sequence[str], n: int) -> list[str]:

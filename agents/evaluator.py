@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuos import scheduler as scheduler_package
-from gpuos.agents.baselines import baseline_set
+from gpuos.agents.baselines import Constants, baseline_set
 from gpuos.agents.masking import Secret
 from gpuos.agents.objectives import OBJECTIVES, TraceRun, get_objective, simulate
 from gpuos.agents.sandbox import DEFAULT_MEMORY, DEFAULT_TIMEOUT, run_candidate
@@ -78,11 +78,12 @@ def guard_objectives(objective: str) -> list[str]:
 Baseline = Callable[[], "str | Policy"]
 
 
-def baseline_makers(objective: str) -> dict[str, Baseline]:
-    """The baselines for ``objective`` by name, each as a maker of a fresh policy (policies may
-    keep per-run state, so no instance is shared by two runs)."""
+def baseline_makers(objective: str, tuned: Constants | None = None) -> dict[str, Baseline]:
+    """The baselines for ``objective`` by name (with ``tuned``, the tunable ones take those
+    constants: :func:`gpuos.agents.baselines.baseline_set`), each as a maker of a fresh policy
+    (policies may keep per-run state, so no instance is shared by two runs)."""
     makers: dict[str, Baseline] = {}
-    for entry in baseline_set(objective):
+    for entry in baseline_set(objective, tuned):
         if isinstance(entry, str):
             makers[entry] = partial(str, entry)
         else:
@@ -161,18 +162,19 @@ def _cache_file(cache_dir: Path, spec: str, policy: str, secret: Secret | None) 
     return cache_dir / f"{key}.json"
 
 
-def _baseline_run(spec: str, objective: str, name: str, secret: Secret | None) -> TraceRun:
-    return simulate(load_trace_cached(spec, secret), baseline_makers(objective)[name]())
+def _baseline_run(spec: str, objective: str, name: str, secret: Secret | None,
+                  tuned: Constants | None = None) -> TraceRun:
+    return simulate(load_trace_cached(spec, secret), baseline_makers(objective, tuned)[name]())
 
 
 def compute_baselines(specs: Sequence[str], objective: str = "mean_jct", *, secret: Secret | None = None,
                       cache_dir: str | Path | None = None, policies: Sequence[str] | None = None,
-                      jobs: int = 1) -> Baselines:
-    """Run every baseline for ``objective`` (or only ``policies`` of them) on every trace, masked
-    with ``secret``, in ``jobs`` processes; memoised in this process and, with ``cache_dir``, on
-    disk (keyed by :func:`code_version` and the secret's digest), since OpenEvolve may call each
-    evaluation afresh."""
-    makers = baseline_makers(objective)
+                      jobs: int = 1, tuned: Constants | None = None) -> Baselines:
+    """Run every baseline for ``objective`` (or only ``policies`` of them; with ``tuned``, the
+    tunable ones with those constants) on every trace, masked with ``secret``, in ``jobs``
+    processes; memoised in this process and, with ``cache_dir``, on disk (keyed by
+    :func:`code_version` and the secret's digest), since OpenEvolve may call each evaluation afresh."""
+    makers = baseline_makers(objective, tuned)
     names = list(policies or makers)
     unknown = [n for n in names if n not in makers]
     if unknown:
@@ -194,9 +196,10 @@ def compute_baselines(specs: Sequence[str], objective: str = "mean_jct", *, secr
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(jobs, len(missing))) as pool:
-            done = list(pool.map(_baseline_run, *zip(*[(s, objective, n, secret) for s, n in missing], strict=True)))
+            done = list(pool.map(_baseline_run, *zip(*[(s, objective, n, secret, tuned) for s, n in missing],
+                                                      strict=True)))
     else:
-        done = [_baseline_run(s, objective, n, secret) for s, n in missing]
+        done = [_baseline_run(s, objective, n, secret, tuned) for s, n in missing]
     for (spec, name), run in zip(missing, done, strict=True):
         _BASELINES[(spec, name, tag)] = run
         if cache is not None:

@@ -73,6 +73,9 @@ class RunConfig:
     name: str = ""  # policy name of the result; default evolved-<objective>
     # gp: genomes (JSON) from earlier runs' reports that join the seeds in the first generation.
     warm_start: list[Any] = field(default_factory=list)
+    # The tunable baselines' constants when tuned on a history's training part (gpuosctl evolve
+    # --trace EXPORT); None: those tuned on the built-in training set (agents/tuned/).
+    tuned: dict[str, dict[str, float]] | None = None
 
     @property
     def policy_name(self) -> str:
@@ -286,7 +289,7 @@ def search(config: RunConfig, run_dir: str | Path, resume: bool = False, progres
     if base_file.exists():
         baselines = Baselines.from_json(json.loads(base_file.read_text()))
     else:
-        baselines = compute_baselines(config.traces, config.objective, secret=secret)
+        baselines = compute_baselines(config.traces, config.objective, secret=secret, tuned=config.tuned)
         base_file.write_text(json.dumps(baselines.to_json()) + "\n")
     archive: dict[str, Candidate] = {}
     history: list[dict[str, Any]] = []
@@ -377,16 +380,17 @@ def _next_population(engine: Engine, archive: dict[str, Candidate], config: RunC
 # -- held-out verification and the report ---------------------------------------------------------
 
 
-def held_out_table(source: str, specs: Sequence[str], objective: str) -> dict[str, Any]:
+def held_out_table(source: str, specs: Sequence[str], objective: str,
+                   tuned: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """The held-out protocol's report for ``source`` on ``specs`` (:func:`gpuos.agents.verify.verify`,
     with a fresh secret: the held-out traces are masked unlike anything the search saw)."""
-    return verify(source, objective, specs)
+    return verify(source, objective, specs, tuned=tuned)
 
 
 def finish(config: RunConfig, run_dir: Path, engine: Engine, best: Candidate, history: list[dict[str, Any]],
            baselines: Baselines) -> dict[str, Any]:
     source = engine.render(best.genome, config.policy_name)
-    held = held_out_table(source, config.held_out, config.objective) if config.held_out else {}
+    held = held_out_table(source, config.held_out, config.objective, config.tuned) if config.held_out else {}
     report = {"config": asdict(config), "best": {"key": best.key, "training_combined": best.combined,
                                                   "training_per_trace": best.per_trace,
                                                   "genome": engine.to_json(best.genome)},

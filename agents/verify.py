@@ -31,6 +31,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from gpuos.agents.baselines import Constants
 from gpuos.agents.ceilings import ceiling
 from gpuos.agents.evaluator import (
     Baselines,
@@ -88,17 +89,20 @@ def ship_reasons(gain: Gain, guards: dict[str, float], robust: dict[str, float],
 def verify(
     source: str, objective: str, specs: Sequence[str], *, filename: str = "<candidate>",
     secret: Secret | None = None, robustness: bool = True, timeout: float = VERIFY_TIMEOUT,
-    baselines: Baselines | None = None, resamples: int = 10000, jobs: int = 0,
+    baselines: Baselines | None = None, resamples: int = 10000, jobs: int = 0, tuned: Constants | None = None,
 ) -> dict[str, Any]:
     """The held-out report for the candidate policy in ``source`` (see the module docstring);
-    ``baselines`` must have been computed with ``secret`` on ``specs`` when given."""
+    ``baselines`` must have been computed with ``secret`` on ``specs`` (and ``tuned``) when given.
+    ``tuned``: the tunable baselines' constants (tuned on a history's training part; None: those
+    tuned on the built-in training set)."""
     get_objective(objective)
     specs = list(specs)
     if not specs:
         raise ValueError("verification needs at least one trace")
     secret = secret or Secret.fresh()
     traces = [load_trace_cached(s, secret) for s in specs]
-    base = baselines or compute_baselines(specs, objective, secret=secret, jobs=jobs or os.cpu_count() or 1)
+    base = baselines or compute_baselines(specs, objective, secret=secret, jobs=jobs or os.cpu_count() or 1,
+                                          tuned=tuned)
     corners = dict(ROBUSTNESS) if robustness else {}
     outcome = run_candidate(source, traces, filename=filename, timeout=timeout, variants=corners, probe=True)
     if not outcome.ok:
@@ -113,7 +117,7 @@ def verify(
     oracle_gain = bootstrap_gain(_ratios(oracle, runs, objective), resamples=resamples)
     guards = {m: _gain(reference, runs, m) for m in guard_objectives(objective)}
     robust: dict[str, float] = {}
-    maker = baseline_makers(objective)[single]
+    maker = baseline_makers(objective, tuned)[single]
     for label, config in corners.items():
         theirs = {s: simulate(t, maker(), config=config) for s, t in zip(specs, traces, strict=True)}
         mine = {t: TraceRun.from_json(r) for t, r in outcome.variants[label].items()}

@@ -32,6 +32,9 @@ and ``HELD_OUT`` are its output). No result of any policy went into it.
   out if no odd slot is clean. GenAI trains on slots 2 and 6 and is held out on slots 1, 3, 5,
   7 and 9, with the same check.
 - Synthetic families train on seeds 11 and 12 and are held out on seeds 21 to 25.
+
+One's own history (an export of ``gpuosctl trace export``) is split by another written rule, in
+time: :func:`history_plan`, the comment above ``HISTORY_TRAINING_SHARE`` says how.
 """
 
 from __future__ import annotations
@@ -274,3 +277,84 @@ def windows_of(text: str) -> list[str]:
     size = max(1, min(WINDOW_JOBS, jobs // USER_WINDOWS))
     return [f"{text}|start={(k + 0.5) / USER_WINDOWS - size / jobs / 2:.4f}|jobs={size}|load={WINDOW_LOAD:g}"
             for k in range(USER_WINDOWS)]
+
+
+# The time-ordered split of one's own history (``gpuosctl evolve --trace EXPORT``, an export of
+# ``gpuosctl trace export``). The public traces' rule spreads windows over slots and families;
+# a cluster's own history has one family and a direction in time, and a policy fitted to it is
+# used on what comes next, so it is judged on what came after everything it was fitted on:
+#
+# - the jobs in arrival order (ties by id, as every window cuts them); the oldest
+#   ``HISTORY_TRAINING_SHARE`` of them (rounded down, then moved later past any job arriving at
+#   the same instant as the last one) are the training part, the rest the held-out part;
+# - ``HISTORY_HELD_OUT_WINDOWS`` held-out windows of ``size`` consecutive jobs, size = the
+#   held-out part's jobs // that count, at most ``WINDOW_JOBS``, at least
+#   ``HISTORY_MIN_WINDOW_JOBS`` (fewer jobs: too little history, refused); the first starts at the
+#   split, the last ends at the newest job, the others evenly between, none overlapping;
+# - up to ``HISTORY_TRAINING_WINDOWS`` training windows of the same size, spread the same way
+#   over the training part, the last ending at the split: no window straddles it, every training
+#   window's jobs arrive before every held-out window's;
+# - arrival times as recorded (no ``load`` rescaling: the point is the cluster's own load) on
+#   the cluster the history came from.
+HISTORY_TRAINING_SHARE = 0.6
+HISTORY_HELD_OUT_WINDOWS = 5
+HISTORY_TRAINING_WINDOWS = 5
+HISTORY_MIN_WINDOW_JOBS = 20
+
+
+@dataclass(frozen=True)
+class HistoryPlan:
+    """The training and held-out windows of one history (the rule above)."""
+
+    path: str
+    jobs: int
+    # Index (arrival order) of the first held-out job.
+    split: int
+    window_jobs: int
+    training: tuple[str, ...]
+    held_out: tuple[str, ...]
+
+
+def history_min_jobs() -> int:
+    """The fewest jobs a history needs for the rule above."""
+    held = HISTORY_HELD_OUT_WINDOWS * HISTORY_MIN_WINDOW_JOBS
+    n = held
+    while n - int(n * HISTORY_TRAINING_SHARE) < held or int(n * HISTORY_TRAINING_SHARE) < HISTORY_MIN_WINDOW_JOBS:
+        n += 1
+    return n
+
+
+def _spread(first: int, last: int, size: int, count: int) -> list[int]:
+    """Starts of ``count`` windows of ``size`` jobs in [first, last), first at ``first``, the last
+    ending at ``last``, evenly between (non-overlapping when count x size fits)."""
+    if count == 1:
+        return [last - size]
+    room = last - first - size
+    return [first + round(i * room / (count - 1)) for i in range(count)]
+
+
+def history_plan(path: str) -> HistoryPlan:
+    """The time-ordered windows of the history at ``path`` (the rule above); InvalidArgument
+    ("trace") naming the numbers when it holds too few jobs."""
+    trace = load_trace(path)
+    jobs = sorted(trace.jobs, key=lambda j: (j.arrival, j.id))
+    n = len(jobs)
+    split = int(n * HISTORY_TRAINING_SHARE)
+    while 0 < split < n and jobs[split].arrival == jobs[split - 1].arrival:
+        split += 1
+    size = min(WINDOW_JOBS, (n - split) // HISTORY_HELD_OUT_WINDOWS)
+    if size < HISTORY_MIN_WINDOW_JOBS or split < size:
+        raise InvalidArgument(
+            "trace", f"{path} holds {n} finished jobs, {n - split} after the split; the time-ordered split needs "
+                     f"at least {history_min_jobs()} jobs, {HISTORY_HELD_OUT_WINDOWS * HISTORY_MIN_WINDOW_JOBS} after it "
+                     f"(the newest {1 - HISTORY_TRAINING_SHARE:.0%} cut into {HISTORY_HELD_OUT_WINDOWS} held-out "
+                     f"windows of at least {HISTORY_MIN_WINDOW_JOBS} jobs, and a training part before them)")
+    count = min(HISTORY_TRAINING_WINDOWS, split // size)
+
+    def spec(start: int) -> str:
+        # (k + 0.5) / n: the window cut (int(start x n)) lands on job k whatever the rounding.
+        return f"{path}|start={(start + 0.5) / n:.12g}|jobs={size}"
+
+    training = tuple(spec(k) for k in _spread(0, split, size, count))
+    held_out = tuple(spec(k) for k in _spread(split, n, size, HISTORY_HELD_OUT_WINDOWS))
+    return HistoryPlan(path, n, split, size, training, held_out)

@@ -20,6 +20,8 @@ from gpuos.v1 import (
     common_pb2,
     devices_pb2,
     devices_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     policy_pb2,
@@ -92,6 +94,7 @@ class Client:
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)
         self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
+        self._history = history_pb2_grpc.HistoryServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -360,6 +363,17 @@ class Client:
         request = devices_pb2.ReserveRequest(name=name, gpu_uuids=list(gpu_uuids), resources=resources, keys=list(keys))
         return self._call(self._devices.Reserve, request)
 
+    def release(self, keys: Sequence[str]) -> int:
+        """Admins: end the reservations holding any of ``keys``; how many ended (0 for unknown keys)."""
+        if isinstance(keys, str):
+            raise ValueError("keys is a sequence of keys, not one string")
+        return int(self._call(self._devices.Release, devices_pb2.ReleaseRequest(keys=list(keys))).released)
+
+    def reservations(self, name_prefix: str = "") -> builtins.list[devices_pb2.ReservationInfo]:
+        """Admins: the reservations held now whose name starts with ``name_prefix``, oldest first."""
+        request = devices_pb2.ListReservationsRequest(name_prefix=name_prefix)
+        return list(self._call(self._devices.ListReservations, request).reservations)
+
     def rank(self, resources: common_pb2.Resources, gpu_uuids: Sequence[str]) -> builtins.list[str]:
         """``gpu_uuids`` ordered by the active policy's score for ``resources``, best first."""
         reply = self._call(self._devices.Rank, devices_pb2.RankRequest(resources=resources, gpu_uuids=list(gpu_uuids)))
@@ -368,8 +382,46 @@ class Client:
     def policies(self) -> builtins.list[policy_pb2.PolicyInfo]:
         return list(self._call(self._policies.List, policy_pb2.ListPoliciesRequest()).policies)
 
-    def set_policy(self, name: str) -> policy_pb2.PolicyInfo:
-        return self._call(self._policies.Set, policy_pb2.SetPolicyRequest(name=name))
+    def set_policy(self, name: str = "", *, source: str = "", filename: str = "", guard: str = "", window: str = "",
+                   min_samples: int = 0) -> policy_pb2.PolicyInfo:
+        """Make the policy ``name`` (or the policy file whose text is ``source``) active; with
+        ``guard`` ("p99_queue_delay_ls<=30s", "slo_attainment>=0.95") gpuosd switches back by
+        itself if the guard is breached over ``window`` (a duration)."""
+        request = policy_pb2.SetPolicyRequest(name=name, source=source, filename=filename, guard=guard,
+                                              window=window, min_samples=min_samples)
+        return self._call(self._policies.Set, request)
+
+    def policy_status(self) -> policy_pb2.PolicyStatus:
+        """The active policy, its guard and latest reading, the recent switches, the shadow."""
+        return self._call(self._policies.Status, policy_pb2.PolicyStatusRequest())
+
+    def shadow(self, name: str = "", *, source: str = "", filename: str = "") -> policy_pb2.ShadowStatus:
+        """Admins: shadow the policy ``name`` (or the policy file ``source``): its decisions are
+        computed each round beside the active policy's and never applied."""
+        ref = policy_pb2.PolicyRef(name=name, source=source, filename=filename)
+        return self._call(self._policies.Shadow, policy_pb2.ShadowRequest(candidate=ref))
+
+    def stop_shadow(self) -> policy_pb2.ShadowStatus:
+        return self._call(self._policies.Shadow, policy_pb2.ShadowRequest(off=True))
+
+    def shadow_report(self, examples: int = 10, simulate: bool = True) -> policy_pb2.ShadowReportResponse:
+        """Admins: where the shadow's decisions differed (counts, the latest ``examples`` rounds)
+        and, with ``simulate``, the window's jobs replayed under both policies."""
+        request = policy_pb2.ShadowReportRequest(examples=examples, no_simulation=not simulate)
+        return self._call(self._policies.ShadowReport, request)
+
+    # -- history --------------------------------------------------------------------------------
+
+    def export_trace(self, since: float | None = None, until: float | None = None, tenant: str = "",
+                     anonymize: bool = False) -> Iterator[history_pb2.HistoryChunk]:
+        """The daemon's finished jobs submitted in [``since``, ``until``) (Unix seconds; None:
+        unbounded) as HistoryService chunks: the first carries the GPUs, the last the groups
+        (``gpuosctl trace export`` writes them as a trace file)."""
+        request = history_pb2.ExportTraceRequest(tenant=tenant, anonymize=anonymize)
+        for field, value in (("since", since), ("until", until)):
+            if value is not None:
+                getattr(request, field).FromNanoseconds(int(value * 1e9))
+        return self._stream(self._history.ExportTrace, request)
 
 
 def socket_refusal(path: str) -> str:

@@ -38,7 +38,7 @@ import stat
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from gpuos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreError
 from gpuos.groups import GROUP_BUDGET, Group, GroupMode, GroupSpec, after_success, over_budget
+from gpuos.history import HistoryJob, run_time
 from gpuos.jobs import Event, Job, JobKind, JobSpec, JobState, Partition, Placement, Priority, Qos, Resources
 from gpuos.private import open_private, private_dir
 from gpuos.text import quote
@@ -1281,6 +1282,22 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self._write(lambda conn: conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value)))
 
+    def record(self, kind: str, reason: str, message: str, meta: Mapping[str, str | None]) -> None:
+        """Record a daemon-wide event (no job: a policy switch, a rollback) and, in the same
+        transaction, set the ``meta`` keys (a None value deletes its key): what the event says
+        happened and the state it left are durable together."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            for key, value in meta.items():
+                if value is None:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            conn.execute("INSERT INTO events (time, job_id, kind, state, reason, message, tenant, grp) "
+                         "VALUES (?,?,?,?,?,?,?,?)", (time.time(), "", kind, None, reason, message, "", ""))
+
+        self._write(fn)
+
     # -- reads ---------------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
@@ -1409,6 +1426,37 @@ class Store:
                 for job_id in gone:
                     self._recent_by_job.pop(job_id, None)
         return purged
+
+    def history(self, *, since: float | None = None, until: float | None = None, tenant: str = "",
+                after: int = 0, size: int = 500) -> tuple[builtins.list[HistoryJob], int]:
+        """Up to ``size`` finished jobs submitted in [``since``, ``until``) (None: unbounded) of
+        ``tenant`` (empty: all), after sequence number ``after`` in submission order, each with
+        its run time from its events (gpuos/history.py); and the sequence number to continue
+        after (0: this was the last page). Two reads: the jobs, then all their events."""
+        where = ["seq > ?", f"state IN ({','.join('?' * len(_TERMINAL))})"]
+        args: builtins.list[Any] = [after, *_TERMINAL]
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            args.append(until)
+        if tenant:
+            where.append("tenant = ?")
+            args.append(tenant)
+        reader = self._reader()
+        rows = reader.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                              [*args, size + 1]).fetchall()
+        jobs = [_row_to_job(r) for r in rows[:size]]
+        by_job: dict[str, builtins.list[Event]] = defaultdict(builtins.list)
+        if jobs:
+            marks = ",".join("?" * len(jobs))
+            for r in reader.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE job_id IN ({marks}) ORDER BY seq",
+                                    [j.id for j in jobs]):
+                event = _row_to_event(r)
+                by_job[event.job_id].append(event)
+        out = [HistoryJob(j, run_time(by_job.get(j.id, ()), end=j.finished_at)) for j in jobs]
+        return out, jobs[-1].seq if len(rows) > size else 0
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
         """Those of ``ids`` that are jobs in the store."""

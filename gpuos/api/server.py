@@ -24,7 +24,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gpuos.api import convert
+from gpuos.api import convert, history
 from gpuos.api.admission import admit
 from gpuos.api.fairness import StreamGate
 from gpuos.api.identity import Authenticator, Identity
@@ -41,11 +41,14 @@ from gpuos.errors import (
     Unauthenticated,
 )
 from gpuos.groups import GROUP_CANCELLED, Group, GroupSpec, check_name
+from gpuos.guard import parse_guard, require_readable
 from gpuos.jobs import Job, JobKind, JobSpec, JobState, PartitionKind, Reason
-from gpuos.scheduler import Policy, available, get_policy
+from gpuos.policy_choice import resolve
+from gpuos.scheduler import Policy, available
+from gpuos.shadowing import ShadowState
 from gpuos.store import MAX_BATCH_JOBS, Submitted, decode_page_token, encode_page_token
 from gpuos.text import clip_utf8, quote
-from gpuos.v1 import devices_pb2, jobs_pb2, policy_pb2
+from gpuos.v1 import devices_pb2, history_pb2, jobs_pb2, policy_pb2
 
 log = logging.getLogger("gpuos.api")
 
@@ -417,6 +420,10 @@ class JobServicer(_Base):
                 await asyncio.sleep(0.1)
 
 
+# Where an MPS client and its server share memory (POSIX shm_open).
+MPS_SHM = "/dev/shm"
+
+
 class DeviceServicer(_Base):
     @_handled
     def List(self, request: devices_pb2.ListDevicesRequest, context: grpc.ServicerContext) -> devices_pb2.ListDevicesResponse:
@@ -472,8 +479,46 @@ class DeviceServicer(_Base):
         out = devices_pb2.Reservation(job_id=job.id, env=env)
         pipe = env.get("CUDA_MPS_PIPE_DIRECTORY")
         if pipe:
-            # A container reaches the MPS control daemon through its pipe directory.
+            # A container reaches the MPS control daemon through its pipe directory; its clients
+            # and the MPS server exchange work through POSIX shared memory, so the container needs
+            # the /dev/shm the daemon's server uses (the host's: gpuosd runs with host IPC). The
+            # log directory only has to exist where CUDA_MPS_LOG_DIRECTORY points: the daemon and
+            # server write it, clients do not.
             out.mounts.append(devices_pb2.HostMount(host_path=pipe, container_path=pipe, read_only=False))
+            logs = env.get("CUDA_MPS_LOG_DIRECTORY")
+            if logs:
+                out.mounts.append(devices_pb2.HostMount(host_path=logs, container_path=logs, read_only=True))
+            out.mounts.append(devices_pb2.HostMount(host_path=MPS_SHM, container_path=MPS_SHM, read_only=False))
+        return out
+
+    @_handled
+    def Release(self, request: devices_pb2.ReleaseRequest, context: grpc.ServicerContext) -> devices_pb2.ReleaseReply:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not release reservations; only admins (the device plugin) may")
+        keys = tuple(convert._label(k, "keys", 128) for k in request.keys)
+        if any(not k for k in keys):
+            raise InvalidArgument("keys", "keys are non-empty")
+        return devices_pb2.ReleaseReply(released=len(self.service.release(keys)))
+
+    @_handled
+    def ListReservations(
+        self, request: devices_pb2.ListReservationsRequest, context: grpc.ServicerContext
+    ) -> devices_pb2.ListReservationsReply:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not list reservations; only admins (the device plugin) may")
+        prefix = convert._text(request.name_prefix, "name_prefix", convert.MAX_NAME)
+        out = devices_pb2.ListReservationsReply()
+        uuid_of = {d.index: d.uuid for d in self.service.devices}
+        for job in self.service.reservations(prefix):
+            placement = job.placement
+            indices = placement.devices if placement is not None else ()
+            out.reservations.append(devices_pb2.ReservationInfo(
+                job_id=job.id, name=job.spec.name, keys=list(job.spec.reservation_keys),
+                gpu_uuids=[uuid_of.get(i, "") for i in indices],
+                resources=convert.resources_to_pb(job.spec.resources),
+            ))
         return out
 
     @_handled
@@ -520,7 +565,8 @@ class DeviceServicer(_Base):
                 backend=service.backend_name,
                 mig_profiles=[
                     devices_pb2.MigProfileInfo(name=p.name, slices=p.slices, memory_bytes=p.memory_bytes,
-                                               max_count=p.max_count)
+                                               max_count=p.max_count, memory_slices=p.memory_slices,
+                                               placements=list(p.placements))
                     for p in info.mig_profiles
                 ],
             )
@@ -541,6 +587,8 @@ class DeviceServicer(_Base):
             device.suspend_detail = suspend.detail
             device.suspend_cross_gpu = suspend.cross_gpu
             device.draining = info.index in draining
+            device.numa_node = info.numa_node
+            device.minor_number = info.minor_number
             for job in holders:
                 placement = job.placement
                 assert placement is not None
@@ -565,35 +613,149 @@ class PolicyServicer(_Base):
     def List(self, request: policy_pb2.ListPoliciesRequest, context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
         self.identity(context)
         active = self.service.policy_name
-        return policy_pb2.ListPoliciesResponse(
-            policies=[
-                _info(name, cls, active=name == active) for name, cls in available().items()
-            ]
-        )
+        policies = [_info(name, cls, active=name == active) for name, cls in available().items()]
+        if active not in available():
+            # The active policy came from a policy file: listed too, so `policy list` shows what runs.
+            policies.append(self._active_info())
+        return policy_pb2.ListPoliciesResponse(policies=policies)
+
+    def _active_info(self) -> policy_pb2.PolicyInfo:
+        choice = self.service.policy_status().choice
+        try:
+            cls = type(choice.load())
+        except GpuosError:
+            return policy_pb2.PolicyInfo(name=choice.name, active=True, filename=choice.filename)
+        return _info(choice.name, cls, active=True, filename=choice.filename)
+
+    def _admin(self, context: grpc.ServicerContext, what: str) -> None:
+        who = self.identity(context)
+        if not who.admin:
+            raise PermissionDenied(f"{who.name} may not {what}; the scheduling policy applies to every tenant")
 
     @_handled
     def Set(self, request: policy_pb2.SetPolicyRequest, context: grpc.ServicerContext) -> policy_pb2.PolicyInfo:
-        who = self.identity(context)
-        if not who.admin:
-            raise PermissionDenied(f"{who.name} may not change the scheduling policy; it applies to every tenant")
-        name = request.name.strip()
-        if not name:
-            raise InvalidArgument("name", "is empty; name a policy (see `gpuosctl policy list`)")
-        policy = get_policy(name)
-        self.service.set_policy(policy)
-        return _info(policy.name, type(policy), active=True)
+        self._admin(context, "change the scheduling policy")
+        guard = None
+        if request.guard:
+            guard = parse_guard(request.guard, request.window, request.min_samples)
+            require_readable(guard)
+        elif request.window or request.min_samples:
+            raise InvalidArgument("window", "a window (and min_samples) only go with a guard")
+        choice, policy = resolve(request.name, request.source, request.filename)
+        self.service.deploy(choice, policy, guard)
+        return _info(policy.name, type(policy), active=True, filename=choice.filename)
+
+    @_handled
+    def Status(self, request: policy_pb2.PolicyStatusRequest, context: grpc.ServicerContext) -> policy_pb2.PolicyStatus:
+        self.identity(context)
+        status = self.service.policy_status()
+        out = policy_pb2.PolicyStatus(
+            active=self._active_info(), rollbacks=status.rollbacks,
+            switches=[policy_pb2.PolicySwitch(time=s.time, from_policy=s.from_policy, to_policy=s.to_policy,
+                                              kind=s.kind, reason=s.reason) for s in status.switches],
+            shadow=_shadow_status(self.service.shadow_state(0)),
+        )
+        watch = status.watch
+        if watch is not None:
+            spec = watch.spec
+            guard = policy_pb2.GuardStatus(text=spec.text, metric=spec.metric, op=spec.op, bound=spec.bound,
+                                           window_seconds=spec.window, min_samples=spec.min_samples,
+                                           previous=watch.previous.name, since=watch.since)
+            reading = status.reading
+            if reading is not None:
+                guard.value, guard.samples, guard.judged, guard.read_at = (
+                    reading.value, reading.samples, reading.judged, reading.at)
+            out.guard.CopyFrom(guard)
+        return out
+
+    @_handled
+    def Shadow(self, request: policy_pb2.ShadowRequest, context: grpc.ServicerContext) -> policy_pb2.ShadowStatus:
+        self._admin(context, "shadow a scheduling policy")
+        if request.off:
+            self.service.stop_shadow()
+        else:
+            ref = request.candidate
+            choice, policy = resolve(ref.name, ref.source, ref.filename)
+            self.service.start_shadow(choice, policy)
+        return _shadow_status(self.service.shadow_state(0))
+
+    @_handled
+    def ShadowReport(self, request: policy_pb2.ShadowReportRequest,
+                     context: grpc.ServicerContext) -> policy_pb2.ShadowReportResponse:
+        # Admins only: the examples name every tenant's jobs.
+        self._admin(context, "read the shadow's report")
+        state = self.service.shadow_state(request.examples or 10)
+        out = policy_pb2.ShadowReportResponse(
+            status=_shadow_status(state), counts=policy_pb2.ShadowCounts(**state.counts),
+            examples=[policy_pb2.ShadowDiff(
+                time=d.time, placed_only_by_active=d.placed_only_by_active,
+                placed_only_by_candidate=d.placed_only_by_candidate, other_gpus=d.other_gpus,
+                order_differs=d.order_differs, preempted_only_by_active=d.preempted_only_by_active,
+                preempted_only_by_candidate=d.preempted_only_by_candidate) for d in state.examples],
+        )
+        if request.no_simulation:
+            out.simulation_note = "not simulated (asked not to)"
+            return out
+        effect = self.service.shadow_effect()
+        out.simulated_jobs, out.left_out_jobs, out.simulation_note = effect.jobs, effect.left_out, effect.note
+        for field, figures in (("active", effect.active), ("candidate", effect.candidate)):
+            if figures is not None:
+                getattr(out, field).CopyFrom(policy_pb2.SimulatedEffect(
+                    policy=figures.policy, mean_jct=figures.mean_jct, p99_queue_delay_ls=figures.p99_queue_delay_ls,
+                    slo_attainment=figures.slo_attainment))
+        return out
 
 
-def _info(name: str, cls: type[Policy], active: bool) -> policy_pb2.PolicyInfo:
+def _shadow_status(state: ShadowState) -> policy_pb2.ShadowStatus:
+    return policy_pb2.ShadowStatus(on=state.on, candidate=state.candidate, since=state.since, rounds=state.rounds,
+                                   differing_rounds=state.differing_rounds, disabled_reason=state.disabled_reason)
+
+
+def _info(name: str, cls: type[Policy], active: bool, filename: str = "") -> policy_pb2.PolicyInfo:
     return policy_pb2.PolicyInfo(name=name, description=cls.description, active=active,
-                                 provenance=cls.provenance, verified_gain=cls.verified_gain)
+                                 provenance=cls.provenance, verified_gain=cls.verified_gain, filename=filename)
 
 
-SERVICE_NAMES = (
-    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-    devices_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
-    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
-)
+class HistoryServicer(_Base):
+    @_handled
+    async def ExportTrace(self, request: history_pb2.ExportTraceRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[history_pb2.HistoryChunk]:
+        who = self.identity(context)
+        tenant = request.tenant.strip()
+        if not who.admin:
+            if tenant and tenant != who.name:
+                raise PermissionDenied(f"tenant: {who.name} may export only their own jobs, not {quote(tenant)}'s")
+            tenant = who.name
+        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else None
+        until = request.until.ToNanoseconds() / 1e9 if request.HasField("until") else None
+        if since is not None and until is not None and until <= since:
+            raise InvalidArgument("until", "is not after since")
+        names = history.Pseudonyms() if request.anonymize else None
+        store = self.service.store
+        groups: dict[tuple[str, str], Group] = {}
+        first = True
+        after = 0
+        while True:
+            entries, after = store.history(since=since, until=until, tenant=tenant, after=after)
+            ran = [e for e in entries if e.run.first_start is not None]
+            chunk = history_pb2.HistoryChunk(jobs=[history.job_to_pb(e, names) for e in ran],
+                                             anonymized=request.anonymize, never_ran=len(entries) - len(ran))
+            if first:
+                chunk.gpus.extend(history.gpus_to_pb(self.service.devices))
+                first = False
+            for entry in ran:
+                spec = entry.job.spec
+                if spec.group and (spec.tenant, spec.group) not in groups:
+                    try:
+                        groups[(spec.tenant, spec.group)] = store.group(spec.tenant, spec.group)
+                    except NotFound:
+                        pass  # purged since
+            if not after:
+                chunk.groups.extend(history.group_to_pb(g, names) for g in groups.values())
+            await self.streams.apace(who.name)
+            yield chunk
+            if not after:
+                return
 
 
 def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, streams: StreamGate) -> None:
@@ -681,10 +843,12 @@ def _register(server: grpc.Server, servicer: _Base, service: ServiceDescriptor, 
             )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
+
 SERVICES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     devices_pb2.DESCRIPTOR.services_by_name["DeviceService"],
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"],
+    history_pb2.DESCRIPTOR.services_by_name["HistoryService"],
 )
 SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 
@@ -717,7 +881,7 @@ def build_server(
     service.store.listen(feed.committed)
     streams = StreamGate(max_streams_per_tenant, MAX_STREAMS, stream_messages_per_second)
     servicers = (JobServicer(service, streams, feed), DeviceServicer(service, streams, feed),
-                 PolicyServicer(service, streams, feed))
+                 PolicyServicer(service, streams, feed), HistoryServicer(service, streams, feed))
     for descriptor, servicer in zip(SERVICES, servicers, strict=True):
         _register(server, servicer, descriptor, streams)
     health_servicer = health.HealthServicer()

@@ -16,10 +16,14 @@ from gpuos.api.identity import Authenticator
 from gpuos.devices.backend import DeviceInfo, DeviceStatus, MigInstance, SuspendSupport
 from gpuos.draining import DrainPlan
 from gpuos.groups import Group, GroupSpec
+from gpuos.guard import DeployStatus, GuardSpec
+from gpuos.history import HistoryJob
 from gpuos.jobs import Event, Job, JobSpec, JobState, KernelProgress, Priority, Resources
 from gpuos.partitions.slo import ColocationStatus
+from gpuos.policy_choice import PolicyChoice
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.policy import Policy
+from gpuos.shadowing import ShadowState, SimulatedEffect
 from gpuos.store import JobPage, Submitted
 
 
@@ -58,6 +62,9 @@ class JobStore(Protocol):
 
     def events(self, after_seq: int = 0, job_id: str = "", limit: int = 1000, tenant: str = "",
                group: str = "") -> list[Event]: ...
+
+    def history(self, *, since: float | None = None, until: float | None = None, tenant: str = "",
+                after: int = 0, size: int = 500) -> tuple[list[HistoryJob], int]: ...
 
     def wait_for_events(self, after_seq: int, timeout: float, tenant: str = "") -> bool: ...
 
@@ -138,6 +145,14 @@ class DaemonService(Protocol):
         """Hold a partition on the GPUs named for work started elsewhere; the job and its environment."""
         ...
 
+    def release(self, keys: tuple[str, ...]) -> list[Job]:
+        """End the reservations holding any of ``keys``; those ended (none for unknown keys)."""
+        ...
+
+    def reservations(self, name_prefix: str) -> list[Job]:
+        """The reservations held now whose name starts with ``name_prefix``."""
+        ...
+
     def rank(self, request: Resources, uuids: tuple[str, ...]) -> list[str]:
         """``uuids`` best first for ``request`` by the active policy."""
         ...
@@ -172,4 +187,27 @@ class DaemonService(Protocol):
 
     def set_policy(self, policy: Policy) -> None:
         """Schedule with ``policy`` from the next round on, and after restarts."""
+        ...
+
+    def deploy(self, choice: PolicyChoice, policy: Policy, guard: GuardSpec | None) -> None:
+        """Like set_policy, for the policy ``choice`` names (a policy file's text with it), watched
+        by ``guard`` when given (gpuos/guard.py); every switch is an event."""
+        ...
+
+    def policy_status(self) -> DeployStatus:
+        """The active policy's choice, its guard and latest reading, the recent switches."""
+        ...
+
+    def start_shadow(self, choice: PolicyChoice, policy: Policy) -> None:
+        """Compute ``policy``'s decisions each round beside the active one's, applying none."""
+        ...
+
+    def stop_shadow(self) -> None: ...
+
+    def shadow_state(self, examples: int) -> ShadowState:
+        """The shadow's counters and its latest ``examples`` differing rounds."""
+        ...
+
+    def shadow_effect(self) -> SimulatedEffect:
+        """The window's jobs replayed in the simulator under the active policy and the candidate."""
         ...

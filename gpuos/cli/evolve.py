@@ -5,6 +5,11 @@ run here; ``--engine openevolve`` drives an LLM through OpenEvolve (``pip instal
 Progress goes to stderr; the final report (a table of the best candidate against FIFO,
 random-fit and the best human policy on held-out traces) to stdout; ``-o json`` prints it as
 JSON. Exit codes: 0 done, 1 the search or its result failed, 2 bad arguments.
+
+``--trace EXPORT`` (a history written by ``gpuosctl trace export``) fits the policy to one's own
+cluster: the search trains on the history's older part and is judged on the newer
+(:func:`gpuos.agents.workloads.history_plan`), against the human baselines tuned on the older
+part; ``--verify POLICY.py --trace EXPORT`` judges a file the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ def add_evolve_parser(sub: Any) -> None:
     )
     p.add_argument("--objective", default="mean_jct",
                    help="mean_jct, slo_miss, latency_wait_p99, slowdown, idle_while_waiting, fragmentation or makespan")
-    p.add_argument("--traces", default="training", help="training traces (default: the built-in training set)")
-    p.add_argument("--held-out", default="held-out", help="held-out traces for the report ('' to skip)")
+    p.add_argument("--traces", default=None, help="training traces (default: the built-in training set)")
+    p.add_argument("--held-out", default=None, help="held-out traces for the report ('' to skip; default: the "
+                                                    "built-in held-out set)")
     p.add_argument("--engine", choices=("gp", "tune", "openevolve"), default="gp")
     p.add_argument("--iterations", type=positive_int, default=10, help="generations (gp, tune) or LLM iterations")
     p.add_argument("--population", type=positive_int, default=16, help="candidates per generation (gp, tune)")
@@ -46,8 +52,12 @@ def add_evolve_parser(sub: Any) -> None:
                    help="no search: judge this policy file by the held-out protocol (gpuos.agents.verify) on "
                         "--trace (default: the built-in held-out set)")
     p.add_argument("--trace", action="append", default=[], metavar="FILE",
-                   help="with --verify: a trace of one's own (CSV path or name, cut into windows), a workload "
-                        "spec, or 'held-out'; repeatable")
+                   help="an exported history (gpuosctl trace export): a search trains on its older 60%% and "
+                        "is judged on the newer 40%% against baselines tuned on the older part, and --verify "
+                        "judges on the newer part; with --verify also a trace of one's own (CSV path or name, "
+                        "cut into windows), a workload spec, or 'held-out' (repeatable)")
+    p.add_argument("--baseline-trials", type=positive_int, default=12,
+                   help="with --trace EXPORT: trials per tunable baseline when tuning it on the training part")
     p.add_argument("--no-robustness", action="store_true",
                    help="with --verify: skip the reruns at other interference and preemption costs")
     p.add_argument("--resume", action="store_true", help="continue the search in --run-dir")
@@ -89,12 +99,21 @@ def run_evolve(args: argparse.Namespace) -> int:
         print(f"gpuosctl evolve: unknown objective {args.objective!r}; known: {', '.join(OBJECTIVES)}", file=sys.stderr)
         return 2
     builtin = {"training": TRAINING, "held-out": HELD_OUT}
-    traces = _traces(args.traces, TRAINING, builtin)
-    held_out = _traces(args.held_out, HELD_OUT, builtin)
+    traces = _traces("training" if args.traces is None else args.traces, TRAINING, builtin)
+    held_out = _traces("held-out" if args.held_out is None else args.held_out, HELD_OUT, builtin)
     if set(traces) & set(held_out):
         print("gpuosctl evolve: a held-out trace is also a training trace; held-out traces must stay unseen",
               file=sys.stderr)
         return 2
+    tuned = None
+    if any(_is_history(t) for t in args.trace) or (args.trace and not args.verify):
+        plan = _history_plan(args)
+        if plan is None:
+            return 2
+        tuned = _tune_on(plan.training, args)
+        if args.verify:
+            return _verify(args, list(plan.held_out), args.verify, tuned)
+        traces, held_out = list(plan.training), list(plan.held_out)
     if args.verify:
         from gpuos.agents.workloads import windows_of
         from gpuos.errors import GpuosError
@@ -121,7 +140,7 @@ def run_evolve(args: argparse.Namespace) -> int:
         objective=args.objective, engine=args.engine, traces=traces, held_out=held_out,
         iterations=args.iterations, population=args.population, seed=args.seed,
         jobs=args.jobs or os.cpu_count() or 1, backend=args.backend, tune_policy=args.tune_policy, name=args.name,
-        warm_start=warm_start,
+        warm_start=warm_start, tuned=tuned,
     )
     try:
         report = search(config, args.run_dir, resume=args.resume)
@@ -142,8 +161,56 @@ def run_evolve(args: argparse.Namespace) -> int:
     return 0 if not held or held.get("valid") else 1
 
 
-def _verify(args: argparse.Namespace, specs: list[str], path: str | Path) -> int:
-    """Judge the policy file at ``path`` on ``specs`` by the held-out protocol and print the report."""
+def _is_history(text: str) -> bool:
+    from gpuos.scheduler.sim.traces import history_header
+
+    return "|" not in text and history_header(Path(text)) is not None
+
+
+def _history_plan(args: argparse.Namespace) -> Any:
+    """The time-ordered plan (gpuos.agents.workloads.history_plan) of the one exported history
+    in ``--trace``, or None after saying on stderr why the arguments do not allow one."""
+    from gpuos.agents.workloads import history_plan
+    from gpuos.errors import GpuosError
+
+    def refuse(message: str) -> None:
+        print(f"gpuosctl evolve: {message}", file=sys.stderr)
+
+    if args.verify and len(args.trace) != 1:
+        refuse("--trace: an exported history is judged alone (its own baselines are tuned on its older part); "
+               "give it as the only --trace")
+        return None
+    if len(args.trace) != 1 or not _is_history(args.trace[0]):
+        refuse(f"--trace: a search takes one exported history (gpuosctl trace export -o FILE), not "
+               f"{', '.join(args.trace)}; other training traces go in --traces")
+        return None
+    if not args.verify and (args.traces is not None or args.held_out is not None):
+        refuse("--traces/--held-out: not with --trace EXPORT; the history's time-ordered split chooses both")
+        return None
+    if not args.verify and args.engine == "openevolve":
+        refuse("--engine openevolve: not with --trace EXPORT (its evaluator tunes no baselines on a history); "
+               "use --engine gp")
+        return None
+    try:
+        return history_plan(args.trace[0])
+    except (GpuosError, OSError, ValueError) as exc:
+        refuse(f"--trace: {getattr(exc, 'problem', exc)}")
+        return None
+
+
+def _tune_on(specs: tuple[str, ...], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The tunable baselines' constants tuned for the objective on ``specs`` (a history's training part)."""
+    from gpuos.agents.baselines import tune_all
+
+    print(f"gpuosctl evolve: tuning the human baselines on the history's {len(specs)} training windows "
+          f"({args.baseline_trials} trials each)", file=sys.stderr)
+    return tune_all(specs, args.objective, trials=args.baseline_trials, seed=args.seed)
+
+
+def _verify(args: argparse.Namespace, specs: list[str], path: str | Path,
+            tuned: dict[str, dict[str, float]] | None = None) -> int:
+    """Judge the policy file at ``path`` on ``specs`` by the held-out protocol and print the report
+    (``tuned``: the tunable baselines' constants, when tuned on a history's training part)."""
     from gpuos.agents.verify import format_verdict, verify
 
     try:
@@ -152,7 +219,7 @@ def _verify(args: argparse.Namespace, specs: list[str], path: str | Path) -> int
         print(f"gpuosctl evolve: cannot read {path}: {exc}", file=sys.stderr)
         return 2
     report = verify(source, args.objective, specs, filename=str(path),
-                    robustness=not getattr(args, "no_robustness", False))
+                    robustness=not getattr(args, "no_robustness", False), tuned=tuned)
     print(json.dumps(report, indent=1) if args.output == "json" else format_verdict(report))
     return 0 if report.get("valid") else 1
 

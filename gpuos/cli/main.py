@@ -34,8 +34,10 @@ from gpuos.cli.args import (
 )
 from gpuos.cli.evolve import add_evolve_parser, run_evolve
 from gpuos.cli.group import add_group_parser, run_group
+from gpuos.cli.policy import add_policy_parser, run_policy
 from gpuos.cli.replay import add_replay_parser, run_replay
 from gpuos.cli.sim import add_sim_parser, run_sim
+from gpuos.cli.trace import add_trace_parser, run_trace
 from gpuos.errors import GpuosError, InvalidArgument
 from gpuos.text import escape
 
@@ -145,15 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="a live view of GPUs, partitions and jobs, refreshed in place")
     p.add_argument("--interval", type=positive_float, default=1.0, help="seconds between refreshes")
     p.add_argument("--iterations", type=non_negative_int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
-    p = sub.add_parser("policy", help="list or set the scheduling policy")
-    psub = p.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
-    psub.add_parser("list", help="available policies")
-    ps = psub.add_parser("set", help="make NAME the active policy")
-    ps.add_argument("name")
+    add_policy_parser(sub)
     sub.add_parser("kernels", help="built-in kernels and their parameters")
     add_sim_parser(sub)
     add_replay_parser(sub)
     add_evolve_parser(sub)
+    add_trace_parser(sub)
     p = sub.add_parser("fault", help="admins: inject a fault to see gpuos contain it")
     p.add_argument("kind", choices=["gpu-fail", "gpu-restore", "mps-crash"])
     p.add_argument("gpu", type=non_negative_int)
@@ -209,6 +208,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     try:
         if args.cmd == "replay":
             return run_replay(args, client)
+        if args.cmd == "trace":
+            return run_trace(args, client)
         if args.cmd == "submit":
             return _submit(client, args, command, as_json)
         if args.cmd == "group":
@@ -283,19 +284,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         elif args.cmd == "top":
             _top(client, args.interval, args.iterations)
         elif args.cmd == "policy":
-            if args.policy_cmd == "list":
-                policies = client.policies()
-                if as_json:
-                    print(output.dumps([{"name": p.name, "description": p.description, "active": p.active,
-                                         "provenance": p.provenance, "verified_gain": p.verified_gain}
-                                        for p in policies]))
-                else:
-                    print(output.table(["", "POLICY", "DESCRIPTION", "PROVENANCE", "VERIFIED GAIN"],
-                                       [["*" if p.active else "", p.name, p.description, p.provenance,
-                                         p.verified_gain or "-"] for p in policies]))
-            else:
-                info = client.set_policy(args.name)
-                print(f"policy is now {info.name}")
+            return run_policy(args, client, as_json)
     except ApiError as exc:
         hint = ""
         if exc.code.name == "UNAVAILABLE":

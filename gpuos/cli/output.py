@@ -231,7 +231,9 @@ def event_dict(e: jobs_pb2.Event) -> dict[str, Any]:
 def event_line(e: jobs_pb2.Event) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e.time.seconds))
     extra = " ".join(x for x in (e.reason and f"reason={e.reason}", e.message) if x)
-    return escape(f"{stamp}  {e.job_id}  {e.kind:<16} {jobs_pb2.JobState.Name(e.state):<9} {extra}".rstrip())
+    # A daemon-wide event (a policy switch) has no job and no state.
+    state = jobs_pb2.JobState.Name(e.state) if e.state else ""
+    return escape(f"{stamp}  {e.job_id}  {e.kind:<16} {state:<9} {extra}".rstrip())
 
 
 def device_dict(d: devices_pb2.Device) -> dict[str, Any]:

@@ -22,17 +22,21 @@ from typing import TYPE_CHECKING
 
 from gpuos.daemon.cluster import Cluster
 from gpuos.daemon.colocation import Colocation
+from gpuos.daemon.deploy import Deployment
 from gpuos.daemon.health import Health
 from gpuos.daemon.lifecycle import Lifecycle
 from gpuos.daemon.partitioning import Partitions
 from gpuos.daemon.reservations import Reservations, rank
+from gpuos.daemon.shadow import Shadow
 from gpuos.daemon.turns import Turns
 from gpuos.devices.backend import DeviceBackend, DeviceInfo
 from gpuos.draining import DrainPlan, Occupant, can_move, plan_drain
 from gpuos.groups import GROUP_BUDGET, budget_left, over_budget
+from gpuos.guard import GuardSpec, Switch
 from gpuos.jobs import Job, JobSpec, JobState, KernelProgress, PartitionKind, Reason, Resources
 from gpuos.partitions.residency import Residency, Resident, plan_residency
 from gpuos.partitions.timeslice import Turn
+from gpuos.policy_choice import PolicyChoice
 from gpuos.runtime.process import ProcessRuntime
 from gpuos.scheduler import Place, Policy, Preempt, Snapshot, schedule
 from gpuos.scheduler.explain import WaitReason, WaitReasons, explain
@@ -70,6 +74,7 @@ class Controller:
         metrics: DaemonMetrics | None = None,
         health_failures_before_lost: int = 3,
         memory_oversubscription: float = 1.0,
+        choice: PolicyChoice | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -103,6 +108,11 @@ class Controller:
         self.reservations = Reservations(store, self.lifecycle, self.devices)
         self.colocation = Colocation(store, runtime, self.lifecycle)
         self._lock = threading.RLock()
+        # ``choice`` names ``policy`` (a policy file's text with it); policy switches, guarded
+        # deploys and their rollbacks go through the deployment, a shadow candidate beside it.
+        self.deployment = Deployment(store, choice or PolicyChoice(policy.name), self.set_policy, self._lock,
+                                     metrics)
+        self.shadow = Shadow(store, metrics)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,6 +167,20 @@ class Controller:
             self.policy = policy
         self.wake()
 
+    def deploy(self, choice: PolicyChoice, policy: Policy, guard: GuardSpec | None = None) -> Switch:
+        """Make ``policy`` active (durably, as an event), watched by ``guard`` when given."""
+        with self._lock:
+            return self.deployment.set(choice, policy, guard, time.time())
+
+    def start_shadow(self, choice: PolicyChoice, policy: Policy) -> None:
+        """Compute ``policy``'s decisions each round beside the active policy's, applying none."""
+        with self._lock:
+            self.shadow.start(choice, policy, time.time())
+
+    def stop_shadow(self) -> None:
+        with self._lock:
+            self.shadow.stop()
+
     def cadence(self) -> Cadence:
         return Cadence.of(self.policy.period, MIN_ROUND_GAP)
 
@@ -194,6 +218,7 @@ class Controller:
             self.lifecycle.drive_stops()
             self._check_health()
             self._schedule()
+            self.deployment.watch_round(time.time())
             self._rotate_turns()
             self.colocation.round(time.time())
         self.last_step = time.time()
@@ -326,6 +351,10 @@ class Controller:
             return
         decisions = self.decide()
         snap = self._decided
+        if snap is not None:
+            # The shadow candidate decides on the same snapshot, before the active decisions take
+            # effect (the snapshot shares the model's capacity index); its decisions are only compared.
+            self.shadow.round(snap, decisions)
         for decision in decisions:
             if isinstance(decision, Place):
                 quantum = 1.0
@@ -556,6 +585,18 @@ class Controller:
             held = self.reservations.hold(spec, owner_uid, indices, self.snapshot)
             self._dirty = True
             return held
+
+    def release(self, keys: tuple[str, ...]) -> list[Job]:
+        """End the reservations that hold any of ``keys``; those ended (none for keys no one holds)."""
+        with self._lock:
+            ended = self.reservations.release(keys, "released")
+        if ended:
+            self.wake()  # jobs waiting for the freed GPUs need not wait for the next period
+        return ended
+
+    def reservations_held(self, name_prefix: str = "") -> list[Job]:
+        """The reservations held now whose name starts with ``name_prefix``."""
+        return self.reservations.held(name_prefix)
 
     def rank(self, request: Resources, uuids: tuple[str, ...]) -> list[str]:
         """``uuids`` ordered by the active policy's score for ``request`` (fitting GPUs first)."""

@@ -19,14 +19,16 @@ from gpuos.api.identity import Authenticator, PeerGateway, check_tcp_auth, load_
 from gpuos.api.server import build_server
 from gpuos.daemon.config import DaemonConfig
 from gpuos.daemon.controller import Controller
+from gpuos.daemon.deploy import saved_choice
 from gpuos.daemon.metrics import DaemonMetrics
 from gpuos.daemon.retention import Purger, report_orphans
 from gpuos.daemon.rundir import SOCKET_NAME, make_private_dir
-from gpuos.daemon.service import POLICY_KEY, ControllerService
+from gpuos.daemon.service import ControllerService
 from gpuos.devices.select import open_backend
 from gpuos.errors import InvalidArgument
+from gpuos.policy_choice import PolicyChoice
 from gpuos.runtime.process import ProcessRuntime
-from gpuos.scheduler import Policy, get_policy
+from gpuos.scheduler import Policy
 from gpuos.store import Store
 
 log = logging.getLogger("gpuos.daemon")
@@ -50,8 +52,9 @@ class Daemon:
         report_orphans(self.store, self.runtime.jobs_dir)
         self.purger = Purger(self.store, self.runtime.job_dir, config.retention_seconds, config.retention_jobs)
         self.metrics = DaemonMetrics()
+        policy, choice = self._initial_policy()
         self.controller = Controller(
-            self.store, self.backend, self.runtime, self._initial_policy(),
+            self.store, self.backend, self.runtime, policy, choice=choice,
             state_dir=state, kill_grace=config.kill_grace_seconds, metrics=self.metrics,
             health_failures_before_lost=config.health_failures_before_lost,
             memory_oversubscription=config.memory_oversubscription,
@@ -71,15 +74,16 @@ class Daemon:
         self.tcp_port: int | None = None
         self._stopped = threading.Event()
 
-    def _initial_policy(self) -> Policy:
-        name = self.config.policy or self.store.meta(POLICY_KEY) or "fifo"
+    def _initial_policy(self) -> tuple[Policy, PolicyChoice]:
+        choice = saved_choice(self.store, self.config.policy)
         try:
-            return get_policy(name)
+            return choice.load(), choice
         except InvalidArgument:
             if self.config.policy:
                 raise
-            log.warning("the saved policy %r is no longer installed; using fifo", name)
-            return get_policy("fifo")
+            log.warning("the saved policy %r is no longer installed; using fifo", choice.name)
+            fifo = PolicyChoice("fifo")
+            return fifo.load(), fifo
 
     def start(self) -> None:
         config = self.config

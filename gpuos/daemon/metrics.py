@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -80,6 +80,29 @@ class DaemonMetrics:
         )
         self.faults = PromCounter(
             "gpuos_fault_stops", "Jobs stopped because their GPU or MPS daemon failed", ["reason"],
+            registry=self.registry,
+        )
+        # Policy deploys (gpuos/daemon/deploy.py) and the shadow (gpuos/daemon/shadow.py).
+        self.policy_switches = PromCounter(
+            "gpuos_policy_switches", "Switches of the active policy, by kind (set, guarded-set, rollback)", ["kind"],
+            registry=self.registry,
+        )
+        self.policy_rollbacks = PromCounter(
+            "gpuos_policy_rollbacks", "Guarded deploys switched back because their guard was breached",
+            registry=self.registry,
+        )
+        self.guard_value = Gauge(
+            "gpuos_policy_guard_value", "The deploy guard's metric over its latest window (NaN: no sample yet)",
+            ["metric"], registry=self.registry,
+        )
+        self.guard_bound = Gauge("gpuos_policy_guard_bound", "The deploy guard's bound", ["metric"],
+                                 registry=self.registry)
+        self.guard_samples = Gauge("gpuos_policy_guard_samples", "Samples in the deploy guard's latest window",
+                                   ["metric"], registry=self.registry)
+        self.shadow_rounds = PromCounter("gpuos_shadow_rounds", "Rounds the shadow candidate was asked about",
+                                         registry=self.registry)
+        self.shadow_differences = PromCounter(
+            "gpuos_shadow_differences", "Jobs the shadow candidate decided differently, by kind", ["kind"],
             registry=self.registry,
         )
 

@@ -9,6 +9,7 @@ inside the daemon, so the control loop can be rearranged without touching a serv
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,17 +18,17 @@ from gpuos.daemon.controller import Controller
 from gpuos.devices.backend import DeviceBackend, DeviceInfo, DeviceStatus, MigInstance, SuspendSupport
 from gpuos.draining import DrainPlan
 from gpuos.errors import FailedPrecondition
+from gpuos.guard import DeployStatus, GuardSpec
 from gpuos.jobs import Job, JobSpec, KernelProgress, Resources
 from gpuos.partitions.slo import ColocationStatus
+from gpuos.policy_choice import PolicyChoice
 from gpuos.runtime.process import ProcessRuntime
 from gpuos.scheduler.explain import WaitReason
 from gpuos.scheduler.policy import Policy
+from gpuos.shadowing import ShadowState, SimulatedEffect
 from gpuos.store import Store
 
 log = logging.getLogger("gpuos.daemon")
-
-# The store's meta key under which the active policy's name survives restarts.
-POLICY_KEY = "policy"
 
 
 class ControllerService:
@@ -123,6 +124,12 @@ class ControllerService:
     def reserve(self, spec: JobSpec, owner_uid: int, uuids: tuple[str, ...]) -> tuple[Job, dict[str, str]]:
         return self._controller.reserve(spec, owner_uid, uuids)
 
+    def release(self, keys: tuple[str, ...]) -> list[Job]:
+        return self._controller.release(keys)
+
+    def reservations(self, name_prefix: str) -> list[Job]:
+        return self._controller.reservations_held(name_prefix)
+
     def rank(self, request: Resources, uuids: tuple[str, ...]) -> list[str]:
         return self._controller.rank(request, uuids)
 
@@ -155,6 +162,24 @@ class ControllerService:
         return self._controller.policy.name
 
     def set_policy(self, policy: Policy) -> None:
-        self._store.set_meta(POLICY_KEY, policy.name)
-        self._controller.set_policy(policy)
-        log.info("policy is now %s", policy.name)
+        self._controller.deploy(PolicyChoice(policy.name), policy)
+
+    def deploy(self, choice: PolicyChoice, policy: Policy, guard: GuardSpec | None) -> None:
+        self._controller.deploy(choice, policy, guard)
+
+    def policy_status(self) -> DeployStatus:
+        return self._controller.deployment.status()
+
+    def start_shadow(self, choice: PolicyChoice, policy: Policy) -> None:
+        self._controller.start_shadow(choice, policy)
+
+    def stop_shadow(self) -> None:
+        self._controller.stop_shadow()
+
+    def shadow_state(self, examples: int) -> ShadowState:
+        return self._controller.shadow.state(examples)
+
+    def shadow_effect(self) -> SimulatedEffect:
+        # Off the control loop's lock: the replays take a while and read only the store.
+        return self._controller.shadow.simulate(self._controller.deployment.status().choice,
+                                                self._controller.devices, time.time())

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpuos/v1/policy.proto\x12\x08gpuos.v1\"j\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x12\n\nprovenance\x18\x04 \x01(\t\x12\x15\n\rverified_gain\x18\x05 \x01(\t\"\x15\n\x13ListPoliciesRequest\">\n\x14ListPoliciesResponse\x12&\n\x08policies\x18\x01 \x03(\x0b\x32\x14.gpuos.v1.PolicyInfo\" \n\x10SetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x8f\x01\n\rPolicyService\x12\x45\n\x04List\x12\x1d.gpuos.v1.ListPoliciesRequest\x1a\x1e.gpuos.v1.ListPoliciesResponse\x12\x37\n\x03Set\x12\x1a.gpuos.v1.SetPolicyRequest\x1a\x14.gpuos.v1.PolicyInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpuos/v1/policy.proto\x12\x08gpuos.v1\"|\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x12\n\nprovenance\x18\x04 \x01(\t\x12\x15\n\rverified_gain\x18\x05 \x01(\t\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\"\x15\n\x13ListPoliciesRequest\">\n\x14ListPoliciesResponse\x12&\n\x08policies\x18\x01 \x03(\x0b\x32\x14.gpuos.v1.PolicyInfo\";\n\tPolicyRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\"v\n\x10SetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\r\n\x05guard\x18\x04 \x01(\t\x12\x0e\n\x06window\x18\x05 \x01(\t\x12\x13\n\x0bmin_samples\x18\x06 \x01(\r\"\x15\n\x13PolicyStatusRequest\"\xd5\x01\n\x0bGuardStatus\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x06 \x01(\r\x12\x10\n\x08previous\x18\x07 \x01(\t\x12\r\n\x05since\x18\x08 \x01(\x01\x12\r\n\x05value\x18\t \x01(\x01\x12\x0f\n\x07samples\x18\n \x01(\r\x12\x0e\n\x06judged\x18\x0b \x01(\x08\x12\x0f\n\x07read_at\x18\x0c \x01(\x01\"b\n\x0cPolicySwitch\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x13\n\x0b\x66rom_policy\x18\x02 \x01(\t\x12\x11\n\tto_policy\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xbf\x01\n\x0cPolicyStatus\x12$\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x14.gpuos.v1.PolicyInfo\x12$\n\x05guard\x18\x02 \x01(\x0b\x32\x15.gpuos.v1.GuardStatus\x12(\n\x08switches\x18\x03 \x03(\x0b\x32\x16.gpuos.v1.PolicySwitch\x12\x11\n\trollbacks\x18\x04 \x01(\r\x12&\n\x06shadow\x18\x05 \x01(\x0b\x32\x16.gpuos.v1.ShadowStatus\"D\n\rShadowRequest\x12&\n\tcandidate\x18\x01 \x01(\x0b\x32\x13.gpuos.v1.PolicyRef\x12\x0b\n\x03off\x18\x02 \x01(\x08\"\x7f\n\x0cShadowStatus\x12\n\n\x02on\x18\x01 \x01(\x08\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x01\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x18\n\x10\x64iffering_rounds\x18\x05 \x01(\r\x12\x17\n\x0f\x64isabled_reason\x18\x06 \x01(\t\">\n\x13ShadowReportRequest\x12\x10\n\x08\x65xamples\x18\x01 \x01(\r\x12\x15\n\rno_simulation\x18\x02 \x01(\x08\"\xcd\x01\n\nShadowDiff\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x1d\n\x15placed_only_by_active\x18\x02 \x03(\t\x12 \n\x18placed_only_by_candidate\x18\x03 \x03(\t\x12\x12\n\nother_gpus\x18\x04 \x03(\t\x12\x15\n\rorder_differs\x18\x05 \x01(\x08\x12 \n\x18preempted_only_by_active\x18\x06 \x03(\t\x12#\n\x1bpreempted_only_by_candidate\x18\x07 \x03(\t\"\xc1\x01\n\x0cShadowCounts\x12\x1d\n\x15placed_only_by_active\x18\x01 \x01(\r\x12 \n\x18placed_only_by_candidate\x18\x02 \x01(\r\x12\x12\n\nother_gpus\x18\x03 \x01(\r\x12\x15\n\rorder_differs\x18\x04 \x01(\r\x12 \n\x18preempted_only_by_active\x18\x05 \x01(\r\x12#\n\x1bpreempted_only_by_candidate\x18\x06 \x01(\r\"g\n\x0fSimulatedEffect\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x10\n\x08mean_jct\x18\x02 \x01(\x01\x12\x1a\n\x12p99_queue_delay_ls\x18\x03 \x01(\x01\x12\x16\n\x0eslo_attainment\x18\x04 \x01(\x01\"\xaf\x02\n\x14ShadowReportResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.gpuos.v1.ShadowStatus\x12&\n\x06\x63ounts\x18\x02 \x01(\x0b\x32\x16.gpuos.v1.ShadowCounts\x12&\n\x08\x65xamples\x18\x03 \x03(\x0b\x32\x14.gpuos.v1.ShadowDiff\x12)\n\x06\x61\x63tive\x18\x04 \x01(\x0b\x32\x19.gpuos.v1.SimulatedEffect\x12,\n\tcandidate\x18\x05 \x01(\x0b\x32\x19.gpuos.v1.SimulatedEffect\x12\x16\n\x0esimulated_jobs\x18\x06 \x01(\r\x12\x15\n\rleft_out_jobs\x18\x07 \x01(\r\x12\x17\n\x0fsimulation_note\x18\x08 \x01(\t2\xda\x02\n\rPolicyService\x12\x45\n\x04List\x12\x1d.gpuos.v1.ListPoliciesRequest\x1a\x1e.gpuos.v1.ListPoliciesResponse\x12\x37\n\x03Set\x12\x1a.gpuos.v1.SetPolicyRequest\x1a\x14.gpuos.v1.PolicyInfo\x12?\n\x06Status\x12\x1d.gpuos.v1.PolicyStatusRequest\x1a\x16.gpuos.v1.PolicyStatus\x12\x39\n\x06Shadow\x12\x17.gpuos.v1.ShadowRequest\x1a\x16.gpuos.v1.ShadowStatus\x12M\n\x0cShadowReport\x12\x1d.gpuos.v1.ShadowReportRequest\x1a\x1e.gpuos.v1.ShadowReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuos.v1.policy_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POLICYINFO']._serialized_start=35
-  _globals['_POLICYINFO']._serialized_end=141
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=143
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=164
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=166
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=228
-  _globals['_SETPOLICYREQUEST']._serialized_start=230
-  _globals['_SETPOLICYREQUEST']._serialized_end=262
-  _globals['_POLICYSERVICE']._serialized_start=265
-  _globals['_POLICYSERVICE']._serialized_end=408
+  _globals['_POLICYINFO']._serialized_end=159
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=161
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=182
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=184
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=246
+  _globals['_POLICYREF']._serialized_start=248
+  _globals['_POLICYREF']._serialized_end=307
+  _globals['_SETPOLICYREQUEST']._serialized_start=309
+  _globals['_SETPOLICYREQUEST']._serialized_end=427
+  _globals['_POLICYSTATUSREQUEST']._serialized_start=429
+  _globals['_POLICYSTATUSREQUEST']._serialized_end=450
+  _globals['_GUARDSTATUS']._serialized_start=453
+  _globals['_GUARDSTATUS']._serialized_end=666
+  _globals['_POLICYSWITCH']._serialized_start=668
+  _globals['_POLICYSWITCH']._serialized_end=766
+  _globals['_POLICYSTATUS']._serialized_start=769
+  _globals['_POLICYSTATUS']._serialized_end=960
+  _globals['_SHADOWREQUEST']._serialized_start=962
+  _globals['_SHADOWREQUEST']._serialized_end=1030
+  _globals['_SHADOWSTATUS']._serialized_start=1032
+  _globals['_SHADOWSTATUS']._serialized_end=1159
+  _globals['_SHADOWREPORTREQUEST']._serialized_start=1161
+  _globals['_SHADOWREPORTREQUEST']._serialized_end=1223
+  _globals['_SHADOWDIFF']._serialized_start=1226
+  _globals['_SHADOWDIFF']._serialized_end=1431
+  _globals['_SHADOWCOUNTS']._serialized_start=1434
+  _globals['_SHADOWCOUNTS']._serialized_end=1627
+  _globals['_SIMULATEDEFFECT']._serialized_start=1629
+  _globals['_SIMULATEDEFFECT']._serialized_end=1732
+  _globals['_SHADOWREPORTRESPONSE']._serialized_start=1735
+  _globals['_SHADOWREPORTRESPONSE']._serialized_end=2038
+  _globals['_POLICYSERVICE']._serialized_start=2041
+  _globals['_POLICYSERVICE']._serialized_end=2387
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class PolicyServiceStub:
-    """Scheduling policies: which are available and which one decides now.
+    """Scheduling policies: which are available, which one decides now, a candidate shadowing it,
+    and a guarded deploy that switches back by itself (docs/adrs.md, "Fitting a policy to your
+    cluster").
     """
 
     def __init__(self, channel):
@@ -45,10 +47,27 @@ class PolicyServiceStub:
                 request_serializer=gpuos_dot_v1_dot_policy__pb2.SetPolicyRequest.SerializeToString,
                 response_deserializer=gpuos_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/gpuos.v1.PolicyService/Status',
+                request_serializer=gpuos_dot_v1_dot_policy__pb2.PolicyStatusRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_policy__pb2.PolicyStatus.FromString,
+                _registered_method=True)
+        self.Shadow = channel.unary_unary(
+                '/gpuos.v1.PolicyService/Shadow',
+                request_serializer=gpuos_dot_v1_dot_policy__pb2.ShadowRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_policy__pb2.ShadowStatus.FromString,
+                _registered_method=True)
+        self.ShadowReport = channel.unary_unary(
+                '/gpuos.v1.PolicyService/ShadowReport',
+                request_serializer=gpuos_dot_v1_dot_policy__pb2.ShadowReportRequest.SerializeToString,
+                response_deserializer=gpuos_dot_v1_dot_policy__pb2.ShadowReportResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
-    """Scheduling policies: which are available and which one decides now.
+    """Scheduling policies: which are available, which one decides now, a candidate shadowing it,
+    and a guarded deploy that switches back by itself (docs/adrs.md, "Fitting a policy to your
+    cluster").
     """
 
     def List(self, request, context):
@@ -58,7 +77,30 @@ class PolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Set(self, request, context):
-        """Swaps the active policy; jobs already placed stay where they are.
+        """Swaps the active policy; jobs already placed stay where they are. With a guard, the daemon
+        watches it over its window and switches back to the policy active before if it is breached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """The active policy, its guard and reading, the recent switches and the shadow's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Shadow(self, request, context):
+        """Starts (or, with off, stops) computing a candidate's decisions each round beside the
+        active policy's, without applying them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShadowReport(self, request, context):
+        """Where the candidate's decisions differed, and the simulated effect over the shadow's window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +119,21 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     request_deserializer=gpuos_dot_v1_dot_policy__pb2.SetPolicyRequest.FromString,
                     response_serializer=gpuos_dot_v1_dot_policy__pb2.PolicyInfo.SerializeToString,
             ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=gpuos_dot_v1_dot_policy__pb2.PolicyStatusRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_policy__pb2.PolicyStatus.SerializeToString,
+            ),
+            'Shadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shadow,
+                    request_deserializer=gpuos_dot_v1_dot_policy__pb2.ShadowRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_policy__pb2.ShadowStatus.SerializeToString,
+            ),
+            'ShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShadowReport,
+                    request_deserializer=gpuos_dot_v1_dot_policy__pb2.ShadowReportRequest.FromString,
+                    response_serializer=gpuos_dot_v1_dot_policy__pb2.ShadowReportResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gpuos.v1.PolicyService', rpc_method_handlers)
@@ -86,7 +143,9 @@ def add_PolicyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PolicyService:
-    """Scheduling policies: which are available and which one decides now.
+    """Scheduling policies: which are available, which one decides now, a candidate shadowing it,
+    and a guarded deploy that switches back by itself (docs/adrs.md, "Fitting a policy to your
+    cluster").
     """
 
     @staticmethod
@@ -133,6 +192,87 @@ class PolicyService:
             '/gpuos.v1.PolicyService/Set',
             gpuos_dot_v1_dot_policy__pb2.SetPolicyRequest.SerializeToString,
             gpuos_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.PolicyService/Status',
+            gpuos_dot_v1_dot_policy__pb2.PolicyStatusRequest.SerializeToString,
+            gpuos_dot_v1_dot_policy__pb2.PolicyStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.PolicyService/Shadow',
+            gpuos_dot_v1_dot_policy__pb2.ShadowRequest.SerializeToString,
+            gpuos_dot_v1_dot_policy__pb2.ShadowStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuos.v1.PolicyService/ShadowReport',
+            gpuos_dot_v1_dot_policy__pb2.ShadowReportRequest.SerializeToString,
+            gpuos_dot_v1_dot_policy__pb2.ShadowReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,8 @@ Names the simulator resolves (see :func:`load_trace`):
 - ``alibaba-genai-2026``: Stable-Diffusion requests of Alibaba's cluster-trace-v2026-GenAI as
   latency-class jobs (mapping in :func:`load_genai`);
 - ``synthetic:<kind>?n=..&seed=..``: seeded generators, see :mod:`gpuos.scheduler.sim.synthetic`;
-- a path to a pod-list or GenAI CSV.
+- a path to a pod-list or GenAI CSV, or to a gpuosd history (``gpuosctl trace export``; the
+  format is :data:`HISTORY_FORMAT`, read by :func:`load_history`).
 
 Trace files are read from ``$GPUOS_TRACES``, else ``<repo>/../shared/traces``; they are never
 copied into the repository.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import random
@@ -28,6 +30,7 @@ from urllib.parse import parse_qsl
 
 from gpuos.errors import InvalidArgument, NotFound
 from gpuos.groups import GroupSpec
+from gpuos.history import HISTORY_FORMAT, HISTORY_VERSION
 from gpuos.jobs import LATENCY_CLASSES, Qos, Resources
 from gpuos.scheduler.sim.cluster import GPU_TYPES, GpuType, NodeSpec, parse_gpus
 from gpuos.units import MiB
@@ -143,6 +146,8 @@ def load_trace(name: str | Path, seed: int = 0, estimate_seed: int | None = None
         )
     with path.open() as f:
         header = f.readline()
+    if header.lstrip().startswith("{"):
+        return load_history(path, name=text)
     if "gmt_create" in header:
         return load_genai(path, seed=seed)
     if "num_gpu" in header:
@@ -291,6 +296,103 @@ def load_genai(path: Path, seed: int = 0, name: str = "", compress: float = 24.0
     jobs.sort(key=lambda j: (j.arrival, j.id))
     return Trace(name or "alibaba-genai-2026", parse_gpus(gpus), tuple(jobs),
                  "Alibaba cluster-trace-v2026-GenAI (GenTD26)")
+
+
+# gpuosd's own history, as ``gpuosctl trace export`` writes it: JSON lines, UTF-8.
+#
+# Line 1, the header: {"format": "gpuos-history", "version": 1, "source": "...", "exported_at": T,
+#   "since": T|null, "until": T|null, "tenant": "", "anonymized": bool, "never_ran": N,
+#   "gpus": [{"model": "H100-80GB", "memory_bytes": B}, ...]   (the machine's GPUs, in index order)
+#   "groups": [{"tenant": "...", "name": "...", "mode": "all|first-success|best-of:K",
+#               "budget": GPU-seconds}, ...]}
+# Then one line per finished job that ran, in submission order: {"id", "arrival": Unix seconds
+#   (its submit), "duration": seconds it held its GPUs (queueing and pauses excluded; see
+#   gpuos/history.py for preempted and shared runs), "wait": seconds to its first start,
+#   "gpus", "gpu_milli", "memory_bytes", "mig_profile", "gpu_types": [...], "sharing" (its
+#   request as gpuos.jobs.Resources has it), "qos": "LS"|"BE", "priority": 0 low|1 normal|2 high,
+#   "tenant", "group", "dedupe_key", "estimate": the user's estimate in seconds (0: none),
+#   "outcome": "succeeded"|"failed"|"cancelled", "reason", "preemptions"}.
+# Times T are Unix seconds. Jobs' commands, names, environments and paths are never in it.
+_HISTORY_JOB_FIELDS = ("id", "arrival", "duration", "gpus", "gpu_milli", "memory_bytes", "mig_profile", "gpu_types",
+                       "sharing", "qos", "priority", "tenant", "group", "dedupe_key", "estimate", "outcome")
+
+
+def history_header(path: Path) -> dict[str, object] | None:
+    """The header of the gpuosd history at ``path``, or None when the file is not one."""
+    try:
+        with path.open() as f:
+            first = f.readline()
+        header = json.loads(first)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return header if isinstance(header, dict) and header.get("format") == HISTORY_FORMAT else None
+
+
+def load_history(path: Path, name: str = "") -> Trace:
+    """A gpuosd history (the format above) as a trace on the machine it came from.
+
+    arrival = submit time, moved so the first job arrives at 0; duration = run time; estimate =
+    the user's own (no noise is drawn: it is what users told gpuosd); each job succeeds unless its
+    outcome says otherwise; the SLO of a latency-class job follows :func:`slo_for`, as for the
+    other traces. GPUs get the MIG profiles gpuos's catalog gives their model. A line that is not
+    a job of this format raises InvalidArgument("trace") naming the line.
+    """
+    from gpuos.devices.catalog import lookup
+    from gpuos.groups import make_spec
+
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"trace file {path} not found")
+    with path.open() as f:
+        lines = f.read().splitlines()
+    header = history_header(path)
+    if header is None:
+        raise InvalidArgument("trace", f"{path}: line 1 is not a {HISTORY_FORMAT} header")
+    if header.get("version") != HISTORY_VERSION:
+        raise InvalidArgument("trace", f"{path}: {HISTORY_FORMAT} version {header.get('version')!r}; this gpuos "
+                                       f"reads version {HISTORY_VERSION}")
+    try:
+        gpus = []
+        for g in header["gpus"]:  # type: ignore[attr-defined]
+            model = lookup(str(g["model"]))
+            gpus.append(GpuType(str(g["model"]), int(g["memory_bytes"]), model.mig_profiles if model else ()))
+        groups = tuple(TraceGroup(str(g["tenant"]), make_spec(str(g["name"]), str(g["mode"]), float(g["budget"])))
+                       for g in header.get("groups") or ())  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+        raise InvalidArgument("trace", f"{path}: line 1: a bad gpus or groups entry ({exc})") from None
+    if not gpus:
+        raise InvalidArgument("trace", f"{path}: line 1 names no GPUs")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            missing = [k for k in _HISTORY_JOB_FIELDS if k not in row]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            request = Resources(gpus=int(row["gpus"]), gpu_milli=int(row["gpu_milli"]),
+                                memory_bytes=int(row["memory_bytes"]), mig_profile=str(row["mig_profile"]),
+                                gpu_types=tuple(str(t) for t in row["gpu_types"]), sharing=str(row["sharing"]))
+            arrival, duration = float(row["arrival"]), float(row["duration"])
+            if not (math.isfinite(arrival) and math.isfinite(duration) and duration >= 0):
+                raise ValueError("arrival and duration must be finite, duration not negative")
+            qos = str(row["qos"])
+            rows.append((arrival, str(row["id"]), duration, request, qos, int(row["priority"]), str(row["tenant"]),
+                         str(row["group"]), str(row["dedupe_key"]), float(row["estimate"]),
+                         row["outcome"] == "succeeded"))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidArgument("trace", f"{path}: line {number} is not a job of a {HISTORY_FORMAT} file "
+                                           f"({exc})") from None
+    origin = min((r[0] for r in rows), default=0.0)
+    jobs = tuple(sorted(
+        (TraceJob(id=job_id, arrival=arrival - origin, duration=duration, request=request, tenant=tenant, qos=qos,
+                  priority=priority, estimate=estimate, slo=slo_for(qos, duration), group=group, dedupe_key=key,
+                  succeeds=succeeds)
+         for arrival, job_id, duration, request, qos, priority, tenant, group, key, estimate, succeeds in rows),
+        key=lambda j: (j.arrival, j.id)))
+    source = str(header.get("source") or "gpuosd history")
+    return Trace(name or str(path), (NodeSpec("gpuosd", tuple(gpus)),), jobs, source, groups)
 
 
 def with_cluster(trace: Trace, gpus: str | None) -> Trace:
