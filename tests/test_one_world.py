@@ -181,14 +181,14 @@ KNOWN_DISAGREEMENTS = frozenset({"srtf+bestfit", "srtf+fgd"})
 
 
 # Each replay takes about 30 s of wall time, so CI cannot afford all twenty. By default it runs
-# one policy of each way the framework decides differently: queue order alone (fifo),
-# preemption by priority (priority), least-attained service with periodic rounds (tiresias),
-# time-slicing (gandiva), and an order x placement-by-scoring combination (tiresias+fgd).
-# Order by the user's estimate (sjf), placement by scoring alone (fgd) and fairness across
-# tenants (drf) ran by default until CI's time went to the kernels and Kubernetes tests; they
-# agreed within tolerance there (bench/RESULTS.md, "One world").
+# one policy of each way the framework decides differently beyond queue order: preemption by
+# priority (priority), least-attained service with periodic rounds (tiresias), time-slicing
+# (gandiva), and an order x placement-by-scoring combination (tiresias+fgd). Queue order alone
+# (fifo), order by the user's estimate (sjf), placement by scoring alone (fgd) and fairness
+# across tenants (drf) ran by default until CI's time went to the kernels, Kubernetes and
+# closed-loop tests; they agreed within tolerance there (bench/RESULTS.md, "One world").
 # GPUOS_ONE_WORLD=all runs every registered policy, the known disagreements included.
-BY_DEFAULT = frozenset({"fifo", "priority", "tiresias", "gandiva", "tiresias+fgd"})
+BY_DEFAULT = frozenset({"priority", "tiresias", "gandiva", "tiresias+fgd"})
 
 
 def _cases() -> list[object]:
