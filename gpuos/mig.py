@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 COMPUTE_SLICES = 7
 
@@ -94,3 +95,10 @@ def layout_fits(profiles: Sequence[MigProfile], wanted: Sequence[str]) -> bool:
 
 def _size(profiles: Sequence[MigProfile], name: str) -> int:
     return next((p.memory_slices for p in profiles if p.name == name), 0)
+
+
+def profiles_reported(reported: Iterable[Any]) -> tuple[MigProfile, ...]:
+    """The profiles a device listing reports (``gpuos.v1.MigProfileInfo`` messages), with their
+    slot rules: what the device plugin and the DRA driver plan MIG slices by."""
+    return tuple(MigProfile(p.name, p.slices, p.memory_bytes, p.memory_slices, p.max_count, tuple(p.placements))
+                 for p in reported)

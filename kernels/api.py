@@ -27,8 +27,6 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
 VATTENTION_MAX_DIM = 256
 SLA_SIZES = sla.SUPPORTED_DIMS
-RADIAL_DIMS = (16, 32, 64, 128, 256)
-RADIAL_BLOCKS = (16, 32, 64, 128)
 
 
 class KernelArgumentError(ValueError):
@@ -357,14 +355,14 @@ def radial_attention(
     Inputs strided in the head dimension are copied once. ``mask`` (passed through) picks the
     rule, the paper's by default. Returns q's shape and dtype (into ``out`` when given).
     """
-    q, k, v = _check_qkv(q, k, v, RADIAL_DIMS)
+    q, k, v = _check_qkv(q, k, v, radial.DIMS)
     frames = _integer("frames", frames, 1)
     tokens_per_frame = _integer("tokens_per_frame", tokens_per_frame, 1)
     n, dim = q.shape[2], q.shape[3]
     if n != frames * tokens_per_frame:
         raise KernelArgumentError("tokens_per_frame", f"frames x tokens_per_frame = {frames} x {tokens_per_frame} = "
                                                       f"{frames * tokens_per_frame}, but q holds N={n} tokens")
-    _choice("block", block, RADIAL_BLOCKS)
+    _choice("block", block, radial.BLOCKS)
     if q.dtype == torch.float32 and dim == 256 and block == 128:
         raise KernelArgumentError("block", "fp32 with head dim 256 needs block <= 64 (the tiles would not fit in "
                                            "shared memory)")

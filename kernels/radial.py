@@ -38,6 +38,9 @@ from gpuos.kernels.radial_spec import DEFAULT_MASK, RadialLayout, check_mask, ra
 from gpuos.kernels.reference.radial import dense_sdpa
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# The head dims and block sizes the kernel's tiles are written for.
+DIMS = (16, 32, 64, 128, 256)
+BLOCKS = (16, 32, 64, 128)
 
 # Shapes the CPU (Triton interpreter) run is capped at, so that a job step takes about a second.
 CPU_CAPS = {"batch": 1, "heads": 2, "dim": 32, "frames": 8, "tokens_per_frame": 48, "block": 32}
@@ -189,10 +192,10 @@ def radial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: 
         raise ValueError(f"sequence length {seq} != frames ({frames}) x tokens_per_frame ({tokens_per_frame})")
     if q.dtype not in DTYPES.values() or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must all be bf16, fp16 or fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if dim not in (16, 32, 64, 128, 256):
-        raise ValueError(f"head dim must be 16, 32, 64, 128 or 256; got {dim}")
-    if block not in (16, 32, 64, 128):
-        raise ValueError(f"block must be 16, 32, 64 or 128; got {block}")
+    if dim not in DIMS:
+        raise ValueError(f"head dim must be one of {DIMS}; got {dim}")
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}; got {block}")
     check_mask(mask)
     if q.dtype == torch.float32 and dim == 256 and block == 128:
         raise ValueError("fp32 inputs with head dim 256 need block <= 64 (the tiles would not fit in shared memory)")

@@ -25,6 +25,7 @@ k8s = pytest.importorskip("kubernetes.client")
 from gpuos import cdi  # noqa: E402
 from gpuos.client import Client  # noqa: E402
 from gpuos.daemon.daemon import Daemon  # noqa: E402
+from gpuos.devices import catalog  # noqa: E402
 from gpuos.dra.inventory import COMPUTE, MEMORY, SLOTS, inventory, mig_rules  # noqa: E402
 from gpuos.dra.main import Plugin, resource_api  # noqa: E402
 from gpuos.dra.pluginregistration.v1 import api_pb2 as reg_pb2  # noqa: E402
@@ -336,8 +337,15 @@ def test_sockets_removed_by_the_kubelet_are_served_again(cluster: Cluster) -> No
     info, _ = cluster.kubelet.register()
     os.unlink(info.endpoint)
     wait_for(lambda: os.path.exists(info.endpoint), timeout=10)
-    info, chosen = cluster.kubelet.register()
-    assert chosen == "v1.DRAPlugin"
+
+    def registers() -> bool:
+        # The socket file appears as the new server binds, a moment before it answers.
+        try:
+            return cluster.kubelet.register()[1] == "v1.DRAPlugin"
+        except grpc.RpcError:
+            return False
+
+    wait_for(registers, timeout=10)
 
 
 # -- ResourceSlices -------------------------------------------------------------------------------
@@ -395,7 +403,10 @@ def test_mig_counters_allow_exactly_the_layouts_gpuos_allows(daemon: Daemon) -> 
     devices = [d for s in published[1:] for d in s["spec"]["devices"]]
     slices = [d for d in devices if d["attributes"]["type"]["string"] == "mig"]
     whole = next(d for d in devices if d["name"] == "gpu-0")
-    rules = mig_rules(gpu)
+    # The reference is the model catalog's slot rules, not what the driver read from gpuosd.
+    model = catalog.lookup(gpu.model)
+    assert model is not None and mig_rules(gpu) == model.mig_profiles
+    rules = model.mig_profiles
 
     def gpuos_allows(chosen: tuple[dict[str, Any], ...]) -> bool:
         placed: list[Instance] = []

@@ -92,7 +92,7 @@ class Shadow:
                               {})
 
     def round(self, snap: Snapshot, active: Sequence[Decision]) -> RoundDiff | None:
-        """Compare the candidate's decisions on ``snap`` with ``active`` (already applied); None
+        """Compare the candidate's decisions on ``snap`` with ``active`` (about to be applied); None
         when nothing is shadowed or the candidate raised (it is then switched off)."""
         policy = self._policy
         if policy is None:

@@ -42,7 +42,6 @@ KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 5.0
 # A refused registration is retried after 0.5 s, then twice as long each time, at most 30 s.
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0
-# The driver's device nodes every CUDA container needs, besides its GPUs' /dev/nvidia<minor>.
 
 
 def socket_name(resource: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from gpuos.errors import InvalidArgument
 from gpuos.jobs import Partition, PartitionKind, Resources
-from gpuos.mig import Instance, MigProfile
+from gpuos.mig import Instance, profiles_reported
 from gpuos.scheduler import GpuView, JobView, NodeView
 from gpuos.scheduler.framework import gpu_fits, take
 from gpuos.scheduler.snapshot import MILLI
@@ -53,10 +53,7 @@ def gpu_view(device: devices_pb2.Device) -> GpuView:
 
     A draining or failed GPU is not healthy: gpuosd places nothing new on it.
     """
-    profiles = tuple(
-        MigProfile(p.name, p.slices, p.memory_bytes, p.memory_slices, p.max_count, tuple(p.placements))
-        for p in device.mig_profiles
-    )
+    profiles = profiles_reported(device.mig_profiles)
     milli_used = memory_used = 0
     kinds: set[PartitionKind] = set()
     for a in device.allocations:

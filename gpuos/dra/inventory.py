@@ -43,9 +43,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpuos.devices import catalog
 from gpuos.errors import InvalidArgument
-from gpuos.mig import COMPUTE_SLICES, Instance, MigProfile, find_slot
+from gpuos.mig import COMPUTE_SLICES, Instance, MigProfile, find_slot, profiles_reported
 from gpuos.units import MiB
 from gpuos.v1 import devices_pb2
 
@@ -173,26 +172,9 @@ ALL_KINDS = frozenset(Kind)
 
 
 def mig_rules(device: devices_pb2.Device) -> tuple[MigProfile, ...]:
-    """The slot rules of the MIG profiles ``device`` reports, from gpuos's model catalog.
-
-    gpuosd's device listing gives a profile's name, slices, memory and count but not its memory
-    slices or start slots; the catalog has them for the models gpuos knows. Profiles the catalog
-    does not know (or whose shape differs from what gpuosd reports) are left out, so no MIG slice
-    is offered whose placement the driver cannot predict.
-    """
-    if not device.mig_profiles:
-        return ()
-    model = catalog.lookup(device.model) or catalog.match_nvml_name(device.model)
-    known = {p.name: p for p in (model.mig_profiles if model else ())}
-    out = []
-    for reported in device.mig_profiles:
-        rule = known.get(reported.name)
-        if rule is None or rule.slices != reported.slices or rule.max_count != reported.max_count:
-            log.warning("GPU %d (%s): the slot rules of MIG profile %s are not known; not offering it",
-                        device.index, device.model, reported.name)
-            continue
-        out.append(rule)
-    return tuple(out)
+    """The slot rules of the MIG profiles ``device`` reports (memory slices and start slots come
+    with the listing, from NVML on a real GPU), the same the device plugin plans by."""
+    return profiles_reported(device.mig_profiles)
 
 
 def _counters(rules: Sequence[MigProfile], foreign: Sequence[Instance]) -> dict[str, int]:
