@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 from gpuos.kernels import vattention as va  # noqa: E402
 from gpuos.kernels.reference import vattention as ref  # noqa: E402
-from tests.kernels.test_vattention_guarantee import (  # noqa: E402
+from gpuos.kernels.reference.vattention_inputs import (  # noqa: E402
     FAMILIES,
     FAMILY_CONFIG,
     binomial_tail,
