@@ -56,8 +56,7 @@ def format_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0,
-                   "d": 86400.0, "w": 7 * 86400.0}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
@@ -69,7 +68,7 @@ def parse_duration(text: str, field: str = "duration") -> float:
     number, unit = match.groups()
     factor = _DURATION_UNITS.get(unit.lower())
     if factor is None:
-        raise InvalidArgument(field, f"unknown unit {unit!r} in {text!r}; use us, ms, s, m, h, d or w")
+        raise InvalidArgument(field, f"unknown unit {unit!r} in {text!r}; use us, ms, s, m or h")
     seconds = float(number) * factor
     if seconds == float("inf"):
         raise InvalidArgument(field, f"{text!r} is too long to be a duration")
