@@ -48,6 +48,7 @@ Public API:
 - ``key_sketch(k_cache, page_table, seq_lens, bits=8)`` -> ``KeySketch``: the int8 (or int4)
   key copy over the page key bounds that the default selection reads; a serving system keeps it
   up to date as pages fill (``sketch=``; ``gpuos.kernels.integrations.paged_cache`` does).
+  ``sketch_codes``: its codes alone, against page key bounds already kept;
   ``sketch_score_bounds(q, sketch, longest)``: the score intervals it gives; ``sketch_problem``:
   what is wrong with a sketch for a cache.
 - ``page_key_bounds(k_cache, page_table, seq_lens)``: per-page key minima and maxima, which a
@@ -491,22 +492,32 @@ def key_sketch(
     quarter at 4. Slots past a sequence's end get code 0. A page whose range grows (as it fills)
     must be coded again: the codes are relative to its current range.
     """
+    lo, hi = page_key_bounds(k_cache, page_table, seq_lens)
+    return KeySketch(sketch_codes(k_cache, page_table, seq_lens, lo, hi, bits), lo, hi, bits)
+
+
+def sketch_codes(
+    k_cache: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor, key_min: torch.Tensor,
+    key_max: torch.Tensor, bits: int = 8,
+) -> torch.Tensor:
+    """``key_sketch``'s codes against page bounds the caller already holds: ``key_min, key_max``
+    must be ``page_key_bounds`` of the same pages (a serving system keeps them as pages fill, so
+    coding a page need not rescan it for them)."""
     if bits not in SKETCH_BITS:
         raise ValueError(f"bits must be one of {SKETCH_BITS}, got {bits}")
-    lo, hi = page_key_bounds(k_cache, page_table, seq_lens)
     page_size = k_cache.shape[1]
     levels = 2**bits - 1
     codes = []
     for b in range(page_table.shape[0]):
         keys = k_cache[page_table[b].long()].double()  # [P, page_size, Hkv, D]
         slot = torch.arange(keys.shape[0] * page_size, device=keys.device).view(-1, page_size, 1, 1)
-        lo64, hi64 = lo[b].double().unsqueeze(1), hi[b].double().unsqueeze(1)
+        lo64, hi64 = key_min[b].double().unsqueeze(1), key_max[b].double().unsqueeze(1)
         step = (hi64 - lo64) / levels
         ratio = (keys - lo64) / torch.where(step > 0, step, 1.0)
         # Slots past the end (which may hold anything, NaN too) and flat dimensions get code 0.
         ratio = torch.where((slot < seq_lens[b]) & (step > 0), ratio, 0.0)
         codes.append(_pack(ratio.round().clamp(0, levels), bits))
-    return KeySketch(torch.stack(codes), lo, hi, bits)
+    return torch.stack(codes)
 
 
 def sketch_score_bounds(q: torch.Tensor, sketch: KeySketch, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -979,16 +990,44 @@ def vattention_decode(
     """
     cfg = config or VAttentionConfig()
     _check(q, k_cache, v_cache, page_table, seq_lens, backend)
+    # Only what the call reads is checked: a sketch under sketch selection, value bounds under the
+    # Bernstein budget (the ones computed here when omitted fit by construction).
+    if sketch is not None and cfg.selection == "sketch":
+        problem = sketch_problem(sketch, page_table, k_cache)
+        if problem:
+            raise ValueError(f"sketch {problem}")
+    if value_bounds is not None and cfg.budget == "bernstein":
+        _check_value_bounds(value_bounds, page_table, v_cache)
+    return _decode(q, k_cache, v_cache, page_table, seq_lens, cfg, bounds=bounds, generator=generator,
+                   backend=backend, out=out, num_splits=num_splits, ctx=ctx, value_bounds=value_bounds,
+                   sketch=sketch)
+
+
+def _decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cfg: VAttentionConfig,
+    *,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    backend: str = "triton",
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    ctx: KernelContext | None = None,
+    value_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sketch: KeySketch | None = None,
+) -> VAttentionResult:
+    """``vattention_decode`` on arguments already checked, by it or by ``gpuos.kernels.api``: a
+    decode step is latency-bound, and each value check costs a device-to-host copy."""
     batch, heads, dim = q.shape
     scale = dim**-0.5
     if bounds is None and cfg.selection == "pages":
         bounds = page_key_bounds(k_cache, page_table, seq_lens)
-    if cfg.selection == "sketch":
-        if sketch is None:
-            sketch = key_sketch(k_cache, page_table, seq_lens)
-        problem = sketch_problem(sketch, page_table, k_cache)
-        if problem:
-            raise ValueError(f"sketch {problem}")
+    if sketch is None and cfg.selection == "sketch":
+        sketch = key_sketch(k_cache, page_table, seq_lens)
     partials = _triton_partials if backend == "triton" else _reference_partials
     num_kv = k_cache.shape[2]
     sel = _select(q, k_cache, page_table, bounds, seq_lens, cfg, scale, sketch)
@@ -1003,7 +1042,6 @@ def vattention_decode(
     else:
         if value_bounds is None:
             value_bounds = page_value_bounds(v_cache, page_table, seq_lens)
-        _check_value_bounds(value_bounds, page_table, v_cache)
         size, drawn = _certify(q, k_cache, v_cache, page_table, det, sel, cfg, scale, value_bounds, generator)
         width = max(int(size.max()), 1)
         drawn = torch.nn.functional.pad(drawn, (0, max(width - drawn.shape[-1], 0)))[..., :width]
@@ -1085,7 +1123,8 @@ def _check(
         raise ValueError("caches must be contiguous and q's last dim unit-stride")
     if page_table.dim() != 2 or page_table.shape[0] != batch or seq_lens.shape != (batch,):
         raise ValueError(f"want page_table[{batch}, max_pages] and seq_lens[{batch}]")
-    if int(seq_lens.min()) < 1 or int(seq_lens.max()) > page_table.shape[1] * k_cache.shape[1]:
+    shortest, longest = torch.stack(seq_lens.aminmax()).tolist()  # one device-to-host copy
+    if shortest < 1 or longest > page_table.shape[1] * k_cache.shape[1]:
         raise ValueError("every sequence needs 1 .. max_pages * page_size tokens")
     if dim > 256:
         raise ValueError(f"head dim {dim} is above 256")

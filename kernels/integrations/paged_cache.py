@@ -10,7 +10,7 @@ scratch) and its values' center and radius (``value_bounds``, as
 :func:`gpuos.kernels.vattention.page_value_bounds`) are updated on every append, from the pages
 the append touched alone, so decoding never rescans the cache to rank pages or size its sample.
 So is the int8 key sketch (``sketch``, as :func:`gpuos.kernels.vattention.key_sketch`): a page
-whose key range an append widened is coded again from its own keys.
+whose key range an append widened is coded again from its own keys, against the bounds kept.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from gpuos.kernels.api import KernelArgumentError
-from gpuos.kernels.vattention import KeySketch, key_sketch, page_value_bounds
+from gpuos.kernels.vattention import KeySketch, page_value_bounds, sketch_codes
 
 # Unused page-table entries point at page 0: vattention_decode wants every entry to name a page.
 UNUSED_PAGE = 0
@@ -103,11 +103,14 @@ class PagedKVCache:
         width = int((last - first).max()) + 1
         logical = first.view(-1, 1) + torch.arange(width, device=first.device)
         touched = logical <= last.view(-1, 1)
-        pages = torch.gather(self.page_table.long(), 1, torch.minimum(logical, last.view(-1, 1)))
+        clamped = torch.minimum(logical, last.view(-1, 1))
+        pages = torch.gather(self.page_table.long(), 1, clamped)
         lengths = self.seq_lens.long() - first * self.page_size
         center, radius = page_value_bounds(self.v_cache, pages, lengths)
-        # The touched pages' key ranges may have grown: their codes are relative to the range.
-        codes = key_sketch(self.k_cache, pages, lengths).codes
+        # The touched pages' key ranges may have grown: their codes are relative to the range,
+        # which _update_bounds has already folded the new keys into.
+        seq = torch.arange(self.batch, device=first.device).view(-1, 1)
+        codes = sketch_codes(self.k_cache, pages, lengths, self.key_min[seq, clamped], self.key_max[seq, clamped])
         rows, cols = touched.nonzero(as_tuple=True)
         self.value_center[rows, logical[rows, cols]] = center[rows, cols]
         self.value_radius[rows, logical[rows, cols]] = radius[rows, cols]

@@ -196,6 +196,37 @@ def test_vattention_decode_with_exact_selection_ignores_page_bounds(decode: Deco
     assert torch.equal(got.out, want.out)
 
 
+def _host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, every read of a tensor's value on the host (on a GPU, each waits for the device)."""
+    seen: list[str] = []
+    for name in ("tolist", "item", "__int__", "__float__", "__bool__", "__index__"):
+        def counted(self: torch.Tensor, *args: Any, _name: str = name, _read: Any = getattr(torch.Tensor, name),
+                    **kwargs: Any) -> Any:
+            seen.append(_name)
+            return _read(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return seen
+
+
+def test_vattention_decode_checks_values_with_one_host_read(decode: Decode, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A decode step is latency-bound: the checked functions add one device-to-host copy to the
+    # unchecked decode's own, the public one included (the implementation's checks are not rerun).
+    d = decode
+    kept = {"sketch": _sketch(d), "value_bounds": _value_bounds(d)}
+    reads = _host_reads(monkeypatch)
+
+    def count(run: Callable[..., vattention.VAttentionResult]) -> int:
+        reads.clear()
+        run(d.q, d.k_cache, d.v_cache, d.page_table, d.seq_lens, CFG,
+            generator=torch.Generator(device=DEVICE).manual_seed(5), **kept)
+        return len(reads)
+
+    unchecked = count(vattention._decode)
+    assert count(api.vattention_decode) == unchecked + 1
+    assert count(vattention.vattention_decode) == unchecked + 1
+
+
 # ----------------------------------------------------------------------------- sla_attention
 
 

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gpuos.kernels import VAttentionConfig  # noqa: E402
+from gpuos.kernels import VAttentionConfig, vattention  # noqa: E402
 from gpuos.kernels.api import KernelArgumentError  # noqa: E402
 from gpuos.kernels.integrations.dit import RadialAttnProcessor, SLAAttnProcessor  # noqa: E402
 from gpuos.kernels.integrations.paged_cache import PagedKVCache  # noqa: E402
@@ -36,6 +36,22 @@ def test_paged_cache_keeps_key_and_value_bounds_equal_to_a_full_rescan() -> None
         center, radius = page_value_bounds(cache.v_cache, cache.page_table, cache.seq_lens)
         assert torch.equal(cache.value_bounds[0], center) and torch.equal(cache.value_bounds[1], radius)
         assert torch.equal(cache.sketch.codes, key_sketch(cache.k_cache, cache.page_table, cache.seq_lens).codes)
+
+
+def test_paged_cache_codes_the_sketch_against_the_bounds_it_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An append computes the touched pages' key bounds once, folding the new keys in, and codes
+    # the sketch against them: no rescan of the pages for their bounds.
+    gen = torch.Generator().manual_seed(2)
+    cache = PagedKVCache(2, 2, 8, page_size=4)
+
+    def rescan(*args: object) -> None:
+        raise AssertionError("append rescanned pages for their key bounds")
+
+    monkeypatch.setattr(vattention, "page_key_bounds", rescan)
+    for n in (3, 2, 6):
+        cache.append(torch.randn(2, 2, n, 8, generator=gen), torch.randn(2, 2, n, 8, generator=gen))
+    monkeypatch.undo()
+    assert torch.equal(cache.sketch.codes, key_sketch(cache.k_cache, cache.page_table, cache.seq_lens).codes)
 
 
 def test_paged_cache_reads_back_every_token_in_order_from_interleaved_pages() -> None:
