@@ -36,6 +36,7 @@ from gpuos.errors import InvalidArgument
 from gpuos.extras import require
 from gpuos.jobs import Job, JobKind, JobState
 from gpuos.policy_choice import PolicyChoice
+from gpuos.scheduler.policy import Policy
 from gpuos.text import quote
 from gpuos.units import parse_duration
 
@@ -230,9 +231,12 @@ class Watch:
 
 @dataclass(frozen=True)
 class DeployStatus:
-    """The active policy, the guard watching it (if any) with its latest reading, the recent switches."""
+    """The active policy, the guard watching it (if any) with its latest reading, the recent switches.
+    ``policy``: the active policy's class, whose attributes say what it is (description, provenance)
+    without loading a policy file again."""
 
     choice: PolicyChoice
+    policy: type[Policy]
     watch: Watch | None
     reading: Reading | None
     switches: tuple[Switch, ...]

@@ -1382,6 +1382,17 @@ class Store:
         jobs = [_row_to_job(r) for r in rows[:size]]
         return JobPage(jobs=jobs, next_after=jobs[-1].seq if len(rows) > size else 0, floor=floor)
 
+    def finished_since(self, t: float, *, after: int = 0) -> builtins.list[Job]:
+        """The jobs that ended (reached a terminal state) at or after ``t``, with a sequence
+        number above ``after``, in submission order. One read, by the index on finished_at."""
+        marks = ",".join("?" * len(_TERMINAL))
+        # Named: left to itself, SQLite picks the index on state, which walks every ended job.
+        rows = self._reader().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_finished WHERE finished_at >= ? AND state IN ({marks}) "
+            "AND seq > ? ORDER BY seq", [t, *_TERMINAL, after],
+        ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
     def purge_finished(self, now: float, max_age: float, max_count: int) -> builtins.list[str]:
         """Delete finished jobs (and their events) older than ``max_age`` seconds or beyond the
         newest ``max_count`` finished ones (0: no such bound). Returns the ids deleted.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -93,22 +94,34 @@ def test_the_winner_is_shadowed_then_deployed_and_the_guard_holds_or_rolls_back(
     assert report["active"]["policy"] == "fifo" and report["candidate"]["policy"].startswith("evolved-")
     _ctl(daemon, "policy", "shadow", "--off")
 
-    bound = max(loop.history_p99, 0.05)
-    deployed = time.time()
+    bound = round(max(loop.history_p99, 0.05), 3)  # as the guard's text gives it
+    deployed, events_before = time.time(), daemon.store.last_event_seq
     _ctl(daemon, "policy", "set", str(loop.winner), "--guard", f"p99_queue_delay_ls<={bound:.3f}s",
          "--window", "60s", "--min-samples", "5")
     _replay(daemon, start + 30 / 600, 40)
     with Client(socket=daemon.config.socket) as client:
         wait_for(lambda: client.policy_status().rollbacks > 0 or client.policy_status().guard.read_at > time.time() - 0.5)
         status = client.policy_status()
+        rollbacks = [e for e in client.events(since=events_before) if e.kind == "policy-rollback"]
         if status.rollbacks:
-            # It said: the guard was breached, and gpuosd switched back by itself.
+            # It said: the guard was breached, and gpuosd switched back by itself: the judged
+            # window's metric was over the bound, and fifo runs again with no guard left.
             last = status.switches[-1]
-            assert (last.kind, last.to_policy) == ("rollback", "fifo") and "breached" in last.reason
-            assert any(e.kind == "policy-rollback" for e in client.events())
+            assert (last.kind, last.to_policy) == ("rollback", "fifo") and last.from_policy.startswith("evolved-")
+            assert status.active.name == "fifo" and not status.HasField("guard") and status.rollbacks == 1
+            assert len(rollbacks) == 1 and last.reason in rollbacks[0].message
+            said = re.search(r"p99_queue_delay_ls was ([0-9.e+-]+) over the last 60s \((\d+) samples; bound ([0-9.]+)\)",
+                             last.reason)
+            assert said is not None, last.reason
+            value, samples, said_bound = float(said[1]), int(said[2]), float(said[3])
+            # >=, not >: the message rounds the value to 4 digits.
+            assert said_bound == bound and value >= bound and samples >= 5
         else:
-            # It said: the guard held, so the new window's live metric is within the old one's.
-            assert status.active.name.startswith("evolved-") and status.guard.judged
+            # It said: the guard held: it judged a window of enough samples within the bound, and
+            # the live metric over everything since the deploy is within it too.
+            assert status.active.name.startswith("evolved-") and status.rollbacks == 0 and not rollbacks
+            guard = status.guard
+            assert guard.judged and guard.samples >= 5 and guard.value <= bound and guard.bound == bound
             assert _live_p99(daemon, deployed) <= bound
         client.set_policy("fifo")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +15,13 @@ import pytest
 from gpuos.cli.main import main
 from gpuos.client import ApiError, Client, jobs_pb2
 from gpuos.daemon.daemon import Daemon
+from gpuos.daemon.deploy import Deployment
 from gpuos.errors import InvalidArgument
 from gpuos.guard import GuardSpec, parse_guard, percentile, read
 from gpuos.jobs import Job, JobKind, JobSpec, JobState, Qos, Resources
+from gpuos.policy_choice import PolicyChoice
+from gpuos.scheduler.registry import get_policy
+from gpuos.store import Store
 from tests.conftest import serve, wait_for
 
 # Never places a latency-class job: the deliberately bad candidate a guard must catch.
@@ -111,6 +117,63 @@ def test_slo_attainment_counts_the_ended_jobs_by_the_simulators_rule() -> None:
     assert reading.samples == 2 and reading.value == 0.5 and reading.breached
 
 
+# -- the deployment's read of the store -----------------------------------------------------------
+
+LS_GPU = JobSpec(name="j", kind=JobKind.PROCESS, command=("true",), resources=Resources(gpus=1), qos=Qos.LS)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path)
+    yield s
+    s.close()
+
+
+def _guarded(store: Store, guard: str) -> tuple[Deployment, float]:
+    """A deployment that has just switched fifo -> srtf under ``guard`` (a 1-minute window, 1 sample)."""
+    deployment = Deployment(store, PolicyChoice("fifo"), get_policy("fifo"), lambda policy: None, threading.RLock())
+    now = time.time()
+    deployment.set(PolicyChoice("srtf"), get_policy("srtf"), parse_guard(guard, "1m", 1), now)
+    return deployment, now
+
+
+def test_a_reading_takes_waiting_jobs_from_memory_and_ended_ones_in_one_read(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.submit(LS_GPU, 0)  # queued before the deploy: never the guard's
+    deployment, now = _guarded(store, "p99_queue_delay_ls<=1h")
+    store.submit_batch([(LS_GPU, "", None)] * 600, 0)
+    ended, _ = store.submit(LS_GPU, 0)
+    store.update(ended.id, state=JobState.SUCCEEDED, started_at=now + 0.5, finished_at=now + 1.0)
+
+    def paged(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the guard paged through the store's jobs")
+
+    for name in ("page", "list", "history"):
+        monkeypatch.setattr(store, name, paged)
+    reads: list[float] = []
+    finished_since = store.finished_since
+    monkeypatch.setattr(store, "finished_since", lambda t, **kw: reads.append(t) or finished_since(t, **kw))
+    reading = deployment.watch_round(now + 2.0)
+    assert reading is not None and reading.samples == 601 and reads == [now]
+
+
+def test_a_reading_overtaken_by_a_policy_set_switches_nothing_back(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment, now = _guarded(store, "p99_queue_delay_ls<=1s")
+    store.submit(LS_GPU, 0)  # still waiting 10 s on: a breach
+    finished_since = store.finished_since
+
+    def set_meanwhile(t: float, **kw: int) -> list[Job]:
+        deployment.set(PolicyChoice("fifo"), get_policy("fifo"), None, now + 5.0)
+        return finished_since(t, **kw)
+
+    monkeypatch.setattr(store, "finished_since", set_meanwhile)
+    assert deployment.watch_round(now + 10.0) is None
+    status = deployment.status()
+    assert status.choice.name == "fifo" and status.rollbacks == 0 and status.watch is None
+    assert [s.kind for s in status.switches] == ["guarded-set", "set"]
+
+
 # -- in gpuosd -----------------------------------------------------------------------------------
 
 
@@ -166,7 +229,7 @@ def test_a_breached_guard_switches_back_with_an_event_and_a_metric(daemon: Daemo
     assert "p99_queue_delay_ls" in rollback.reason and "30s" in rollback.reason and "3 samples" in rollback.reason
     events = [e for e in client.events() if e.kind == "policy-rollback"]
     assert len(events) == 1 and "bound 1" in events[0].message
-    assert _metric(daemon, "gpuos_policy_rollbacks_total") == 1
+    assert _metric(daemon, 'gpuos_policy_switches_total{kind="rollback"}') == 1
 
 
 def test_a_guard_that_holds_keeps_the_deployed_policy(daemon: Daemon, client: Client) -> None:
@@ -180,7 +243,7 @@ def test_a_guard_that_holds_keeps_the_deployed_policy(daemon: Daemon, client: Cl
     assert _metric(daemon, 'gpuos_policy_guard_bound{metric="p99_queue_delay_ls"}') == 30
 
 
-def test_a_restarted_gpuosd_keeps_watching_the_guard(short_dir: Path) -> None:
+def test_a_restarted_gpuosd_keeps_watching_the_guard(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = serve(short_dir)
     d = next(first)
     with Client(socket=d.config.socket) as c:
@@ -188,10 +251,19 @@ def test_a_restarted_gpuosd_keeps_watching_the_guard(short_dir: Path) -> None:
     next(first, None)
     again = serve(short_dir)
     d = next(again)
+
+    def loaded(source: str, filename: str) -> None:
+        raise AssertionError(f"{filename} was loaded again to answer a read")
+
+    # Loaded once, at the start; what it is comes from then on from the policy that runs.
+    monkeypatch.setattr("gpuos.policy_choice.load_file", loaded)
     try:
         with Client(socket=d.config.socket) as c:
             status = c.policy_status()
             assert (status.active.name, status.active.filename) == ("starve-latency", "starve.py")
+            assert status.active.description == "never places a latency-class job"
+            listed = [(p.name, p.description) for p in c.policies() if p.active]
+            assert listed == [("starve-latency", "never places a latency-class job")]
             assert status.guard.text == "p99_queue_delay_ls<=2s" and status.guard.previous == "fifo"
             assert [s.kind for s in status.switches] == ["guarded-set"]
     finally:

@@ -8,6 +8,7 @@ import sys
 
 from gpuos.client import Client
 from gpuos.daemon.daemon import Daemon
+from gpuos.policy_choice import PolicyChoice
 from gpuos.scheduler import GpuView, JobView, Policy, Share, Snapshot
 from gpuos.v1 import jobs_pb2
 from tests.conftest import wait_for
@@ -26,13 +27,17 @@ class Always(Policy):
         return self.chosen
 
 
+def deploy(daemon: Daemon, policy: Policy) -> None:
+    daemon.controller.deploy(PolicyChoice(policy.name), policy)
+
+
 def env_of(client: Client, job_id: str) -> dict[str, str]:
     out = b"".join(d for s, d in client.logs(job_id) if s == "stdout").decode()
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def test_a_fraction_its_policy_puts_on_mig_runs_in_its_own_instance(daemon: Daemon, client: Client) -> None:
-    daemon.controller.set_policy(Always(Share.MIG))
+    deploy(daemon, Always(Share.MIG))
     job = client.wait(client.submit(PRINT_ENV, gpu_fraction=0.25, memory="8GiB").id, timeout=30)
     assert job.state == jobs_pb2.SUCCEEDED
     assert job.placement.partition == "mig:2g.20gb"  # a quarter needs 2 of 7 compute slices
@@ -41,7 +46,7 @@ def test_a_fraction_its_policy_puts_on_mig_runs_in_its_own_instance(daemon: Daem
 
 
 def test_fractions_their_policy_time_slices_take_turns(daemon: Daemon, client: Client) -> None:
-    daemon.controller.set_policy(Always(Share.TIMESLICE))
+    deploy(daemon, Always(Share.TIMESLICE))
     a, b = (client.submit(SLEEP, gpu_fraction=0.5, gpu_types=["H100-80GB"]) for _ in range(2))
     wait_for(lambda: {client.get(j.id).state for j in (a, b)} == {jobs_pb2.RUNNING, jobs_pb2.PAUSED})
     ga, gb = client.get(a.id).placement, client.get(b.id).placement
@@ -51,7 +56,7 @@ def test_fractions_their_policy_time_slices_take_turns(daemon: Daemon, client: C
 
 
 def test_a_fraction_pinned_to_mps_stays_an_mps_client(daemon: Daemon, client: Client) -> None:
-    daemon.controller.set_policy(Always(Share.MIG))
+    deploy(daemon, Always(Share.MIG))
     job = client.wait(client.submit(PRINT_ENV, gpu_fraction=0.25, sharing="mps").id, timeout=30)
     assert job.placement.partition == "mps"
     assert env_of(client, job.id)["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"

@@ -41,7 +41,7 @@ from gpuos.errors import (
     Unauthenticated,
 )
 from gpuos.groups import GROUP_CANCELLED, Group, GroupSpec, check_name
-from gpuos.guard import parse_guard, require_readable
+from gpuos.guard import DeployStatus, parse_guard, require_readable
 from gpuos.jobs import Job, JobKind, JobSpec, JobState, PartitionKind, Reason
 from gpuos.policy_choice import resolve
 from gpuos.scheduler import Policy, available
@@ -612,20 +612,13 @@ class PolicyServicer(_Base):
     @_handled
     def List(self, request: policy_pb2.ListPoliciesRequest, context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
         self.identity(context)
-        active = self.service.policy_name
+        status = self.service.policy_status()
+        active = status.choice.name
         policies = [_info(name, cls, active=name == active) for name, cls in available().items()]
         if active not in available():
             # The active policy came from a policy file: listed too, so `policy list` shows what runs.
-            policies.append(self._active_info())
+            policies.append(_active_info(status))
         return policy_pb2.ListPoliciesResponse(policies=policies)
-
-    def _active_info(self) -> policy_pb2.PolicyInfo:
-        choice = self.service.policy_status().choice
-        try:
-            cls = type(choice.load())
-        except GpuosError:
-            return policy_pb2.PolicyInfo(name=choice.name, active=True, filename=choice.filename)
-        return _info(choice.name, cls, active=True, filename=choice.filename)
 
     def _admin(self, context: grpc.ServicerContext, what: str) -> None:
         who = self.identity(context)
@@ -650,7 +643,7 @@ class PolicyServicer(_Base):
         self.identity(context)
         status = self.service.policy_status()
         out = policy_pb2.PolicyStatus(
-            active=self._active_info(), rollbacks=status.rollbacks,
+            active=_active_info(status), rollbacks=status.rollbacks,
             switches=[policy_pb2.PolicySwitch(time=s.time, from_policy=s.from_policy, to_policy=s.to_policy,
                                               kind=s.kind, reason=s.reason) for s in status.switches],
             shadow=_shadow_status(self.service.shadow_state(0)),
@@ -714,6 +707,10 @@ def _shadow_status(state: ShadowState) -> policy_pb2.ShadowStatus:
 def _info(name: str, cls: type[Policy], active: bool, filename: str = "") -> policy_pb2.PolicyInfo:
     return policy_pb2.PolicyInfo(name=name, description=cls.description, active=active,
                                  provenance=cls.provenance, verified_gain=cls.verified_gain, filename=filename)
+
+
+def _active_info(status: DeployStatus) -> policy_pb2.PolicyInfo:
+    return _info(status.choice.name, status.policy, active=True, filename=status.choice.filename)
 
 
 class HistoryServicer(_Base):

@@ -182,20 +182,14 @@ class DaemonService(Protocol):
 
     # -- policy -------------------------------------------------------------------------------
 
-    @property
-    def policy_name(self) -> str: ...
-
-    def set_policy(self, policy: Policy) -> None:
-        """Schedule with ``policy`` from the next round on, and after restarts."""
-        ...
-
     def deploy(self, choice: PolicyChoice, policy: Policy, guard: GuardSpec | None) -> None:
-        """Like set_policy, for the policy ``choice`` names (a policy file's text with it), watched
-        by ``guard`` when given (gpuos/guard.py); every switch is an event."""
+        """Schedule with ``policy`` (which ``choice`` names, a policy file's text with it) from the
+        next round on and after restarts, watched by ``guard`` when given (gpuos/guard.py); every
+        switch is an event."""
         ...
 
     def policy_status(self) -> DeployStatus:
-        """The active policy's choice, its guard and latest reading, the recent switches."""
+        """The active policy's choice and class, its guard and latest reading, the recent switches."""
         ...
 
     def start_shadow(self, choice: PolicyChoice, policy: Policy) -> None:

@@ -110,8 +110,8 @@ class Controller:
         self._lock = threading.RLock()
         # ``choice`` names ``policy`` (a policy file's text with it); policy switches, guarded
         # deploys and their rollbacks go through the deployment, a shadow candidate beside it.
-        self.deployment = Deployment(store, choice or PolicyChoice(policy.name), self.set_policy, self._lock,
-                                     metrics)
+        self.deployment = Deployment(store, choice or PolicyChoice(policy.name), policy, self._apply_policy,
+                                     self._lock, metrics)
         self.shadow = Shadow(store, metrics)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -162,7 +162,8 @@ class Controller:
     def _capacity_freed(self) -> None:
         self._dirty = True  # the next round is due at once, without waking the loop early
 
-    def set_policy(self, policy: Policy) -> None:
+    def _apply_policy(self, policy: Policy) -> None:
+        # The deployment's callback: it records each switch first (deploy is the way to switch).
         with self._lock:
             self.policy = policy
         self.wake()
@@ -218,9 +219,11 @@ class Controller:
             self.lifecycle.drive_stops()
             self._check_health()
             self._schedule()
-            self.deployment.watch_round(time.time())
             self._rotate_turns()
             self.colocation.round(time.time())
+        # Outside the lock: the guard's read of the store must not hold up the API (it takes
+        # the lock itself to switch back).
+        self.deployment.watch_round(time.time())
         self.last_step = time.time()
 
     def recover(self) -> None:

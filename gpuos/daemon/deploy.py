@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -42,8 +42,6 @@ SWITCHES_KEY = "policy_switches"
 ROLLBACKS_KEY = "policy_rollbacks"
 # Switches kept for `gpuosctl policy` (every one is an event too).
 SWITCHES_KEPT = 20
-# Jobs read per store page while a guard reads its window.
-PAGE = 500
 
 
 def saved_choice(store: Store, configured: str = "") -> PolicyChoice:
@@ -63,13 +61,14 @@ def saved_choice(store: Store, configured: str = "") -> PolicyChoice:
 class Deployment:
     """The active policy's choice, its guard, and the switches between policies.
 
-    ``lock`` is the control loop's: a switch and a round never interleave. ``apply`` hands the
-    controller a new policy instance."""
+    ``policy`` is the active instance, which ``choice`` names. ``lock`` is the control loop's: a
+    switch and a round never interleave. ``apply`` hands the controller a new policy instance."""
 
-    def __init__(self, store: Store, choice: PolicyChoice, apply: Callable[[Policy], None], lock: threading.RLock,
-                 metrics: DaemonMetrics | None = None) -> None:
+    def __init__(self, store: Store, choice: PolicyChoice, policy: Policy, apply: Callable[[Policy], None],
+                 lock: threading.RLock, metrics: DaemonMetrics | None = None) -> None:
         self.store = store
         self.choice = choice
+        self._policy_class = type(policy)
         self._apply = apply
         self._lock = lock
         self.metrics = metrics
@@ -82,8 +81,6 @@ class Deployment:
             store.set_meta(GUARD_KEY, "")
         self.reading: Reading | None = None
         self._next_read = 0.0
-        # Jobs below this sequence number can no longer enter the guard's window.
-        self._cursor = self.watch.after_seq if self.watch is not None else 0
         if self.watch is not None:
             log.info("watching the guard %s on %s (deployed %.0f s ago by the clock)",
                      self.watch.spec.text, self.watch.deployed, max(0.0, time.time() - self.watch.since))
@@ -128,12 +125,10 @@ class Deployment:
         self.store.record(f"policy-{kind}", kind, f"{switch.from_policy} -> {switch.to_policy}: {reason}", meta)
         self._apply(policy)
         self.choice = choice
+        self._policy_class = type(policy)
         self.watch = watch
-        self._cursor = watch.after_seq if watch is not None else 0
         if self.metrics is not None:
             self.metrics.policy_switches.labels(kind).inc()
-            if kind == "rollback":
-                self.metrics.policy_rollbacks.inc()
         self._set_gauges()
         log.info("policy %s -> %s (%s): %s", switch.from_policy, switch.to_policy, kind, reason)
         return switch
@@ -142,37 +137,35 @@ class Deployment:
 
     def watch_round(self, now: float) -> Reading | None:
         """Read the guard if one watches and a reading is due; roll back if it is breached.
-        Called by the control loop each round; returns the reading taken (None: none was due)."""
+        Called by the control loop each round, without its lock held: the store is read outside
+        the lock, which is taken only to see which guard watches and to record or act on its
+        reading. Returns the reading taken (None: none was due, or a switch ended the guard
+        while it was read)."""
         with self._lock:
             watch = self.watch
             if watch is None or now < self._next_read:
                 return None
             self._next_read = now + GUARD_PERIOD
-            reading = read(watch.spec, self._window_jobs(watch, now), watch.since, now)
+        reading = read(watch.spec, self._window_jobs(watch, now), watch.since, now)
+        with self._lock:
+            if self.watch is not watch:
+                return None  # a policy set meanwhile: this guard no longer watches
             self.reading = reading
             self._set_gauges()
             if reading.breached:
                 self._roll_back(watch, reading, now)
             return reading
 
-    def _window_jobs(self, watch: Watch, now: float) -> Iterator[Job]:
-        """The jobs submitted since the deploy that may still fall in the window, advancing the
-        cursor past those that never can again (ended before the window's start)."""
+    def _window_jobs(self, watch: Watch, now: float) -> list[Job]:
+        """The jobs submitted since the deploy that may fall in the window: the unfinished ones
+        (from memory) and those that ended since the window's start (one indexed read); a job
+        ended before the window's start neither started nor ended in it."""
         start = max(watch.since, now - watch.spec.window)
-        after = self._cursor
-        prefix = True
-        while True:
-            page = self.store.page(after=after, size=PAGE)
-            for job in page.jobs:
-                done = job.state.terminal and job.finished_at is not None and job.finished_at < start
-                if prefix and done:
-                    self._cursor = job.seq
-                    continue
-                prefix = False
-                yield job
-            if not page.next_after:
-                return
-            after = page.next_after
+        # Memory first: a job that ends between the two reads is then in both (its ended record
+        # wins), where the other order would miss it in both.
+        jobs = {job.id: job for job in self.store.active() if job.seq > watch.after_seq}
+        jobs.update((job.id, job) for job in self.store.finished_since(start, after=watch.after_seq))
+        return list(jobs.values())
 
     def _roll_back(self, watch: Watch, reading: Reading, now: float) -> None:
         spec = watch.spec
@@ -214,4 +207,5 @@ class Deployment:
 
     def status(self) -> DeployStatus:
         with self._lock:
-            return DeployStatus(self.choice, self.watch, self.reading, tuple(self._switches()), self.rollbacks)
+            return DeployStatus(self.choice, self._policy_class, self.watch, self.reading, tuple(self._switches()),
+                                self.rollbacks)

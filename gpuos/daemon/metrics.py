@@ -87,10 +87,6 @@ class DaemonMetrics:
             "gpuos_policy_switches", "Switches of the active policy, by kind (set, guarded-set, rollback)", ["kind"],
             registry=self.registry,
         )
-        self.policy_rollbacks = PromCounter(
-            "gpuos_policy_rollbacks", "Guarded deploys switched back because their guard was breached",
-            registry=self.registry,
-        )
         self.guard_value = Gauge(
             "gpuos_policy_guard_value", "The deploy guard's metric over its latest window (NaN: no sample yet)",
             ["metric"], registry=self.registry,

@@ -161,9 +161,6 @@ class ControllerService:
     def policy_name(self) -> str:
         return self._controller.policy.name
 
-    def set_policy(self, policy: Policy) -> None:
-        self._controller.deploy(PolicyChoice(policy.name), policy)
-
     def deploy(self, choice: PolicyChoice, policy: Policy, guard: GuardSpec | None) -> None:
         self._controller.deploy(choice, policy, guard)
 
