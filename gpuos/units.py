@@ -57,18 +57,24 @@ def format_bytes(n: int) -> str:
 
 
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
+# Days and weeks only where a caller asks for them (how far back an export's window reaches):
+# where the durations are latencies (an SLO's p99, a guard's bound) a "2d" is a slip, not a
+# value, and is refused as an unknown unit.
+_DAY_UNITS = {**_DURATION_UNITS, "d": 86400.0, "w": 7 * 86400.0}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
-def parse_duration(text: str, field: str = "duration") -> float:
-    """Parse ``20ms``, ``1.5s``, ``250us``, ``2m`` or a plain number of seconds into seconds."""
+def parse_duration(text: str, field: str = "duration", *, days: bool = False) -> float:
+    """Parse ``20ms``, ``1.5s``, ``250us``, ``2m`` or a plain number of seconds into seconds;
+    with ``days``, also ``7d`` and ``1w``. InvalidArgument(``field``) otherwise."""
     match = _DURATION.match(text)
     if not match:
         raise InvalidArgument(field, f"{text!r} is not a duration; write it like 20ms, 1.5s or 250us")
     number, unit = match.groups()
-    factor = _DURATION_UNITS.get(unit.lower())
+    factor = (_DAY_UNITS if days else _DURATION_UNITS).get(unit.lower())
     if factor is None:
-        raise InvalidArgument(field, f"unknown unit {unit!r} in {text!r}; use us, ms, s, m or h")
+        units = "us, ms, s, m, h, d or w" if days else "us, ms, s, m or h"
+        raise InvalidArgument(field, f"unknown unit {unit!r} in {text!r}; use {units}")
     seconds = float(number) * factor
     if seconds == float("inf"):
         raise InvalidArgument(field, f"{text!r} is too long to be a duration")

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import pytest
 
 from gpuos.client import ApiError, Client, jobs_pb2
-from gpuos.scheduler.snapshot import Place, Preempt
+from gpuos.daemon.daemon import Daemon
+from gpuos.daemon.shadow import Shadow, window_trace
+from gpuos.groups import GroupMode
+from gpuos.history import HistoryJob, RunTime
+from gpuos.jobs import Job, JobKind, JobSpec, JobState, Resources
+from gpuos.policy_choice import PolicyChoice
+from gpuos.scheduler.framework import schedule
+from gpuos.scheduler.index import WHOLE, NodeIndex
+from gpuos.scheduler.policy import Policy
+from gpuos.scheduler.sim.cluster import GPU_TYPES, NodeSpec, node_view
+from gpuos.scheduler.snapshot import GroupView, JobView, NodeView, Place, Preempt, Snapshot
 from gpuos.shadowing import compare
+from gpuos.store import Store
 from tests.conftest import wait_for
 
 # Places nothing: the active policy in the test that the shadow applies nothing.
@@ -46,6 +59,21 @@ class Raises(Policy):
 
     def order(self, pending, snap):
         raise RuntimeError("candidate bug")
+'''
+# Decides for far longer than the shadow's limit in the test (and then returns, so that its thread,
+# which nothing can stop, does not outlive the test by much).
+SLOW = '''
+from gpuos.scheduler import Policy
+
+
+class Slow(Policy):
+    name = "slow-to-order"
+    description = "a candidate stuck in a loop"
+
+    def order(self, pending, snap):
+        for _ in range(10 ** 7):
+            pass
+        return list(pending)
 '''
 
 
@@ -121,12 +149,72 @@ def test_a_candidate_that_raises_is_switched_off_with_an_event_and_rounds_go_on(
     wait_for(lambda: client.get(second.id).state == jobs_pb2.SUCCEEDED)
 
 
+def test_a_candidate_past_its_time_limit_is_switched_off_with_an_event_and_rounds_go_on(
+        daemon: Daemon, client: Client) -> None:
+    daemon.controller.shadow.limit = 0.02
+    client.shadow(source=SLOW, filename="slow.py")
+    job = client.submit(["true"], gpus=1)
+    wait_for(lambda: client.get(job.id).state == jobs_pb2.SUCCEEDED)
+    state = client.policy_status().shadow
+    assert not state.on and "took over 0.02 s to decide a round" in state.disabled_reason
+    events = [e for e in client.events() if e.kind == "shadow-disabled"]
+    assert [(e.reason, "slow-to-order" in e.message) for e in events] == [("candidate-too-slow", True)]
+    second = client.submit(["true"], gpus=1)
+    wait_for(lambda: client.get(second.id).state == jobs_pb2.SUCCEEDED)
+
+
+class _Meddler(Policy):
+    """Tries to change what it is shown: to drop the groups and to mark the node full in the index."""
+
+    name = "meddler"
+
+    def order(self, pending: Sequence[JobView], snap: Snapshot) -> Sequence[JobView]:
+        for meddle in (lambda: snap.groups.clear(),  # type: ignore[attr-defined]
+                       lambda: snap.index.update(0, NodeView(snap.nodes[0].name, ()))):  # type: ignore[union-attr]
+            try:
+                meddle()
+            except (AttributeError, TypeError):
+                pass
+        return super().order(pending, snap)
+
+
+def test_a_candidate_cannot_change_the_snapshot_the_daemon_keeps(tmp_path: Path) -> None:
+    nodes = (node_view(NodeSpec("n0", (GPU_TYPES["H100-80GB"],) * 2)),)
+    index = NodeIndex(nodes)
+    group = GroupView("t", "g", GroupMode.ALL, 0, 0.0, 0.0, ("a",), 0, 0)
+    snap = Snapshot(0.0, nodes, (JobView("a", Resources(gpus=1), tenant="t", group="g"),), (), index,
+                    {("t", "g"): group})
+    store = Store(tmp_path)
+    shadow = Shadow(store)
+    shadow.start(PolicyChoice("meddler"), _Meddler(), 0.0)
+    active = schedule(snap, Policy())
+    diff = shadow.round(snap, active)
+    store.close()
+    assert diff is not None and not diff.differs and shadow.on
+    assert dict(snap.groups) == {("t", "g"): group}
+    assert index.nodes is nodes and index.bound(WHOLE, 0) == 2
+    assert schedule(snap, Policy()) == active
+
+
+def test_the_report_replays_an_ended_job_for_its_run_time_as_the_export_does() -> None:
+    # Submitted at 100, first started at 110, preempted and run again, ended at 200: it held its
+    # GPU for 30 s of those 90, and a trace export says 30 s too (gpuos/history.py).
+    job = Job("j", JobSpec("j", JobKind.PROCESS, Resources(gpus=1)), 0, JobState.SUCCEEDED, created_at=100.0,
+              started_at=180.0, finished_at=200.0)
+    node = NodeSpec("gpuosd", (GPU_TYPES["H100-80GB"],))
+    trace, left_out = window_trace([HistoryJob(job, RunTime(30.0, 110.0))], 50.0, node)
+    assert left_out == 0 and [(j.arrival, j.duration) for j in trace.jobs] == [(50.0, 30.0)]
+
+
 def test_the_report_simulates_the_window_under_both_policies(client: Client) -> None:
     client.shadow("srtf")
     jobs = [client.submit(["sleep", "0.3"], gpus=1, qos="LS", estimated_seconds=0.3) for _ in range(3)]
     wait_for(lambda: all(client.get(j.id).state == jobs_pb2.SUCCEEDED for j in jobs))
+    # Still running, with no estimate: it replays for its run time so far.
+    running = client.submit(["sleep", "30"], gpus=1)
+    wait_for(lambda: client.get(running.id).state == jobs_pb2.RUNNING)
     report = client.shadow_report()
-    assert report.simulated_jobs == 3
+    assert report.simulated_jobs == 4
     assert (report.active.policy, report.candidate.policy) == ("fifo", "srtf")
     assert report.active.mean_jct > 0 and 0 <= report.candidate.slo_attainment <= 1
 

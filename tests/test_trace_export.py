@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -12,13 +13,16 @@ from pathlib import Path
 import pytest
 
 from gpuos.cli.main import main
+from gpuos.cli.replay import daemon_cluster
 from gpuos.cli.trace import point_in_time
 from gpuos.client import Client
 from gpuos.daemon.daemon import Daemon
+from gpuos.errors import InvalidArgument
 from gpuos.history import Pseudonyms, run_time
 from gpuos.jobs import Event, JobState
 from gpuos.scheduler.sim import run_simulation
 from gpuos.scheduler.sim.traces import load_trace
+from gpuos.units import parse_duration
 from tests.conftest import DaemonProcess, wait_for
 
 SECRET = "s3cret-value-in-env"
@@ -69,6 +73,8 @@ def test_an_export_reads_back_as_the_jobs_that_ran(history: dict[str, object], c
     assert header["jobs"] == 4 and header["never_ran"] == 1 and not header["anonymized"]
     trace = load_trace(path)
     assert len(trace.jobs) == 4 and [len(n.gpus) for n in trace.nodes] == [2]
+    # The machine a history simulates is the one gpuosctl replay simulates gpuosd as.
+    assert trace.nodes == (daemon_cluster(list(client.devices().devices)),)
     ran = [client.get(j.id) for j in [*history["first"], *history["second"]]]  # type: ignore[misc]
     origin = min(j.created_at.ToNanoseconds() for j in ran) / 1e9
     by_id = {j.id: j for j in trace.jobs}
@@ -144,7 +150,20 @@ def test_an_unwritable_output_exits_2_naming_it(tmp_path: Path, capsys: pytest.C
 def test_relative_times_count_back_from_now() -> None:
     assert point_in_time("2h", now=10_000.0) == 10_000.0 - 7200
     assert point_in_time("7d", now=1e6) == 1e6 - 7 * 86400
+    assert point_in_time("1w", now=1e6) == 1e6 - 7 * 86400
+    assert point_in_time("30min", now=1e6) == 1e6 - 1800
     assert point_in_time("2025-06-01T12:00:00Z") == datetime(2025, 6, 1, 12, tzinfo=timezone.utc).timestamp()
+
+
+def test_a_duration_ago_in_an_unknown_unit_names_the_units() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown unit 'y'.*use us, ms, s, m, h, d or w"):
+        point_in_time("2y")
+
+
+def test_days_and_weeks_are_durations_only_where_a_caller_asks_for_them() -> None:
+    assert (parse_duration("2d", days=True), parse_duration("1w", days=True)) == (2 * 86400, 7 * 86400)
+    with pytest.raises(InvalidArgument, match="unknown unit 'd' in '2d'; use us, ms, s, m or h$"):
+        parse_duration("2d")
 
 
 def _event(t: float, state: JobState) -> Event:

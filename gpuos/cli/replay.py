@@ -152,15 +152,13 @@ class _Copy:
 
 
 def daemon_cluster(devices: list[devices_pb2.Device]) -> NodeSpec:
-    """gpuosd's GPUs as one simulated node: its model names and memory, the catalog's MIG profiles."""
-    from gpuos.devices.catalog import lookup
-    from gpuos.scheduler.sim.cluster import GpuType, NodeSpec
+    """gpuosd's GPUs, as its device listing reports them (MIG profiles included), as one simulated
+    node (:func:`gpuos.scheduler.sim.cluster.daemon_node`)."""
+    from gpuos.mig import profiles_reported
+    from gpuos.scheduler.sim.cluster import DaemonGpu, daemon_node
 
-    gpus = []
-    for d in sorted(devices, key=lambda d: d.index):
-        model = lookup(d.model)
-        gpus.append(GpuType(d.model, d.memory_total, model.mig_profiles if model is not None else ()))
-    return NodeSpec("gpuosd", tuple(gpus))
+    return daemon_node(DaemonGpu(d.index, d.model, d.memory_total, profiles_reported(d.mig_profiles))
+                       for d in devices)
 
 
 def spec_of(node: NodeSpec) -> str:

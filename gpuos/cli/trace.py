@@ -33,24 +33,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuos.cli.args import fail
+from gpuos.errors import InvalidArgument
 from gpuos.history import HISTORY_FORMAT, HISTORY_VERSION
 from gpuos.text import quote
+from gpuos.units import parse_duration
 from gpuos.v1 import jobs_pb2
 
 if TYPE_CHECKING:
     from gpuos.client import Client
     from gpuos.v1 import history_pb2
 
-_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.I)
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+# A duration ago is a number and its unit (gpuos.units, with days and weeks): a bare number is
+# neither a time nor a duration here.
+_AGO = re.compile(r"^\s*\d+(?:\.\d+)?\s*[a-zA-Zµ]+\s*$")
 
 
 def point_in_time(text: str, now: float | None = None) -> float:
     """Unix seconds from an RFC 3339 time (``2025-06-01T12:00:00Z``) or a duration ago (``2h``,
     ``30m``, ``7d``, ``1w``, ``90s``)."""
-    ago = _AGO.match(text)
-    if ago:
-        return (time.time() if now is None else now) - float(ago.group(1)) * _UNITS[ago.group(2).lower()]
+    if _AGO.match(text):
+        try:
+            ago = parse_duration(text, days=True)
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from None  # no RFC 3339 time ends in letters
+        return (time.time() if now is None else now) - ago
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -5,8 +5,15 @@ shadow asks the framework for the candidate's decisions on the very snapshot the
 just decided on, before the active decisions take effect, and keeps only where the two differ:
 jobs placed by one and not the other, the same job on other GPUs (or shared another way), the
 jobs both placed in another order, and preemptions asked by one only. The differences go into a
-bounded log (the latest ``EXAMPLES_KEPT`` differing rounds) and counters. A candidate that raises
-is switched off with an event; the round goes on as if there were no shadow.
+bounded log (the latest ``EXAMPLES_KEPT`` differing rounds) and counters. A candidate that raises,
+or takes longer than ``TIME_LIMIT`` to decide a round, is switched off with an event; the round
+goes on as if there were no shadow.
+
+A candidate is untrusted (a policy file is screened by the sandbox's loader, yet runs in gpuosd's
+process), so it decides in a thread of its own that the round waits for at most ``TIME_LIMIT``,
+on a sealed copy of the snapshot (:func:`sealed`): nothing it is handed is anything the daemon
+keeps using, so whatever it does to it, the active policy's decisions and the model stay as
+they were.
 
 The report's simulated effect replays the jobs seen since the shadow began through the simulator
 (the same policy code), on gpuosd's GPUs, once under the active policy and once under the
@@ -15,14 +22,17 @@ candidate; :func:`window_trace` says how a live job becomes a trace job.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from gpuos.devices.backend import DeviceInfo
-from gpuos.jobs import Job, JobKind, JobState
+from gpuos.history import HistoryJob, RunTime, run_time
+from gpuos.jobs import Event, Job, JobKind, JobState
 from gpuos.policy_choice import PolicyChoice
 from gpuos.scheduler.framework import schedule
 from gpuos.scheduler.policy import Policy
@@ -40,6 +50,16 @@ log = logging.getLogger("gpuos.shadow")
 EXAMPLES_KEPT = 100
 # The newest jobs the simulated effect replays (a long shadow's window is cut to these).
 MAX_SIMULATED_JOBS = 5000
+# The longest a candidate may take to decide one round. The active policy's own time is only
+# measured (the controller rests ROUND_DUTY times it after each round); with a deep queue its
+# rounds take tens of ms. A candidate several times slower than that would, deployed, keep the
+# loop busy or resting for over a second after each round, so it is off before it is deployed;
+# and the round it stalls, which holds the loop's lock, waits no longer than this.
+TIME_LIMIT = 0.25
+# Events read per query when a running job's run so far is added up.
+_EVENTS_PER_READ = 1000
+
+
 class Shadow:
     """The candidate being shadowed (at most one), its counters and its log of differing rounds.
 
@@ -60,6 +80,7 @@ class Shadow:
         self._examples: deque[RoundDiff] = deque(maxlen=EXAMPLES_KEPT)
         self._disabled = ""
         self._last_candidate = ""
+        self.limit = TIME_LIMIT  # seconds a round waits for the candidate (tests shorten it)
 
     @property
     def on(self) -> bool:
@@ -80,28 +101,47 @@ class Shadow:
         self.store.record("shadow-started", "", f"shadowing {choice.name}", {})
         log.info("shadowing %s", choice.name)
 
-    def stop(self, reason: str = "") -> None:
-        """Stop shadowing; the log and counters stay readable until the next start."""
+    def stop(self, reason: str = "", code: str = "") -> None:
+        """Stop shadowing; the log and counters stay readable until the next start. With a
+        ``reason`` (and its event reason ``code``) the candidate was switched off, not stopped."""
         with self._guard:
             name = self._choice.name if self._choice is not None else ""
             self._choice = self._policy = None
             self._disabled = reason
         if name:
             kind = "shadow-disabled" if reason else "shadow-stopped"
-            self.store.record(kind, "candidate-raised" if reason else "", f"{name}: {reason or 'stopped by an admin'}",
-                              {})
+            self.store.record(kind, code, f"{name}: {reason or 'stopped by an admin'}", {})
 
     def round(self, snap: Snapshot, active: Sequence[Decision]) -> RoundDiff | None:
         """Compare the candidate's decisions on ``snap`` with ``active`` (about to be applied); None
-        when nothing is shadowed or the candidate raised (it is then switched off)."""
+        when nothing is shadowed, or the candidate raised or ran past ``limit`` seconds (it is then
+        switched off). Returns within about ``limit`` seconds whatever the candidate does."""
         policy = self._policy
         if policy is None:
             return None
-        try:
-            theirs = schedule(snap, policy)
-        except Exception as exc:  # noqa: BLE001 - a candidate's failure must never fail the round
-            log.warning("shadow candidate %s raised; shadow switched off", policy.name, exc_info=exc)
-            self.stop(f"raised {type(exc).__name__}: {exc}")
+        outcome: list[list[Decision] | BaseException] = []
+        view = sealed(snap)
+
+        def decide() -> None:
+            try:
+                outcome.append(schedule(view, policy))
+            except BaseException as exc:  # noqa: BLE001 - reported on the control thread, below
+                outcome.append(exc)
+
+        # Python cannot stop a thread: a candidate that never returns keeps its thread (a daemon
+        # thread, so gpuosd can still exit) and its CPU, but the shadow is off by then and never
+        # calls it again, and its snapshot is its own (no model state to race on).
+        worker = threading.Thread(target=decide, name=f"shadow {policy.name}", daemon=True)
+        worker.start()
+        worker.join(self.limit)
+        if not outcome:
+            log.warning("shadow candidate %s took over %g s to decide; shadow switched off", policy.name, self.limit)
+            self.stop(f"took over {self.limit:g} s to decide a round", "candidate-too-slow")
+            return None
+        theirs = outcome[0]
+        if isinstance(theirs, BaseException):
+            log.warning("shadow candidate %s raised; shadow switched off", policy.name, exc_info=theirs)
+            self.stop(f"raised {type(theirs).__name__}: {theirs}", "candidate-raised")
             return None
         diff = compare(active, theirs, snap.now)
         counts = diff.counts()
@@ -137,53 +177,76 @@ class Shadow:
             return SimulatedEffect(None, None, 0, 0, "no candidate is shadowed")
         if extras.missing(("numpy",)):
             return SimulatedEffect(None, None, 0, 0, f"the simulator needs numpy ({extras.install_hint('sim')})")
-        jobs = self._jobs_since(after)
-        trace, left_out = window_trace(jobs, since, now, cluster_of(devices))
+        from gpuos.scheduler.sim.cluster import DaemonGpu, daemon_node
+
+        node = daemon_node(DaemonGpu(d.index, d.model, d.memory_total, d.mig_profiles) for d in devices)
+        trace, left_out = window_trace(self._window(after, since, now), since, node)
         if not trace.jobs:
             return SimulatedEffect(None, None, 0, left_out, "no job of the window can be simulated yet")
         return SimulatedEffect(_effect(trace, active.load()), _effect(trace, candidate.load()), len(trace.jobs),
                                left_out)
 
-    def _jobs_since(self, after: int) -> list[Job]:
-        out: list[Job] = []
+    def _window(self, after: int, since: float, now: float) -> list[HistoryJob]:
+        """The newest ``MAX_SIMULATED_JOBS`` jobs after sequence number ``after`` submitted since
+        ``since``, in submission order, each with its run time: the export's (store.history) for
+        ended jobs, up to ``now`` for placed ones, none for waiting ones."""
+        floor = self.store.page(size=1, newest=MAX_SIMULATED_JOBS).floor
+        start = max(after, floor - 1)
+        # Unfinished first, then the ended: a job ending in between is then read twice (the
+        # ended record wins), never missed.
+        by_id = {j.id: HistoryJob(j, self._run_so_far(j, now)) for j in self.store.active()
+                 if j.seq > start and j.created_at >= since}
+        cursor = start
         while True:
-            page = self.store.page(after=after, size=500)
-            out.extend(page.jobs)
-            if not page.next_after:
-                return out[-MAX_SIMULATED_JOBS:]
-            after = page.next_after
+            ended, cursor = self.store.history(since=since, after=cursor)
+            by_id.update((h.job.id, h) for h in ended)
+            if not cursor:
+                return sorted(by_id.values(), key=lambda h: h.job.seq)
+
+    def _run_so_far(self, job: Job, now: float) -> RunTime:
+        if not job.state.active:
+            return RunTime(0.0, None)  # a waiting job replays for its estimate (window_trace)
+        events: list[Event] = []
+        while True:
+            read = self.store.events(after_seq=events[-1].seq if events else 0, job_id=job.id,
+                                     limit=_EVENTS_PER_READ)
+            events += read
+            if len(read) < _EVENTS_PER_READ:
+                return run_time(events, end=now)
 
 
-def cluster_of(devices: Sequence[DeviceInfo]) -> NodeSpec:
-    """gpuosd's GPUs as one simulated node (their models, memory and MIG profiles)."""
-    from gpuos.scheduler.sim.cluster import GpuType, NodeSpec
+def sealed(snap: Snapshot) -> Snapshot:
+    """``snap`` for the candidate: without the model's capacity index (mutable, and changed even
+    by its reads, so neither a call nor a runaway thread may touch it; the framework decides alike
+    without it) and with its groups read-only and copied. Everything else in a snapshot is
+    already immutable (frozen views in tuples, read-only mappings)."""
+    return dataclasses.replace(snap, index=None, groups=MappingProxyType(dict(snap.groups)))
 
-    gpus = tuple(GpuType(d.model, d.memory_total, d.mig_profiles) for d in sorted(devices, key=lambda d: d.index))
-    return NodeSpec("gpuosd", gpus)
 
+def window_trace(jobs: Sequence[HistoryJob], since: float, node: NodeSpec) -> tuple[Trace, int]:
+    """The live ``jobs`` (each with its run time) as a trace starting at ``since``, and how many
+    were left out.
 
-def window_trace(jobs: Sequence[Job], since: float, now: float, node: NodeSpec) -> tuple[Trace, int]:
-    """The live ``jobs`` as a trace starting at ``since``, and how many were left out.
-
-    A job's duration is its last run (end - latest start) once it ended; a running job's is the
-    larger of its estimate and its run so far; a waiting job's is its estimate. Left out: jobs
-    that ended without running, waiting jobs without an estimate, reservations, and jobs gpuosd's
-    GPUs could never run. Groups and dedupe keys are not replayed: each job runs on its own."""
+    A job's duration is its run time once it ended, as ``gpuosctl trace export`` writes it (the
+    stretches it spent RUNNING: gpuos/history.py); a placed job's is the larger of its estimate
+    and its run time so far; a waiting job's is its estimate. Left out: jobs that ended without
+    running, waiting jobs without an estimate, reservations, and jobs gpuosd's GPUs could never
+    run. Groups and dedupe keys are not replayed: each job runs on its own."""
     from gpuos.scheduler.sim.traces import Trace, TraceJob, placeable
 
     out: list[TraceJob] = []
     left_out = 0
-    for job in jobs:
-        spec = job.spec
+    for entry in jobs:
+        job, spec = entry.job, entry.job.spec
         if spec.kind is JobKind.EXTERNAL or job.created_at < since:
             left_out += 1
             continue
         if job.state.terminal:
-            duration = (job.finished_at or now) - job.started_at if job.started_at is not None else 0.0
+            duration = entry.run.seconds
         elif job.state == JobState.PENDING:
             duration = spec.estimated_seconds
         else:
-            duration = max(spec.estimated_seconds, now - (job.started_at or now))
+            duration = max(spec.estimated_seconds, entry.run.seconds)
         if duration <= 0:
             left_out += 1
             continue

@@ -14,8 +14,10 @@ memory limit unless a trace's node list gives one.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gpuos.devices.catalog import lookup
 from gpuos.errors import InvalidArgument
 from gpuos.mig import MigProfile
 from gpuos.scheduler.snapshot import GpuView, NodeView
@@ -109,6 +111,33 @@ def parse_gpus(spec: str) -> tuple[NodeSpec, ...]:
         for _ in range(count_nodes):
             nodes.append(NodeSpec(f"node-{len(nodes):04d}", (kind,) * per_node))
     return tuple(nodes)
+
+
+@dataclass(frozen=True)
+class DaemonGpu:
+    """One of gpuosd's GPUs as a caller read it (the device backend, the device listing, a
+    history export's header): what :func:`daemon_node` makes a simulated GPU of."""
+
+    index: int
+    model: str
+    memory: int
+    # The MIG profiles gpuosd reports for it (what its scheduler places by); None where the
+    # source does not say (a history export's header names only model and memory).
+    mig_profiles: tuple[MigProfile, ...] | None = None
+
+
+def daemon_node(gpus: Iterable[DaemonGpu]) -> NodeSpec:
+    """gpuosd's GPUs as one simulated node named ``gpuosd``, in index order: their models and
+    memory, and the MIG profiles gpuosd reports (the catalog's for the model where unknown).
+    The shadow's report, ``gpuosctl replay`` and a history trace all simulate gpuosd on this."""
+
+    def mig(gpu: DaemonGpu) -> tuple[MigProfile, ...]:
+        if gpu.mig_profiles is not None:
+            return gpu.mig_profiles
+        model = lookup(gpu.model)
+        return model.mig_profiles if model is not None else ()
+
+    return NodeSpec("gpuosd", tuple(GpuType(g.model, g.memory, mig(g)) for g in sorted(gpus, key=lambda g: g.index)))
 
 
 def describe(nodes: tuple[NodeSpec, ...]) -> str:

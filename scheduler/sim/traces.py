@@ -32,7 +32,7 @@ from gpuos.errors import InvalidArgument, NotFound
 from gpuos.groups import GroupSpec
 from gpuos.history import HISTORY_FORMAT, HISTORY_VERSION
 from gpuos.jobs import LATENCY_CLASSES, Qos, Resources
-from gpuos.scheduler.sim.cluster import GPU_TYPES, GpuType, NodeSpec, parse_gpus
+from gpuos.scheduler.sim.cluster import GPU_TYPES, DaemonGpu, GpuType, NodeSpec, daemon_node, parse_gpus
 from gpuos.units import MiB
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,10 +334,11 @@ def load_history(path: Path, name: str = "") -> Trace:
     arrival = submit time, moved so the first job arrives at 0; duration = run time; estimate =
     the user's own (no noise is drawn: it is what users told gpuosd); each job succeeds unless its
     outcome says otherwise; the SLO of a latency-class job follows :func:`slo_for`, as for the
-    other traces. GPUs get the MIG profiles gpuos's catalog gives their model. A line that is not
-    a job of this format raises InvalidArgument("trace") naming the line.
+    other traces. The machine is :func:`~gpuos.scheduler.sim.cluster.daemon_node` of the header's
+    GPUs, which get the MIG profiles gpuos's catalog gives their model (the header names only
+    model and memory). A line that is not a job of this format raises InvalidArgument("trace")
+    naming the line.
     """
-    from gpuos.devices.catalog import lookup
     from gpuos.groups import make_spec
 
     path = Path(path)
@@ -352,10 +353,10 @@ def load_history(path: Path, name: str = "") -> Trace:
         raise InvalidArgument("trace", f"{path}: {HISTORY_FORMAT} version {header.get('version')!r}; this gpuos "
                                        f"reads version {HISTORY_VERSION}")
     try:
-        gpus = []
-        for g in header["gpus"]:  # type: ignore[attr-defined]
-            model = lookup(str(g["model"]))
-            gpus.append(GpuType(str(g["model"]), int(g["memory_bytes"]), model.mig_profiles if model else ()))
+        listed = header["gpus"]
+        if not isinstance(listed, list):
+            raise TypeError("gpus is not a list")
+        gpus = [DaemonGpu(i, str(g["model"]), int(g["memory_bytes"])) for i, g in enumerate(listed)]
         groups = tuple(TraceGroup(str(g["tenant"]), make_spec(str(g["name"]), str(g["mode"]), float(g["budget"])))
                        for g in header.get("groups") or ())  # type: ignore[attr-defined]
     except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
@@ -392,7 +393,7 @@ def load_history(path: Path, name: str = "") -> Trace:
          for arrival, job_id, duration, request, qos, priority, tenant, group, key, estimate, succeeds in rows),
         key=lambda j: (j.arrival, j.id)))
     source = str(header.get("source") or "gpuosd history")
-    return Trace(name or str(path), (NodeSpec("gpuosd", tuple(gpus)),), jobs, source, groups)
+    return Trace(name or str(path), (daemon_node(gpus),), jobs, source, groups)
 
 
 def with_cluster(trace: Trace, gpus: str | None) -> Trace:
