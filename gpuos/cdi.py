@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from gpuos.files import write_atomic
 
 CDI_VERSION = "0.6.0"
 DEFAULT_CLASS = "gpuos.io/gpu"
@@ -150,26 +151,14 @@ def write_spec(cdi_dir: str, vendor_class: str = DEFAULT_CLASS, devices: Iterabl
                name: str) -> str:
     """Write (or replace) owner ``name``'s spec file of ``devices`` in ``cdi_dir``; returns its path.
 
-    The file appears whole or not at all (a temporary file renamed over it), mode 0644 so the
-    container runtime can read it whatever user writes it.
+    The file appears whole or not at all (:func:`gpuos.files.write_atomic`, whose temporary name
+    the runtime does not read), mode 0644 so the container runtime can read it whatever user
+    writes it.
     """
     document = render(devices, vendor_class)
     path = spec_path(cdi_dir, name, vendor_class)
     os.makedirs(cdi_dir, exist_ok=True)
-    # The runtime reads every *.json in the directory; a hidden temporary name keeps it out.
-    fd, tmp = tempfile.mkstemp(dir=cdi_dir, prefix=".gpuos-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n", mode=0o644)
     return path
 
 

@@ -482,18 +482,21 @@ def test_an_mps_share_mounts_the_pipe_logs_and_shm_and_caps_the_daemon(cluster: 
     assert "set_default_device_pinned_mem_limit 0 40960M" in control_log
 
 
-def test_allocate_answers_cdi_devices_whose_spec_files_carry_the_partition(cluster: Cluster) -> None:
+def test_allocate_answers_one_cdi_device_whose_spec_file_carries_the_partition(cluster: Cluster) -> None:
     uuid = cluster.daemon.controller.devices[0].uuid
-    ids = [f"{uuid}::shared-0"]
+    ids = [f"{uuid}::shared-1", f"{uuid}::shared-0"]
     response = allocate(cluster, "gpuos.io/gpu-shared", ids)
+    # One allocation, one spec file and one CDI device, named after its first device ID.
     assert [d.name for d in response.cdi_devices] == [f"gpuos.io/gpu={uuid}::shared-0"]
-    path = cdi.spec_path(str(cluster.cdi_dir), ids[0])
+    path = cdi.spec_path(str(cluster.cdi_dir), f"{uuid}::shared-0")
+    assert list(cluster.cdi_dir.glob("*.json")) == [Path(path)]
     document = json.loads(Path(path).read_text())
     assert document["kind"] == "gpuos.io/gpu" and document["cdiVersion"] >= "0.6.0"
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
     (device,) = cdi.read_spec(path)
-    assert device.name == ids[0]
+    assert device.name == f"{uuid}::shared-0"
     assert device.env["GPUOS_JOB_ID"] == response.envs["GPUOS_JOB_ID"]
-    assert device.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+    assert device.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "50"
     assert {m.container_path for m in device.mounts} == {m.container_path for m in response.mounts}
     assert device.device_nodes == ()  # simulated GPUs have no device nodes
 
@@ -537,14 +540,16 @@ def test_a_mig_device_becomes_a_mig_slice(cluster: Cluster) -> None:
     assert [m.profile for m in cluster.daemon.backend.mig_instances(0)] == ["3g.40gb"]
 
 
-def test_a_device_handed_out_again_releases_its_previous_holder(cluster: Cluster) -> None:
+def test_a_device_handed_out_again_releases_its_previous_holder_and_its_spec(cluster: Cluster) -> None:
     uuid = cluster.daemon.controller.devices[0].uuid
-    first = allocate(cluster, "gpuos.io/gpu", [uuid]).envs["GPUOS_JOB_ID"]
-    second = allocate(cluster, "gpuos.io/gpu", [uuid]).envs["GPUOS_JOB_ID"]
+    first = allocate(cluster, "gpuos.io/gpu-shared", [f"{uuid}::shared-1", f"{uuid}::shared-2"]).envs["GPUOS_JOB_ID"]
+    second = allocate(cluster, "gpuos.io/gpu-shared", [f"{uuid}::shared-0", f"{uuid}::shared-1"]).envs["GPUOS_JOB_ID"]
     with cluster.client() as c:
         old = c.get(first)
         assert old.state == jobs_pb2.SUCCEEDED and old.reason == "released"
         assert c.get(second).state == jobs_pb2.RUNNING
+    # The first's spec was named after shared-1: it goes, leaving only the second's.
+    assert list(cluster.cdi_dir.glob("*.json")) == [Path(cdi.spec_path(str(cluster.cdi_dir), f"{uuid}::shared-0"))]
 
 
 def test_bad_allocations_get_clear_errors(cluster: Cluster) -> None:

@@ -694,3 +694,38 @@ def test_unprepare_after_a_crash_while_preparing_releases_what_it_reserved(clust
     assert [list(r.keys) for r in cluster.reservations()] == [[key]]  # its claim is on record: kept
     assert cluster.unprepare(claim("crash", "uid-crash", []))["uid-crash"].error == ""
     assert cluster.reservations() == []
+
+
+def test_a_checkpoint_written_with_held_device_names_still_loads_and_derives_them(tmp_path: Path) -> None:
+    from gpuos.dra.checkpoint import FILENAME, PREPARED, Checkpoint
+
+    # As a driver that stored "held" wrote it; what a claim holds now comes from its devices.
+    old = {"version": 1, "claims": [{
+        "uid": "uid-old", "namespace": "default", "name": "old", "state": PREPARED, "keys": ["uid-old/gpu/gpu-0-mps"],
+        "job_ids": ["j1"], "cdi_spec": "", "held": ["gpu-0-mps"],
+        "devices": [{"request_names": ["gpu"], "pool": NODE, "device": "gpu-0-mps",
+                     "cdi_device_ids": ["gpuos.io/gpu=uid-old-0"]}]}]}
+    (tmp_path / FILENAME).write_text(json.dumps(old))
+    (record,) = Checkpoint(str(tmp_path)).records()
+    assert record.held == ("gpu-0-mps",) and record.job_ids == ("j1",)
+    # Written back with it, so an older driver reading the file still keeps the device published.
+    Checkpoint(str(tmp_path)).put(record)
+    assert json.loads((tmp_path / FILENAME).read_text())["claims"][0]["held"] == ["gpu-0-mps"]
+
+
+def test_shares_and_turns_offer_what_gpuosds_own_jobs_leave_in_whole_units() -> None:
+    from gpuos.v1 import devices_pb2
+
+    def gpu(partitioning: str, *allocations: devices_pb2.Allocation) -> devices_pb2.Device:
+        return devices_pb2.Device(index=0, uuid="GPU-0", model="H100-80GB", memory_total=80 * 1024**3, healthy=True,
+                                  partitioning=partitioning, allocations=allocations)
+
+    def capacity(device: devices_pb2.Device, name: str) -> dict[str, str]:
+        (published,) = [d for d in inventory([device]).devices if d.name == name]
+        return {k: c.value for k, c in published.capacity.items()}
+
+    mps = devices_pb2.Allocation(job_id="j1", partition="mps", compute_milli=255, memory_limit=20 * 1024**3 + 1)
+    # 74.5% is left: 74 whole percents, never one more than is free; memory in whole MiB below it.
+    assert capacity(gpu("mps", mps), "gpu-0-mps") == {COMPUTE: "74", MEMORY: f"{60 * 1024 - 1}Mi"}
+    turns = [devices_pb2.Allocation(job_id=f"t{k}", partition="timeslice", compute_milli=125) for k in range(3)]
+    assert capacity(gpu("timeslice", *turns), "gpu-0-timeslice") == {SLOTS: "5"}

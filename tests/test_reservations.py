@@ -81,13 +81,27 @@ def test_release_rejects_empty_keys_and_a_bare_string(client: Client) -> None:
         client.release("GPU-1234")
 
 
-def test_an_mps_reservations_limits_are_set_on_the_control_daemon_up_to_the_largest_share(
+def ceiling(control_log: Path) -> tuple[str, str]:
+    """The thread percentage and pinned memory limit last set as the MPS control daemon's defaults."""
+    lines = control_log.read_text().splitlines()
+    percent = [line.rsplit(" ", 1)[1] for line in lines if "set_default_active_thread_percentage " in line]
+    memory = [line.rsplit(" ", 1)[1] for line in lines if "set_default_device_pinned_mem_limit " in line]
+    return percent[-1], memory[-1]
+
+
+def test_an_mps_reservations_limits_are_set_on_the_control_daemon_following_the_largest_share(
         daemon: Daemon, client: Client) -> None:
     uuid = daemon.controller.devices[0].uuid
     quarter = client.reserve("k8s:gpuos.io/gpu-shared", [uuid], common_pb2.Resources(gpu_fraction=0.25), keys=["s0"])
     control_log = Path(quarter.env["CUDA_MPS_LOG_DIRECTORY"]) / "control.log"
-    assert "set_default_active_thread_percentage 25" in control_log.read_text()
+    assert ceiling(control_log) == ("25", "20480M")
     # A larger share on the same GPU raises the ceiling: no client is held below its own share.
     client.reserve("k8s:gpuos.io/gpu-shared", [uuid], common_pb2.Resources(gpu_fraction=0.5), keys=["s1"])
-    assert "set_default_active_thread_percentage 50" in control_log.read_text()
-    assert "set_default_device_pinned_mem_limit 0 40960M" in control_log.read_text()
+    assert ceiling(control_log) == ("50", "40960M")
+    # When it ends the ceiling comes down to the largest share left.
+    assert client.release(["s1"]) == 1
+    assert ceiling(control_log) == ("25", "20480M")
+    # Limits round down, the client's and the daemon's alike: 25.5% and 20889.6 MiB are 25 and 20889.
+    odd = client.reserve("k8s:gpuos.io/gpu-shared", [uuid], common_pb2.Resources(gpu_fraction=0.255), keys=["s2"])
+    assert (odd.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], odd.env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"]) == ("25", "0=20889M")
+    assert ceiling(control_log) == ("25", "20889M")

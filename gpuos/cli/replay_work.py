@@ -13,13 +13,14 @@ whose outcome is a failure (an agent's variant that did not work) runs all its w
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+
+from gpuos.files import write_atomic
 
 # Short enough that the work done ends within a few ms of the target, long enough that a replay
 # of hundreds of jobs does not keep the CPU busy waking them.
@@ -45,11 +46,10 @@ def read_checkpoint(path: Path) -> float:
 
 
 def write_checkpoint(path: Path, done: float) -> None:
-    # Replaced whole, so a job killed mid-write resumes from the previous checkpoint, not garbage.
-    tmp = path.with_name(path.name + ".tmp")
+    # Replaced whole, so a job killed mid-write resumes from the previous checkpoint, not garbage;
+    # not fsynced, as a replay does not outlive its machine.
     try:
-        tmp.write_text(json.dumps({"done": done}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"done": done}), mode=0o644, durable=False)
     except OSError as exc:
         # A replay that was cancelled may have removed its directory already; nothing resumes then.
         print(f"cannot write checkpoint {path}: {exc.strerror}", file=sys.stderr)

@@ -689,7 +689,9 @@ class Lifecycle:
         self._parked.pop(job.id, None)
         self._attached[job.id] = pid
         try:
-            partitioned = self.partitions.create(placement)
+            # The others too, or an MPS daemon's ceiling would come down to this one share.
+            others = [j.placement for j in self.store.placed() if j.placement is not None and j.id != job.id]
+            partitioned = self.partitions.create(placement, others)
         except BackendError as exc:
             self._restore_failed(job, str(exc))
             return None

@@ -99,14 +99,21 @@ class Partitions:
             self._executor_unused_since.pop(index, None)
             self.executors.start(index)  # spawned, not waited for: see executor_ready and admit
         partitioned = Partitioned(placement, self._env(placement))
-        if placement.kind is PartitionKind.MPS and self.mps is not None:
-            shares = [p.granted for p in (placement, *others) if p.kind is PartitionKind.MPS and index in p.devices]
-            try:
-                self.mps.set_ceiling(index, max(g.gpu_milli for g in shares), max(g.memory_bytes for g in shares))
-            except BackendError as exc:
-                # The clients' own variables still carry the share; only its enforcement is lost.
-                log.warning("could not set the MPS limits of GPU %d on its daemon: %s", index, exc)
+        if placement.kind is PartitionKind.MPS:
+            self._mps_ceiling(index, [placement, *others])
         return partitioned
+
+    def _mps_ceiling(self, index: int, placements: Iterable[Placement]) -> None:
+        """Set GPU ``index``'s MPS ceiling to the largest of the shares among ``placements`` there
+        (a GPU with none keeps its ceiling: its daemon serves nobody until the next share sets it)."""
+        shares = [p.granted for p in placements if p.kind is PartitionKind.MPS and index in p.devices]
+        if self.mps is None or not shares:
+            return
+        try:
+            self.mps.set_ceiling(index, max(g.gpu_milli for g in shares), max(g.memory_bytes for g in shares))
+        except BackendError as exc:
+            # The clients' own variables still carry the share; only its enforcement is lost.
+            log.warning("could not set the MPS limits of GPU %d on its daemon: %s", index, exc)
 
     def _env(self, placement: Placement) -> dict[str, str]:
         if placement.kind is PartitionKind.MIG:
@@ -181,7 +188,8 @@ class Partitions:
 
     def release(self, placement: Placement, others: Iterable[Placement], job_id: str = "") -> None:
         """Give back ``placement``'s MIG instance, and its MPS daemon when none of ``others`` uses it
-        (an executor job, ``job_id``, is revoked, and its executor lingers when it has no other)."""
+        (else the daemon's ceiling comes down to the largest share left); an executor job,
+        ``job_id``, is revoked, and its executor lingers when it has no other."""
         index = placement.devices[0]
         if placement.kind is PartitionKind.MIG and placement.mig_uuid:
             try:
@@ -189,11 +197,13 @@ class Partitions:
             except BackendError as exc:
                 log.warning("could not destroy MIG instance %s: %s", placement.mig_uuid, exc)
         elif placement.kind is PartitionKind.MPS and self.mps is not None:
-            if not any(p.kind is PartitionKind.MPS and index in p.devices for p in others):
-                if self.mps_linger <= 0:
-                    self.mps.stop(index)
-                else:
-                    self._mps_unused_since[index] = time.time()
+            left = [p for p in others if p.kind is PartitionKind.MPS and index in p.devices]
+            if left:
+                self._mps_ceiling(index, left)
+            elif self.mps_linger <= 0:
+                self.mps.stop(index)
+            else:
+                self._mps_unused_since[index] = time.time()
         elif placement.kind is PartitionKind.EXECUTOR and self.executors is not None:
             if job_id:
                 self.executors.revoke(index, job_id)

@@ -131,18 +131,21 @@ class Inventory:
             return self._version, list(self._last.get(resource, []))
 
 
-def write_cdi_specs(options: Options, ids: Sequence[str], reservation: devices_pb2.Reservation,
-                    nodes: Sequence[str]) -> list[str]:
-    """One CDI spec file per device ID (named for it, so a device handed out again replaces its
-    own file), each device carrying the reservation's environment, mounts and ``nodes``; the
-    qualified names to give the kubelet."""
+def write_cdi_spec(options: Options, ids: Sequence[str], reservation: devices_pb2.Reservation,
+                   nodes: Sequence[str]) -> str:
+    """One CDI spec file for one allocation's device IDs: a CDI device carrying the reservation's
+    environment, mounts and ``nodes``, file and device named after the first ID; the qualified
+    name to give the kubelet.
+
+    A spec named after another of the IDs is the previous holder's, which gpuosd released as this
+    reservation took the ID over: removed, so no file of a released reservation stays behind it.
+    """
+    name, *rest = sorted(ids)
     mounts = [cdi.Mount(m.host_path, m.container_path, m.read_only) for m in reservation.mounts]
-    names = []
-    for device_id in ids:
-        device = cdi.CdiDevice(name=device_id, env=dict(reservation.env), mounts=mounts, device_nodes=list(nodes))
-        cdi.write_spec(options.cdi_dir, cdi.DEFAULT_CLASS, [device], name=device_id)
-        names.append(cdi.qualified(device_id))
-    return names
+    device = cdi.CdiDevice(name=name, env=dict(reservation.env), mounts=mounts, device_nodes=list(nodes))
+    cdi.write_spec(options.cdi_dir, cdi.DEFAULT_CLASS, [device], name=name)
+    remove_cdi_specs(options.cdi_dir, rest)
+    return cdi.qualified(name)
 
 
 def remove_cdi_specs(cdi_dir: str, ids: Iterable[str]) -> None:
@@ -240,12 +243,12 @@ class ResourcePlugin:
             response.devices.append(api_pb2.DeviceSpec(container_path=path, host_path=path, permissions="rw"))
         if self.options.cdi_dir:
             try:
-                names = write_cdi_specs(self.options, ids, reservation, nodes)
+                name = write_cdi_spec(self.options, ids, reservation, nodes)
             except (OSError, cdi.CdiError) as exc:
                 # Without its spec a CDI name would fail the container; envs and mounts still carry it.
                 log.warning("no CDI spec for %s (%s); answering without cdi_devices", ids, exc)
             else:
-                response.cdi_devices.extend(api_pb2.CDIDevice(name=n) for n in names)
+                response.cdi_devices.append(api_pb2.CDIDevice(name=name))
         return response
 
     def PreStartContainer(

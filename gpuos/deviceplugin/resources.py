@@ -14,8 +14,8 @@ or MIG slices) and only as far as it has room. :func:`advertise` says, from gpuo
 that containers hold now, which devices the kubelet may still hand out: those Healthy, the rest
 Unhealthy. A device a container holds stays Healthy while its GPU is: the kubelet does not hand
 it out again, and an Unhealthy device would mark that container's pod as failing. The fit rules
-are the scheduler's own (:func:`gpuos.scheduler.framework.gpu_fits`, MIG slots by
-:mod:`gpuos.mig`), so the plugin offers exactly what ``Reserve`` would accept.
+are the scheduler's own (:mod:`gpuos.capacity`, shared with the DRA driver: the scheduler's
+``gpu_fits``, MIG slots by :mod:`gpuos.mig`), so the plugin offers exactly what ``Reserve`` would accept.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from gpuos.capacity import gpu_view, room
 from gpuos.errors import InvalidArgument
-from gpuos.jobs import Partition, PartitionKind, Resources
-from gpuos.mig import Instance, profiles_reported
-from gpuos.scheduler import GpuView, JobView, NodeView
-from gpuos.scheduler.framework import gpu_fits, take
+from gpuos.jobs import Resources
 from gpuos.scheduler.snapshot import MILLI
 from gpuos.v1 import common_pb2, devices_pb2
 
@@ -46,51 +44,6 @@ class Advertised:
     health: str
     # The host NUMA node of the device's GPU, for the kubelet's topology hints; -1 unknown.
     numa_node: int = NO_NUMA
-
-
-def gpu_view(device: devices_pb2.Device) -> GpuView:
-    """gpuosd's ``device`` as the scheduler's fit rules see it: its room after its allocations.
-
-    A draining or failed GPU is not healthy: gpuosd places nothing new on it.
-    """
-    profiles = profiles_reported(device.mig_profiles)
-    milli_used = memory_used = 0
-    kinds: set[PartitionKind] = set()
-    for a in device.allocations:
-        try:
-            kind = Partition.parse(a.partition).kind
-        except ValueError:
-            kind = PartitionKind.EXCLUSIVE  # a partition this plugin does not know: assume the worst
-        kinds.add(kind)
-        # Turns share time, not space: a time-sharer's weight takes none of the GPU's compute.
-        if kind not in (PartitionKind.TIMESLICE, PartitionKind.EXECUTOR):
-            milli_used += a.compute_milli
-        memory_used += a.memory_limit or (device.memory_total if kind is PartitionKind.EXCLUSIVE else 0)
-    sharing = ""
-    for kind in (PartitionKind.MIG, PartitionKind.MPS, PartitionKind.TIMESLICE, PartitionKind.EXECUTOR):
-        if kind in kinds:
-            sharing = kind.sharing
-            break
-    instances = tuple(Instance(m.profile, m.start) for m in device.mig_instances)
-    return GpuView(
-        index=device.index, model=device.model, memory_total=device.memory_total,
-        memory_free=device.memory_total - memory_used, milli_free=MILLI - milli_used,
-        healthy=device.healthy and not device.draining, uuid=device.uuid, mig_profiles=profiles,
-        mig_slices_used=sum(next((p.slices for p in profiles if p.name == i.profile), 0) for i in instances),
-        jobs=tuple(f"(allocation {k})" for k in range(len(device.allocations))),
-        sharing=sharing, mig_instances=instances,
-    )
-
-
-def room(gpu: GpuView, request: Resources, most: int) -> int:
-    """How many more of ``request`` ``gpu`` takes, one after another (at most ``most``)."""
-    node = NodeView("(plugin)", (gpu,))
-    probe = JobView(id="(probe)", request=request)
-    count = 0
-    while count < most and gpu_fits(request, node.gpus[0]):
-        node, _ = take(probe, node, node.gpus)
-        count += 1
-    return count
 
 
 def share_request(shares: int, replicas: int) -> Resources:

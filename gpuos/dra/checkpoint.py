@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from gpuos.files import write_atomic
 
 VERSION = 1
 FILENAME = "dra-checkpoint.json"
@@ -47,13 +48,17 @@ class ClaimRecord:
     job_ids: tuple[str, ...] = ()
     devices: tuple[PreparedDevice, ...] = ()
     cdi_spec: str = ""
-    # The published device names it holds (stay published while held), one per partition device.
-    held: tuple[str, ...] = field(default=())
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """The published device names the claim holds (they stay published while it does)."""
+        return tuple(sorted({d.device for d in self.devices}))
 
     def to_json(self) -> dict[str, object]:
         return {
             "uid": self.uid, "namespace": self.namespace, "name": self.name, "state": self.state,
             "keys": list(self.keys), "job_ids": list(self.job_ids), "cdi_spec": self.cdi_spec,
+            # Derived, and ignored when read; written for drivers before it was, which read it.
             "held": list(self.held),
             "devices": [{"request_names": list(d.request_names), "pool": d.pool, "device": d.device,
                          "cdi_device_ids": list(d.cdi_device_ids)} for d in self.devices],
@@ -68,7 +73,6 @@ class ClaimRecord:
             keys=tuple(data.get("keys") or ()),  # type: ignore[arg-type]
             job_ids=tuple(data.get("job_ids") or ()),  # type: ignore[arg-type]
             cdi_spec=str(data.get("cdi_spec") or ""),
-            held=tuple(data.get("held") or ()),  # type: ignore[arg-type]
             devices=tuple(PreparedDevice(tuple(d["request_names"]), d["pool"], d["device"], tuple(d["cdi_device_ids"]))
                           for d in devices),
         )
@@ -101,23 +105,7 @@ class Checkpoint:
 
     def _save(self) -> None:
         document = {"version": VERSION, "claims": [c.to_json() for c in sorted(self._claims.values(), key=lambda c: c.uid)]}
-        directory = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dra-checkpoint-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(document, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, json.dumps(document, indent=1, sort_keys=True))
 
     def get(self, uid: str) -> ClaimRecord | None:
         with self._lock:

@@ -11,7 +11,8 @@ results for this driver into gpuos reservations, one per partition:
 - an MPS device: a share of ``gpuos.io/compute`` percent of the SMs and ``gpuos.io/memory``
   bytes (from consumed capacity; where the cluster does not track capacity, from the request's
   opaque config ``{"compute": "25", "memory": "20Gi"}``, else the whole capacity);
-- a time-slice device: turns weighted by the ``gpuos.io/slots`` consumed, of the eight a GPU has.
+- a time-slice device: turns weighted by the ``gpuos.io/slots`` consumed, of the scheduler's
+  ``MAX_TIMESLICE_JOBS`` a GPU has.
 
 Every partition's keys are ``<claim uid>/<request>/<device>[/<share id>]``: a retried Prepare
 that reserves again releases what an interrupted one may have left, and Unprepare releases by them.
@@ -30,13 +31,13 @@ from gpuos.dra.inventory import (
     DRIVER,
     MEMORY,
     SLOTS,
-    TIMESLICE_SLOTS,
     DeviceRef,
     Kind,
     gpu_index,
     parse,
 )
 from gpuos.errors import InvalidArgument
+from gpuos.scheduler.snapshot import MAX_TIMESLICE_JOBS
 from gpuos.v1 import common_pb2, devices_pb2
 
 
@@ -136,9 +137,9 @@ def _share(device: Allocated, gpu: devices_pb2.Device, config: Mapping[str, str]
 def _turns(device: Allocated, gpu: devices_pb2.Device, config: Mapping[str, str]) -> common_pb2.Resources:
     slots_text = _consumed(device, SLOTS) or config.get("slots") or "1"
     slots = quantity(slots_text, f"{device.request}: slots")
-    if slots != slots.to_integral_value() or not 1 <= slots <= TIMESLICE_SLOTS:
-        raise InvalidArgument(f"{device.request}: slots", f"{slots_text} is not a whole number from 1 to {TIMESLICE_SLOTS}")
-    resources = common_pb2.Resources(sharing="timeslice", gpu_fraction=float(slots) / TIMESLICE_SLOTS)
+    if slots != slots.to_integral_value() or not 1 <= slots <= MAX_TIMESLICE_JOBS:
+        raise InvalidArgument(f"{device.request}: slots", f"{slots_text} is not a whole number from 1 to {MAX_TIMESLICE_JOBS}")
+    resources = common_pb2.Resources(sharing="timeslice", gpu_fraction=float(slots) / MAX_TIMESLICE_JOBS)
     if "memory" in config:
         resources.memory_bytes = int(quantity(config["memory"], f"{device.request}: memory"))
     return resources

@@ -154,8 +154,7 @@ class Driver:
                     answered.append(PreparedDevice((member.request,), member.pool, member.device,
                                                    (qualified,) if k == 0 else ()))
             record = ClaimRecord(ref.uid, ref.namespace, ref.name, PREPARED, keys, tuple(r.job_id for r in held),
-                                 tuple(answered), spec if devices else "",
-                                 tuple(sorted({d.name for p in wanted for d in p.refs})))
+                                 tuple(answered), spec if devices else "")
             self.checkpoint.put(record)
         except BaseException:
             # Nothing half-done stays: what was reserved is released, the spec and record go.

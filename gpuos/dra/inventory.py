@@ -9,7 +9,8 @@ Per GPU ``i`` (device names are DNS labels, as ResourceSlices require):
   and kept while a prepared claim holds it (see below).
 - ``gpu-i-mps``: MPS shares (consumable capacity, KEP-5075: ``allowMultipleAllocations`` with
   capacities ``gpuos.io/compute``, percent of the SMs, and ``gpuos.io/memory``).
-- ``gpu-i-timeslice``: turns on the GPU (consumable ``gpuos.io/slots``, gpuos's eight time-sharers).
+- ``gpu-i-timeslice``: turns on the GPU (consumable ``gpuos.io/slots``, one per time-sharer the
+  scheduler allows a GPU, ``MAX_TIMESLICE_JOBS``).
 
 Partitionable devices (KEP-4815): a MIG-capable GPU has a counter set ``gpu-i`` with one counter
 per memory slice (``memory-slice-0`` .. ``-7``, value 1), ``compute-slices`` (7) and, where a
@@ -43,8 +44,10 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gpuos.capacity import gpu_view
 from gpuos.errors import InvalidArgument
 from gpuos.mig import COMPUTE_SLICES, Instance, MigProfile, find_slot, profiles_reported
+from gpuos.scheduler.snapshot import MAX_TIMESLICE_JOBS, MILLI
 from gpuos.units import MiB
 from gpuos.v1 import devices_pb2
 
@@ -54,9 +57,6 @@ DRIVER = "gpuos.io"
 COMPUTE = "gpuos.io/compute"
 MEMORY = "gpuos.io/memory"
 SLOTS = "gpuos.io/slots"
-# gpuos's limit on the time-sharers of one GPU (scheduler/snapshot.py MAX_TIMESLICE_JOBS); a
-# ground-floor constant here so the driver does not import the scheduler.
-TIMESLICE_SLOTS = 8
 MEMORY_SLICES = 8
 
 
@@ -268,10 +268,12 @@ def _gpu(
         out.append(Published(ref, attrs(Kind.MIG, **extra), {"memory": Capacity(str(rule.memory_bytes))},
                              _mig_consumes(rule, ref.start, counters)))
 
+    # What gpuosd's own jobs hold is not the scheduler's to give: the capacity is the rest, as the
+    # device plugin counts it.
+    rest = gpu_view(d, foreign)
     mps = DeviceRef(d.index, Kind.MPS)
-    # What gpuosd's own MPS clients hold is not the scheduler's to give: the capacity is the rest.
-    percent = 100 - sum((a.compute_milli + 9) // 10 for a in foreign)
-    memory = d.memory_total - sum(a.memory_limit for a in foreign)
+    percent = rest.milli_free * 100 // MILLI  # whole percents, rounded down: never more than is free
+    memory = rest.memory_free
     if mps in mine or (offered(Kind.MPS, ("idle", "mps")) and percent >= 1 and memory >= MiB):
         percent, memory = max(percent, 1), max(memory, MiB)
         out.append(Published(mps, attrs(Kind.MPS), {
@@ -280,7 +282,7 @@ def _gpu(
         }, multiple=True))
 
     turns = DeviceRef(d.index, Kind.TIMESLICE)
-    free = TIMESLICE_SLOTS - len(foreign)
+    free = MAX_TIMESLICE_JOBS - len(rest.jobs)
     if turns in mine or (offered(Kind.TIMESLICE, ("idle", "timeslice")) and free >= 1):
         free = max(free, 1)
         out.append(Published(turns, attrs(Kind.TIMESLICE), {

@@ -22,10 +22,22 @@ from pathlib import Path
 import psutil
 
 from gpuos.errors import BackendError
+from gpuos.units import MiB
 
 log = logging.getLogger("gpuos.mps")
 
 START_TIMEOUT = 10.0
+
+
+def mps_limits(compute_milli: int, memory_bytes: int) -> tuple[int, int]:
+    """A share's MPS limits: (active thread percentage, pinned device memory in MiB).
+
+    Both round down, so no client is let past its share (255 milli is 25%, not 26%); MPS takes
+    no limit of 0, so a share under 1% or 1 MiB gets that much. The client's variables and the
+    daemon's ceiling are both made here, so a ceiling set by the largest share is never below
+    that share's own variables.
+    """
+    return max(1, min(100, compute_milli // 10)), max(1, memory_bytes // MiB)
 
 
 @dataclass(frozen=True)
@@ -123,12 +135,12 @@ class MpsManager:
     def client_env(self, index: int, compute_milli: int, memory_bytes: int) -> dict[str, str]:
         """What a client job needs: the daemon's pipe, its thread share and its pinned memory limit."""
         daemon = self.ensure(index)
-        # The client sees its one GPU as device 0, which is what the limit is keyed by.
-        limit_mib = max(1, memory_bytes // (1 << 20))
+        percent, limit_mib = mps_limits(compute_milli, memory_bytes)
         return {
             "CUDA_MPS_PIPE_DIRECTORY": str(daemon.pipe_dir),
             "CUDA_MPS_LOG_DIRECTORY": str(daemon.log_dir),
-            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(max(1, round(compute_milli / 10))),
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(percent),
+            # The client sees its one GPU as device 0, which is what the limit is keyed by.
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={limit_mib}M",
         }
 
@@ -138,12 +150,12 @@ class MpsManager:
 
         A client's CUDA_MPS_* variables are its own to change; the daemon's limits are not, and the
         driver lets a client's variable only lower them. One server serves all clients of a user,
-        so the ceiling is the largest share on the GPU (the caller's to work out): equal shares
-        (the device plugin's) are enforced exactly, unequal ones no tighter than the largest. Set
-        as the daemon's defaults (for servers it starts from now on) and on the servers running.
+        so the ceiling is the largest share on the GPU (the caller's to work out, and to set again
+        when that share ends): equal shares (the device plugin's) are enforced exactly, unequal
+        ones no tighter than the largest. Set as the daemon's defaults (for servers it starts
+        from now on) and on the servers running.
         """
-        percent = max(1, min(100, -(-compute_milli // 10)))
-        limit_mib = max(1, memory_bytes // (1 << 20))
+        percent, limit_mib = mps_limits(compute_milli, memory_bytes)
         if self._ceilings.get(index) == (percent, limit_mib) and self.running(index):
             return
         self.ensure(index)

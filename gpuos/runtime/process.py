@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from gpuos.errors import BackendError
+from gpuos.files import write_atomic
 from gpuos.private import open_private, private_dir
 from gpuos.runtime.contain import JobCgroup
 
@@ -68,11 +69,9 @@ class ExitStatus:
 
 
 def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    # Not fsynced: the job's processes do not outlive the machine, so what must survive is only a
+    # crash of gpuosd (a shim reading half a file), not of the machine.
+    write_atomic(path, json.dumps(data), durable=False)
 
 
 def _read_json(path: Path) -> dict[str, object] | None:
