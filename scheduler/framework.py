@@ -368,6 +368,10 @@ def schedule(snap: Snapshot, policy: Policy) -> list[Decision]:
     # The index (when it describes these nodes) only skips nodes that cannot fit; a round only
     # takes capacity, so bounds from the snapshot stay upper bounds for the whole round.
     index = snap.index if snap.index is not None and snap.index.nodes is snap.nodes else None
+    if snap.index is not None:
+        # The policy sees the snapshot without the index: it is the model's and mutable (even
+        # its reads update it), so a policy, an evolved or hostile one too, can't corrupt it.
+        snap = replace(snap, index=None)
     # Scoring every node costs a score per node per job; a policy that reads only node state
     # needs one per distinct state (on a large, mostly idle cluster: a handful, not thousands).
     by_state = _Round(snap, index) if policy.scores_node_state_only and not policy.first_fit else None

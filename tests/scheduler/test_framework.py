@@ -55,6 +55,33 @@ def test_an_index_for_other_nodes_is_ignored() -> None:
     assert schedule(replace(s, index=stale), get_policy("fifo")) == schedule(s, get_policy("fifo"))
 
 
+def test_a_policy_can_neither_reach_the_index_nor_edit_the_groups() -> None:
+    """What a policy is handed is read-only: an evolved policy that edits the model's index or a
+    group's view would change the round's rules in its own favour."""
+    from gpuos.groups import Group, make_spec
+    from gpuos.scheduler.state import ClusterState
+
+    state = ClusterState([node("n", 2)])
+    state.set_group(Group("t", make_spec("g", "first-success", 100), 0.0))
+    state.submit(job("a", tenant="t", group="g"))
+    seen: list[tuple[object, bool]] = []
+
+    class Meddler(Tiresias):
+        def order(self, jobs, snap):  # type: ignore[no-untyped-def]
+            try:
+                snap.groups.clear()  # type: ignore[attr-defined]
+                edited = True
+            except AttributeError:
+                edited = False
+            seen.append((snap.index, edited))
+            return super().order(jobs, snap)
+
+    taken = state.snapshot(0.0)
+    assert taken.index is not None  # the model's snapshot carries its index; the policy's does not
+    schedule(taken, Meddler())
+    assert seen == [(None, False)] and ("t", "g") in taken.groups
+
+
 def test_no_policy_can_place_on_a_full_gpu() -> None:
     full, _ = place(node("a", 1), job("x"))
     for name in available():
