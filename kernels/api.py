@@ -256,9 +256,10 @@ def vattention_decode(
     if num_splits is not None:
         _integer("num_splits", num_splits, 1)
     # Everything the implementation's own checks cover is checked above: skip them (a decode step
-    # is latency-bound, and their range check is a second device-to-host copy).
+    # is latency-bound, and their range check is a second device-to-host copy); the longest
+    # length read for the range check spares the decode its own read of it.
     return vattention._decode(q, k_cache, v_cache, page_table, seq_lens, cfg, bounds=bounds, generator=generator,
-                              backend=backend, out=out, num_splits=num_splits, **kwargs)
+                              backend=backend, out=out, num_splits=num_splits, longest=hi_len, **kwargs)
 
 
 # ----------------------------------------------------------------------------- SLA and radial

@@ -55,6 +55,8 @@ Public API:
   serving system keeps up to date as pages fill; pass them in to keep page selection off the cache.
 - ``page_value_bounds(v_cache, page_table, seq_lens)``: per-page value means and radii, the
   Bernstein budget's value ranges (kept the same way; ``value_bounds=``).
+- ``to_device(values, device)``: host integers on the device without waiting for it (pinned
+  memory on a GPU); the decode and the paged cache move their host-built index lists with it.
 - ``certificate_sizes``, ``mean_radius``, ``second_moment_bound``, ``vector_mean_radius``,
   ``output_error_bound``: the Bernstein budget's grid and bounds, each documented with its source.
 - ``run_job(params, ctx)``: the ``vattention-decode`` kernel job.
@@ -171,6 +173,16 @@ class SparsePlan:
 
 
 Lists = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """Host integers as an int64 tensor on ``device``, without waiting for it: a CUDA copy from
+    pageable memory waits for the stream's queued work, one from pinned memory is queued behind it
+    (PyTorch keeps the pinned block until the copy has run)."""
+    host = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def per_query_head(lists: Lists, group: int) -> Lists:
@@ -571,6 +583,7 @@ class _Selection:
     # logit of every rest key of that page, as the budget computes logits in float64 (-inf where
     # the page holds no rest key). Known before any sampling: the Bernstein budget's range.
     rest_bound: torch.Tensor
+    rest_sizes: tuple[int, ...]  # n_rest on the host, one per KV group in row-major order
 
 
 def _group_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -628,14 +641,13 @@ def _top_pages(
 
 def _top_tokens(
     q: torch.Tensor, k_cache: torch.Tensor, page_table: torch.Tensor, mid_lo: torch.Tensor, mid_hi: torch.Tensor,
-    top_k: int, scale: float,
+    top_k: int, scale: float, longest: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per KV head, the ``top_k`` middle tokens with the highest exact score for any query head of
     its group (reads every key), which are real, and the rest's page bounds: each page's largest
-    rest logit (float64, plus rounding slack)."""
+    rest logit (float64, plus rounding slack). ``longest`` is ``mid_hi``'s largest entry."""
     batch, heads, dim = q.shape
     num_kv = k_cache.shape[2]
-    longest = int(mid_hi.max())
     pos = torch.arange(longest, device=q.device).expand(batch, num_kv, longest)
     keys = ref.gather_kv(k_cache, page_table, pos).double()
     q64 = q.double().view(batch, num_kv, heads // num_kv, dim)
@@ -646,12 +658,13 @@ def _top_tokens(
 
 def _top_sketched(
     q: torch.Tensor, sketch: KeySketch, mid_lo: torch.Tensor, mid_hi: torch.Tensor, top_k: int, scale: float,
+    longest: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per KV head, the ``top_k`` middle tokens with the highest sketch upper bounds for any query
     head of its group (reads the sketch, not the keys), which are real, and the rest's page
     bounds: each page's largest rest upper bound (ranking by the upper bound leaves the smallest
-    largest bound in the rest, the Bernstein budget's range)."""
-    est, radius = _sketch_intervals(q, sketch, int(mid_hi.max()))
+    largest bound in the rest, the Bernstein budget's range). ``longest`` is ``mid_hi``'s largest entry."""
+    est, radius = _sketch_intervals(q, sketch, longest)
     upper = (est + radius) * scale
     return _top_of(upper, upper, mid_lo, mid_hi, top_k, sketch.codes.shape[2], sketch.codes.shape[1])
 
@@ -676,13 +689,17 @@ def _top_of(
 def _select(
     q: torch.Tensor, k_cache: torch.Tensor, page_table: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor] | None, seq_lens: torch.Tensor, cfg: VAttentionConfig,
-    scale: float, sketch: KeySketch | None = None,
+    scale: float, longest: int, sketch: KeySketch | None = None,
 ) -> _Selection:
+    """The deterministic set and the rest, given ``longest = max(seq_lens)``. Reads the device
+    once: the deterministic list's width and every group's ``n_rest``, in one copy."""
     batch, num_kv = q.shape[0], k_cache.shape[2]  # one selection per KV head
     dev = q.device
     length = seq_lens.long().view(batch, 1)
     mid_lo = length.clamp(max=cfg.sink)
     mid_hi = torch.maximum(length - cfg.local, mid_lo)
+    # mid_hi's largest entry, from the host: mid_hi grows with the length.
+    middle_end = max(longest - cfg.local, min(longest, cfg.sink))
     big = torch.iinfo(torch.int64).max // 2
 
     sink = torch.arange(cfg.sink, device=dev).expand(batch, num_kv, cfg.sink)
@@ -693,7 +710,7 @@ def _select(
     mid_ok = torch.empty(batch, num_kv, 0, dtype=torch.bool, device=dev)
     rest_bound = torch.full((batch, q.shape[1], page_table.shape[1]), -math.inf, dtype=torch.float64,
                             device=dev)
-    if int(mid_hi.max()) > 0:
+    if middle_end > 0:
         if cfg.selection == "pages":
             if bounds is None:
                 raise ValueError("selection='pages' needs the page key bounds")
@@ -702,22 +719,26 @@ def _select(
         elif cfg.selection == "sketch":
             if sketch is None:
                 raise ValueError("selection='sketch' needs the key sketch")
-            mid_tok, mid_ok, rest_bound = _top_sketched(q, sketch, mid_lo, mid_hi, cfg.top_k, scale)
+            mid_tok, mid_ok, rest_bound = _top_sketched(q, sketch, mid_lo, mid_hi, cfg.top_k, scale, middle_end)
         else:
             mid_tok, mid_ok, rest_bound = _top_tokens(q, k_cache, page_table, mid_lo, mid_hi, cfg.top_k,
-                                                      scale)
+                                                      scale, middle_end)
         candidates.append((mid_tok, mid_ok))
     pos = torch.cat([c[0] for c in candidates], -1)
     ok = torch.cat([c[1] for c in candidates], -1)
     det_count = ok.sum(-1)
-    det_idx = torch.where(ok, pos, big).sort(-1).values[..., : max(int(det_count.max()), 1)]
+    n_rest = (mid_hi - mid_lo) - mid_ok.sum(-1)
+    # The selection's one read. The list's width shapes the plan and, on a GPU, the kernel's
+    # splits (a static bound would change their count, hence the rounding); n_rest sets the
+    # Bernstein budget's grid and which groups draw first.
+    det_width, *rest_sizes = torch.cat([det_count.max().view(1), n_rest.flatten()]).tolist()
+    det_idx = torch.where(ok, pos, big).sort(-1).values[..., : max(det_width, 1)]
     det_idx = torch.where(det_idx == big, 0, det_idx)
 
     taken = torch.where(mid_ok, mid_tok - mid_lo.unsqueeze(-1), big).sort(-1).values
     rank = torch.arange(taken.shape[-1], device=dev)
     taken_shifted = torch.where(taken == big, big, taken - rank).contiguous()
-    n_rest = (mid_hi - mid_lo) - mid_ok.sum(-1)
-    return _Selection(det_idx, det_count, taken_shifted, mid_lo, n_rest, rest_bound)
+    return _Selection(det_idx, det_count, taken_shifted, mid_lo, n_rest, rest_bound, tuple(rest_sizes))
 
 
 def _rest_positions(j: torch.Tensor, sel: _Selection) -> torch.Tensor:
@@ -863,12 +884,13 @@ def _certify(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor, det: State,
     sel: _Selection, cfg: VAttentionConfig, scale: float, value_bounds: tuple[torch.Tensor, torch.Tensor],
     generator: torch.Generator | None, chunk: int = 512,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The Bernstein budget per KV group: draw rest positions up the grid of
     ``certificate_sizes`` and stop at the first size where every query head of the group passes
     the certificate; exact where none does. Returns the sample size ``[B, Hkv]`` (``n_rest``
-    where exact) and the drawn offsets into the rest ``[B, Hkv, n]``, of which the first ``size``
-    are the sample. Float64 statistics; one row per KV group."""
+    where exact), the drawn offsets into the rest ``[B, Hkv, n]``, of which the first ``size``
+    are the sample, and the largest size (on the host). Float64 statistics; one row per KV group.
+    Reads the device once per grid size drawn at (none when no group samples)."""
     batch, heads, dim = q.shape
     num_kv = k_cache.shape[2]
     group = heads // num_kv
@@ -900,8 +922,8 @@ def _certify(
 
     n_rest = sel.n_rest.reshape(rows)
     rest = n_rest.double().unsqueeze(-1)
-    sizes = certificate_sizes(cfg.base_sample, int(n_rest.max()))
-    grid = torch.tensor(sizes or [0], device=dev)
+    sizes = certificate_sizes(cfg.base_sample, max(sel.rest_sizes))
+    grid = to_device(sizes or [0], dev)
     checks = (grid.unsqueeze(0) < n_rest.unsqueeze(-1)).sum(-1) if sizes else torch.zeros_like(n_rest)
     last = grid[(checks - 1).clamp(min=0)].double()
     # delta over the group's checks, then over the four events of a check.
@@ -920,10 +942,15 @@ def _certify(
     done = n_rest <= cfg.base_sample
     drawn: list[torch.Tensor] = []
     count = 0
-    for target in sizes:
-        act = (~done & (n_rest > target)).nonzero().squeeze(-1)
-        if act.numel() == 0:
+    # The groups that draw at a size, compacted (their count is data-dependent): at the first
+    # size from the selection's host copy of n_rest, after each size from one read that also
+    # carries every group's size so far, so the largest needs no read of its own.
+    active = [r for r, n in enumerate(sel.rest_sizes) if n > cfg.base_sample and n > sizes[0]] if sizes else []
+    widest = max(sel.rest_sizes)
+    for step, target in enumerate(sizes):
+        if not active:
             break
+        act = to_device(active, dev)
         uniform = torch.rand(rows, target - count, device=dev, generator=generator, dtype=torch.float64)
         j = torch.minimum((uniform * n_rest.unsqueeze(-1)).long(), (n_rest - 1).clamp(min=0).unsqueeze(-1))
         drawn.append(j)
@@ -956,8 +983,12 @@ def _certify(
         shrink = (b / last[act]).unsqueeze(-1)
         hopeless = ~(output_error_bound(r_num * shrink, r_den * shrink, gap, den_hat) <= reach_out).all(-1)
         done[act] = certified | hopeless
+        going = ~done & (n_rest > sizes[step + 1]) if step + 1 < len(sizes) else torch.zeros_like(done)
+        state = torch.cat([going.long(), size]).tolist()
+        active = [r for r in range(rows) if state[r]]
+        widest = max(state[rows:])
     j = torch.cat(drawn, -1) if drawn else torch.zeros(rows, 0, dtype=torch.long, device=dev)
-    return size.view(batch, num_kv), j.view(batch, num_kv, -1)
+    return size.view(batch, num_kv), j.view(batch, num_kv, -1), widest
 
 
 def vattention_decode(
@@ -989,7 +1020,7 @@ def vattention_decode(
     run as atoms (``gpuos.kernels.atoms``), bit-identical to one launch each.
     """
     cfg = config or VAttentionConfig()
-    _check(q, k_cache, v_cache, page_table, seq_lens, backend)
+    longest = _check(q, k_cache, v_cache, page_table, seq_lens, backend)
     # Only what the call reads is checked: a sketch under sketch selection, value bounds under the
     # Bernstein budget (the ones computed here when omitted fit by construction).
     if sketch is not None and cfg.selection == "sketch":
@@ -1000,7 +1031,7 @@ def vattention_decode(
         _check_value_bounds(value_bounds, page_table, v_cache)
     return _decode(q, k_cache, v_cache, page_table, seq_lens, cfg, bounds=bounds, generator=generator,
                    backend=backend, out=out, num_splits=num_splits, ctx=ctx, value_bounds=value_bounds,
-                   sketch=sketch)
+                   sketch=sketch, longest=longest)
 
 
 def _decode(
@@ -1019,9 +1050,17 @@ def _decode(
     ctx: KernelContext | None = None,
     value_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     sketch: KeySketch | None = None,
+    longest: int | None = None,
 ) -> VAttentionResult:
     """``vattention_decode`` on arguments already checked, by it or by ``gpuos.kernels.api``: a
-    decode step is latency-bound, and each value check costs a device-to-host copy."""
+    decode step is latency-bound, and each value check costs a device-to-host copy. ``longest``
+    is ``max(seq_lens)`` where the checks have read it (read here otherwise).
+
+    Device-to-host reads per call (each waits for the device): the lengths (unless passed),
+    the selection's list width and rest sizes (one copy), then the CLT budget's sample width, or
+    one per grid size the Bernstein certificate draws at (none when every rest is within the base
+    sample). On a GPU each of those grid sizes also waits in ``torch.linalg.eigvalsh``'s error
+    check."""
     batch, heads, dim = q.shape
     scale = dim**-0.5
     if bounds is None and cfg.selection == "pages":
@@ -1030,20 +1069,24 @@ def _decode(
         sketch = key_sketch(k_cache, page_table, seq_lens)
     partials = _triton_partials if backend == "triton" else _reference_partials
     num_kv = k_cache.shape[2]
-    sel = _select(q, k_cache, page_table, bounds, seq_lens, cfg, scale, sketch)
+    if longest is None:
+        longest = int(seq_lens.max())  # the selection's shapes follow the longest sequence
+    sel = _select(q, k_cache, page_table, bounds, seq_lens, cfg, scale, longest, sketch)
     zero = torch.zeros(batch, num_kv, device=q.device, dtype=torch.float32)
     det = partials(q, k_cache, v_cache, page_table, [(sel.det_idx, sel.det_count, zero)], scale, num_splits, ctx)
 
     if cfg.budget == "clt":
         size = _budget(q, k_cache, v_cache, page_table, det, sel, cfg, scale, generator)
+        # A read that cannot go: the draws' count (hence the generator's state after) is the width.
         width = max(int(size.max()), 1)
         uniform = torch.rand(batch, num_kv, width, device=q.device, generator=generator, dtype=torch.float64)
         drawn = (uniform * sel.n_rest.unsqueeze(-1)).long()
     else:
         if value_bounds is None:
             value_bounds = page_value_bounds(v_cache, page_table, seq_lens)
-        size, drawn = _certify(q, k_cache, v_cache, page_table, det, sel, cfg, scale, value_bounds, generator)
-        width = max(int(size.max()), 1)
+        size, drawn, widest = _certify(q, k_cache, v_cache, page_table, det, sel, cfg, scale, value_bounds,
+                                       generator)
+        width = max(widest, 1)
         drawn = torch.nn.functional.pad(drawn, (0, max(width - drawn.shape[-1], 0)))[..., :width]
     exact = size >= sel.n_rest
     j = torch.where(exact.unsqueeze(-1), torch.arange(width, device=q.device), drawn)
@@ -1091,7 +1134,7 @@ def _bytes_read(sel: _Selection, size: torch.Tensor, seq_lens: torch.Tensor, k_c
     if cfg.budget == "bernstein":
         index = index + middle_pages * (dim + 1) * 4  # value centres and radii
     else:
-        index = index + torch.minimum(sel.n_rest.double(), torch.tensor(float(cfg.base_sample))) * 2 * dim * elt
+        index = index + sel.n_rest.double().clamp(max=float(cfg.base_sample)) * 2 * dim * elt
     return index + (sel.det_count + size).double() * 2 * dim * elt
 
 
@@ -1108,7 +1151,8 @@ def _check_value_bounds(value_bounds: object, page_table: torch.Tensor, v_cache:
 def _check(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
     seq_lens: torch.Tensor, backend: str,
-) -> None:
+) -> int:
+    """Raises on arguments the kernels cannot take; returns ``max(seq_lens)``, read for the check."""
     if backend not in ("triton", "reference"):
         raise ValueError(f"backend must be 'triton' or 'reference', got {backend!r}")
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
@@ -1128,6 +1172,7 @@ def _check(
         raise ValueError("every sequence needs 1 .. max_pages * page_size tokens")
     if dim > 256:
         raise ValueError(f"head dim {dim} is above 256")
+    return int(longest)
 
 
 # ----------------------------------------------------------------------------- jobs and benchmarks

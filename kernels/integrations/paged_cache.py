@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from gpuos.kernels.api import KernelArgumentError
-from gpuos.kernels.vattention import KeySketch, page_value_bounds, sketch_codes
+from gpuos.kernels.vattention import KeySketch, page_value_bounds, sketch_codes, to_device
 
 # Unused page-table entries point at page 0: vattention_decode wants every entry to name a page.
 UNUSED_PAGE = 0
@@ -91,7 +91,8 @@ class PagedKVCache:
         keys = k.transpose(1, 2).reshape(-1, *want[1:]).to(self.k_cache.dtype)
         flat_k[rows] = keys
         flat_v[rows] = v.transpose(1, 2).reshape(-1, *want[1:]).to(self.v_cache.dtype)
-        self._update_bounds(start, logical, keys.float().view(self.batch, n, -1))
+        # reshape: with one sequence, the transposed k may not be viewable as [B, n, Hkv * D].
+        self._update_bounds(start, logical, keys.float().reshape(self.batch, n, -1))
         self.seq_lens += n
         self._lens = [length + n for length in self._lens]
         self._update_value_bounds(start, n)
@@ -100,9 +101,10 @@ class PagedKVCache:
         """Recompute the value bounds of the pages that positions ``start .. start + n`` touched."""
         first = start.view(-1) // self.page_size
         last = (self.seq_lens.long() - 1) // self.page_size
-        width = int((last - first).max()) + 1
-        logical = first.view(-1, 1) + torch.arange(width, device=first.device)
-        touched = logical <= last.view(-1, 1)
+        # How many pages each sequence touched, from the lengths kept on the host (already
+        # counting the n new tokens): neither the width nor the touched pages need a device read.
+        spans = [(length - 1) // self.page_size - (length - n) // self.page_size + 1 for length in self._lens]
+        logical = first.view(-1, 1) + torch.arange(max(spans), device=first.device)
         clamped = torch.minimum(logical, last.view(-1, 1))
         pages = torch.gather(self.page_table.long(), 1, clamped)
         lengths = self.seq_lens.long() - first * self.page_size
@@ -111,7 +113,8 @@ class PagedKVCache:
         # which _update_bounds has already folded the new keys into.
         seq = torch.arange(self.batch, device=first.device).view(-1, 1)
         codes = sketch_codes(self.k_cache, pages, lengths, self.key_min[seq, clamped], self.key_max[seq, clamped])
-        rows, cols = touched.nonzero(as_tuple=True)
+        rows, cols = to_device([b for b, span in enumerate(spans) for _ in range(span)]
+                               + [c for span in spans for c in range(span)], first.device).view(2, -1)
         self.value_center[rows, logical[rows, cols]] = center[rows, cols]
         self.value_radius[rows, logical[rows, cols]] = radius[rows, cols]
         self.key_codes[rows, logical[rows, cols]] = codes[rows, cols]

@@ -26,11 +26,12 @@ CLOSE = 1e-4
 # ----------------------------------------------------------------------------- paged cache
 
 
-def test_paged_cache_keeps_key_and_value_bounds_equal_to_a_full_rescan() -> None:
+@pytest.mark.parametrize("batch", [3, 1])  # 1: one sequence's keys, transposed, are not a [B, n, Hkv * D] view
+def test_paged_cache_keeps_key_and_value_bounds_equal_to_a_full_rescan(batch: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    cache = PagedKVCache(3, 2, 8, page_size=4)
+    cache = PagedKVCache(batch, 2, 8, page_size=4)
     for n in (5, 1, 1, 3, 7, 4, 1):
-        cache.append(torch.randn(3, 2, n, 8, generator=gen), torch.randn(3, 2, n, 8, generator=gen))
+        cache.append(torch.randn(batch, 2, n, 8, generator=gen), torch.randn(batch, 2, n, 8, generator=gen))
         lo, hi = page_key_bounds(cache.k_cache, cache.page_table, cache.seq_lens)
         assert torch.equal(cache.bounds[0], lo) and torch.equal(cache.bounds[1], hi)
         center, radius = page_value_bounds(cache.v_cache, cache.page_table, cache.seq_lens)
@@ -52,6 +53,17 @@ def test_paged_cache_codes_the_sketch_against_the_bounds_it_keeps(monkeypatch: p
         cache.append(torch.randn(2, 2, n, 8, generator=gen), torch.randn(2, 2, n, 8, generator=gen))
     monkeypatch.undo()
     assert torch.equal(cache.sketch.codes, key_sketch(cache.k_cache, cache.page_table, cache.seq_lens).codes)
+
+
+def test_paged_cache_append_reads_nothing_from_the_device(host_reads: list[str]) -> None:
+    # It runs once per layer and token: which pages an append touched follows from the lengths
+    # the cache keeps on the host.
+    gen = torch.Generator().manual_seed(3)
+    cache = PagedKVCache(2, 2, 8, page_size=4, pages=2)
+    for n in (6, 1, 3, 4):  # within a page, across pages, and growing the pool and the table
+        cache.append(torch.randn(2, 2, n, 8, generator=gen), torch.randn(2, 2, n, 8, generator=gen))
+    assert host_reads == []
+    assert cache.longest == 14
 
 
 def test_paged_cache_reads_back_every_token_in_order_from_interleaved_pages() -> None:
