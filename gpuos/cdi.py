@@ -15,16 +15,26 @@ into the names they choose.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpuos.files import write_atomic
+from gpuos.v1 import devices_pb2
+
+log = logging.getLogger("gpuos.cdi")
 
 CDI_VERSION = "0.6.0"
 DEFAULT_CLASS = "gpuos.io/gpu"
 DEFAULT_DIR = "/var/run/cdi"
+# Which gpuos agent wrote a spec file (a spec annotation): each sweeps only its own files.
+OWNER = "gpuos.io/owner"
+# The NVIDIA driver's table of MIG capability minors: lines "gpu<minor>/gi<id>/access <n>" and
+# "gpu<minor>/gi<id>/ci<id>/access <n>", naming the device node /dev/nvidia-caps/nvidia-cap<n>.
+# procfs shows it in any container, so the agents read it where they run.
+MIG_MINORS = "/proc/driver/nvidia-caps/mig-minors"
 
 # CDI's rules: a device name and the class segment of a kind begin and end with an alphanumeric
 # character, with alphanumerics, '-', '_', '.' (and ':' in device names only) between; the vendor
@@ -132,30 +142,35 @@ def _edits(device: CdiDevice) -> dict[str, object]:
     return edits
 
 
-def render(devices: Iterable[CdiDevice], vendor_class: str = DEFAULT_CLASS) -> dict[str, object]:
-    """The CDI spec (as JSON-ready data) holding ``devices`` under ``vendor_class``."""
+def render(devices: Iterable[CdiDevice], vendor_class: str = DEFAULT_CLASS,
+           annotations: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The CDI spec (as JSON-ready data) holding ``devices`` under ``vendor_class``, with the
+    spec-level ``annotations`` (CDI 0.6.0) if any."""
     listed = list(devices)
     if not listed:
         raise CdiError("devices: a CDI spec needs at least one device")
     names = [validate_name(d.name, "device name") for d in listed]
     if len(set(names)) != len(names):
         raise CdiError(f"devices: names must be unique, got {sorted(names)}")
-    return {
+    document: dict[str, object] = {
         "cdiVersion": CDI_VERSION,
         "kind": validate_class(vendor_class),
         "devices": [{"name": d.name, "containerEdits": _edits(d)} for d in listed],
     }
+    if annotations:
+        document["annotations"] = dict(sorted(annotations.items()))
+    return document
 
 
 def write_spec(cdi_dir: str, vendor_class: str = DEFAULT_CLASS, devices: Iterable[CdiDevice] = (), *,
-               name: str) -> str:
+               name: str, annotations: Mapping[str, str] | None = None) -> str:
     """Write (or replace) owner ``name``'s spec file of ``devices`` in ``cdi_dir``; returns its path.
 
     The file appears whole or not at all (:func:`gpuos.files.write_atomic`, whose temporary name
     the runtime does not read), mode 0644 so the container runtime can read it whatever user
     writes it.
     """
-    document = render(devices, vendor_class)
+    document = render(devices, vendor_class, annotations)
     path = spec_path(cdi_dir, name, vendor_class)
     os.makedirs(cdi_dir, exist_ok=True)
     write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n", mode=0o644)
@@ -169,6 +184,18 @@ def remove_spec(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def read_annotations(path: str) -> dict[str, str]:
+    """The spec-level annotations of spec file ``path``; none for a file that is gone or is not
+    a JSON spec (another writer's, or one being replaced: never taken for a gpuos file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    notes = document.get("annotations") if isinstance(document, dict) else None
+    return {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {}
 
 
 def read_spec(path: str) -> list[CdiDevice]:
@@ -199,3 +226,58 @@ def device_nodes(minors: Iterable[int], dev_root: str) -> list[str]:
     if not gpus:
         return []
     return [f"/dev/{name}" for name in (*gpus, *CONTROL_NODES) if os.path.exists(os.path.join(dev_root, name))]
+
+
+def read_mig_minors(path: str = MIG_MINORS) -> dict[str, int] | None:
+    """The driver's MIG capability table at ``path`` (``gpu0/gi1/ci0/access`` -> 13); None when
+    there is no such file (a driver without MIG support, or none at all)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    table = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            table[fields[0]] = int(fields[1])
+    return table
+
+
+def mig_capability_nodes(gpu_minor: int, gpu_instance: int, compute_instance: int, dev_root: str,
+                         mig_minors: str = MIG_MINORS) -> list[str]:
+    """The capability device nodes a container of one MIG slice needs besides its GPU's: those of
+    its GPU instance and of its compute instance (``/dev/nvidia-caps/nvidia-cap<n>``, as the NVIDIA
+    container toolkit gives them), found in the driver's table ``mig_minors``; those that exist
+    under ``dev_root``. None without the table (no MIG support: the simulator, a driver without it).
+    """
+    table = read_mig_minors(mig_minors)
+    if table is None:
+        log.debug("no %s: no MIG capability device nodes for the slice of GPU %d", mig_minors, gpu_minor)
+        return []
+    nodes = []
+    for cap in (f"gpu{gpu_minor}/gi{gpu_instance}/access", f"gpu{gpu_minor}/gi{gpu_instance}/ci{compute_instance}/access"):
+        minor = table.get(cap)
+        if minor is None:
+            log.warning("%s lists no %s: a container of that MIG slice will not reach it", mig_minors, cap)
+            continue
+        name = f"nvidia-caps/nvidia-cap{minor}"
+        if not os.path.exists(os.path.join(dev_root, name)):
+            log.warning("%s (%s) does not exist under %s: a container of that MIG slice will not reach it",
+                        name, cap, dev_root)
+        else:
+            nodes.append(f"/dev/{name}")
+    return nodes
+
+
+def reservation_nodes(reservation: devices_pb2.Reservation, minors: Sequence[int], dev_root: str,
+                      mig_minors: str = MIG_MINORS) -> list[str]:
+    """The host device nodes a container of ``reservation`` on the GPUs ``minors`` needs: the
+    GPUs' and the driver's (:func:`device_nodes`) and, for a MIG slice, its capability nodes
+    (:func:`mig_capability_nodes`)."""
+    nodes = device_nodes(minors, dev_root)
+    if nodes and reservation.HasField("mig_instance"):
+        (gpu,) = {m for m in minors if m >= 0}  # a slice is on exactly one GPU
+        mig = reservation.mig_instance
+        nodes += mig_capability_nodes(gpu, mig.gpu_instance_id, mig.compute_instance_id, dev_root, mig_minors)
+    return nodes

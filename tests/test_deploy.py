@@ -150,9 +150,11 @@ def test_the_dra_daemonset_reaches_gpuosd_and_the_kubelets_plugin_directories() 
 def test_the_dra_driver_is_granted_what_it_calls_and_no_more() -> None:
     (role,) = [d for d in documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpuos-dra"]
     rules = {r["resources"][0]: set(r["verbs"]) for r in role["rules"]}
-    assert set(rules) == {"resourceslices", "resourceclaims"}
+    assert set(rules) == {"resourceslices", "resourceclaims", "nodes"}
     assert rules["resourceslices"] >= {"list", "create", "update", "delete"}
     assert rules["resourceclaims"] == {"get", "list", "watch"}
+    # Its own Node, read for the slices' ownerReference.
+    assert rules["nodes"] == {"get"}
     (binding,) = [d for d in documents() if d["kind"] == "ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == "gpuos-dra"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gpuos-dra", "namespace": "gpuos-system"}]

@@ -21,19 +21,21 @@ import pytest
 
 from gpuos import cdi
 from gpuos.cdi import device_nodes
-from gpuos.client import Client
+from gpuos.client import ApiError, Client
 from gpuos.daemon.daemon import Daemon
 from gpuos.deviceplugin import resources
 from gpuos.deviceplugin.plugin import Inventory, Manager, Options, backoff
 from gpuos.deviceplugin.podresources import api_pb2 as pr_pb2
 from gpuos.deviceplugin.podresources import api_pb2_grpc as pr_grpc
 from gpuos.deviceplugin.reconcile import Held, Reconciler, in_use, stale
+from gpuos.deviceplugin.specs import SpecFiles
 from gpuos.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from gpuos.devices.catalog import lookup
 from gpuos.errors import InvalidArgument
 from gpuos.mig import Instance, find_slot
 from gpuos.v1 import devices_pb2, jobs_pb2
 from tests.conftest import serve, wait_for
+from tests.fake_mig_host import MigHost, WithMinors
 
 PY = sys.executable
 # Two simulated H100s on two NUMA nodes (the topology the plugin passes on).
@@ -328,6 +330,7 @@ class Cluster:
     pods: FakePodResources
     manager: Manager
     cdi_dir: Path
+    host: MigHost | None = None
 
     def endpoint(self, resource: str) -> str:
         return self.kubelet.registered(len(RESOURCES))[resource].endpoint
@@ -336,20 +339,24 @@ class Cluster:
         return Client(socket=self.daemon.config.socket)
 
 
-def start_cluster(short_dir: Path, refuse: dict[str, int] | None = None) -> Iterator[Cluster]:
+def start_cluster(short_dir: Path, refuse: dict[str, int] | None = None, host: MigHost | None = None) -> Iterator[Cluster]:
+    """The plugin on two simulated GPUs; with ``host``, seen as GPUs of minor numbers 3 and 4 on it."""
     for daemon in serve(short_dir, sim_gpus=GPUS):
         plugin_dir = short_dir / "dp"
         plugin_dir.mkdir()
         kubelet = FakeKubelet(plugin_dir, refuse)
         pods = FakePodResources(short_dir / "pod-resources.sock")
-        client = Client(socket=daemon.config.socket)
+        client = Client(socket=daemon.config.socket) if host is None else WithMinors(daemon.config.socket, 3)
         reconciler = Reconciler(client, str(short_dir / "pod-resources.sock"), grace=GRACE)
         options = Options(poll=POLL, cdi_dir=str(short_dir / "cdi"), dev_root=str(short_dir / "no-dev"))
+        if host is not None:
+            options = Options(poll=POLL, cdi_dir=str(short_dir / "cdi"), dev_root=str(host.dev),
+                              mig_minors=str(host.mig_minors))
         manager = Manager(str(plugin_dir), Inventory(client, replicas=4), options, reconciler=reconciler,
                           reconcile_every=RECONCILE)
         thread = threading.Thread(target=manager.run, daemon=True)
         thread.start()
-        yield Cluster(daemon, kubelet, pods, manager, short_dir / "cdi")
+        yield Cluster(daemon, kubelet, pods, manager, short_dir / "cdi", host)
         manager.stop()
         thread.join(5)
         kubelet.server.stop(0)
@@ -514,12 +521,43 @@ def test_a_vanished_pods_reservation_is_released_within_seconds_and_its_spec_rem
         wait_for(lambda: c.get(gone).state == jobs_pb2.SUCCEEDED, timeout=5)
         assert time.monotonic() - started < 3.0
         assert c.get(gone).reason == "released" and c.get(kept).state == jobs_pb2.RUNNING
-        assert not os.path.exists(cdi.spec_path(str(cluster.cdi_dir), b))
+        # The same pass sweeps its spec, a moment after the release.
+        wait_for(lambda: not os.path.exists(cdi.spec_path(str(cluster.cdi_dir), b)), timeout=2)
         assert os.path.exists(cdi.spec_path(str(cluster.cdi_dir), a))
         # The GPU is offered again at once.
         stream = watch(cluster, "gpuos.io/gpu")
         next_where(stream, lambda h: h == {a: "Healthy", b: "Healthy"})
         stream.cancel()
+
+
+def test_the_spec_of_a_reservation_ended_another_way_is_swept_and_no_other_file(cluster: Cluster) -> None:
+    a, b = (d.uuid for d in cluster.daemon.controller.devices)
+    cancelled = allocate(cluster, "gpuos.io/gpu", [a]).envs["GPUOS_JOB_ID"]
+    allocate(cluster, "gpuos.io/gpu", [b])
+    # The same directory holds the DRA driver's spec, an unannotated one and another vendor's.
+    others = [cdi.write_spec(str(cluster.cdi_dir), devices=[cdi.CdiDevice("uid-1-0", {"A": "1"})], name="uid-1",
+                             annotations={cdi.OWNER: "gpuos-dra-plugin"}),
+              cdi.write_spec(str(cluster.cdi_dir), devices=[cdi.CdiDevice("legacy", {"A": "1"})], name="legacy"),
+              cdi.write_spec(str(cluster.cdi_dir), "nvidia.com/gpu", [cdi.CdiDevice("all", {"A": "1"})], name="all")]
+    with cluster.client() as c:
+        c.cancel(cancelled)  # gpuosctl cancel: the plugin never releases it, its pod still runs
+    wait_for(lambda: not os.path.exists(cdi.spec_path(str(cluster.cdi_dir), a)), timeout=5)
+    assert sorted(map(str, cluster.cdi_dir.glob("*.json"))) == sorted([*others, cdi.spec_path(str(cluster.cdi_dir), b)])
+
+
+def test_a_sweep_removes_nothing_while_gpuosd_does_not_answer(tmp_path: Path) -> None:
+    specs = SpecFiles(str(tmp_path))
+    specs.write(["GPU-b", "GPU-a"], devices_pb2.Reservation(job_id="job-1", env={"A": "1"}), [])
+    path = cdi.spec_path(str(tmp_path), "GPU-a")
+    assert cdi.read_annotations(path) == {cdi.OWNER: "gpuos-device-plugin", "gpuos.io/reservation": "job-1"}
+
+    def unreachable() -> set[str]:
+        raise ApiError(grpc.StatusCode.UNAVAILABLE, "gpuosd is restarting")
+
+    with pytest.raises(ApiError):
+        specs.sweep(unreachable)
+    assert specs.sweep(lambda: {"job-1"}) == [] and os.path.exists(path)
+    assert specs.sweep(lambda: {"job-2"}) == [path] and not os.path.exists(path)
 
 
 def test_nothing_is_released_while_pod_resources_fails(cluster: Cluster) -> None:
@@ -537,7 +575,33 @@ def test_a_mig_device_becomes_a_mig_slice(cluster: Cluster) -> None:
     uuid = cluster.daemon.controller.devices[0].uuid
     response = allocate(cluster, "gpuos.io/mig-3g.40gb", [f"{uuid}::mig-3g.40gb-0"])
     assert response.envs["CUDA_VISIBLE_DEVICES"].startswith("MIG-")
-    assert [m.profile for m in cluster.daemon.backend.mig_instances(0)] == ["3g.40gb"]
+    (made,) = cluster.daemon.backend.mig_instances(0)
+    assert made.profile == "3g.40gb"
+    # gpuosd's listing names its GPU and compute instance, as the capability nodes need them.
+    with cluster.client() as c:
+        (listed,) = c.devices().devices[0].mig_instances
+    assert (listed.uuid, listed.gpu_instance_id, listed.compute_instance_id) == (made.uuid, made.index, 0)
+
+
+@pytest.fixture
+def mig_host_cluster(short_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
+    yield from start_cluster(short_dir, host=MigHost(tmp_path, gpu_minors=(3, 4)))
+
+
+def test_a_mig_slices_container_gets_its_gpu_and_its_capability_nodes(mig_host_cluster: Cluster) -> None:
+    cluster, host = mig_host_cluster, mig_host_cluster.host
+    assert host is not None
+    uuid = cluster.daemon.controller.devices[1].uuid
+    allocate(cluster, "gpuos.io/mig-1g.10gb", [f"{uuid}::mig-1g.10gb-0"])  # GPU 1's first GPU instance
+    ids = [f"{uuid}::mig-3g.40gb-0"]
+    response = allocate(cluster, "gpuos.io/mig-3g.40gb", ids)
+    made = next(m for m in cluster.daemon.backend.mig_instances(1) if m.uuid == response.envs["CUDA_VISIBLE_DEVICES"])
+    # GPU 1 is /dev/nvidia4 here; the slice is its second GPU instance.
+    wanted = ["/dev/nvidia4", "/dev/nvidiactl", "/dev/nvidia-uvm", *host.caps(4, made.index, made.compute_instance)]
+    assert made.index == 2 and [d.host_path for d in response.devices] == wanted
+    assert all(d.container_path == d.host_path and d.permissions == "rw" for d in response.devices)
+    (device,) = cdi.read_spec(cdi.spec_path(str(cluster.cdi_dir), ids[0]))
+    assert list(device.device_nodes) == wanted
 
 
 def test_a_device_handed_out_again_releases_its_previous_holder_and_its_spec(cluster: Cluster) -> None:

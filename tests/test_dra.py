@@ -26,6 +26,7 @@ from gpuos import cdi  # noqa: E402
 from gpuos.client import Client  # noqa: E402
 from gpuos.daemon.daemon import Daemon  # noqa: E402
 from gpuos.devices import catalog  # noqa: E402
+from gpuos.dra.driver import CDI_OWNER  # noqa: E402
 from gpuos.dra.inventory import COMPUTE, MEMORY, SLOTS, inventory, mig_rules  # noqa: E402
 from gpuos.dra.main import Plugin, resource_api  # noqa: E402
 from gpuos.dra.pluginregistration.v1 import api_pb2 as reg_pb2  # noqa: E402
@@ -38,8 +39,10 @@ from gpuos.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc  # noqa: E402
 from gpuos.mig import Instance, fits_at  # noqa: E402
 from gpuos.v1 import common_pb2, jobs_pb2  # noqa: E402
 from tests.conftest import ROOT, wait_for  # noqa: E402
+from tests.fake_mig_host import MigHost, WithMinors  # noqa: E402
 
 NODE = "node-a"
+NODE_UID = "8d2c5f0e-node-a-uid"
 GROUP = "/apis/resource.k8s.io/v1"
 SERIALIZE = k8s.ApiClient().sanitize_for_serialization
 
@@ -67,6 +70,9 @@ def validate_slice(data: dict[str, Any]) -> None:
     echoed["metadata"] = data["metadata"]
     if echoed != data:
         raise Invalid(f"fields the model does not know: {json.dumps(data)[:300]}")
+    for owner in data["metadata"].get("ownerReferences", []):
+        if not all(owner.get(k) for k in ("apiVersion", "kind", "name", "uid")):
+            raise Invalid(f"an ownerReference names its owner's apiVersion, kind, name and uid: {owner}")
     spec = model.spec
     if bool(spec.devices) == bool(spec.shared_counters):
         raise Invalid("a slice holds devices or sharedCounters, exactly one of them")
@@ -83,11 +89,14 @@ def validate_slice(data: dict[str, Any]) -> None:
 
 
 class ApiServer:
-    """A stand-in kube-apiserver for resource.k8s.io/v1: ResourceSlices and ResourceClaims."""
+    """A stand-in kube-apiserver for resource.k8s.io/v1 (ResourceSlices and ResourceClaims) and
+    this node's Node; ``nodes_forbidden`` answers a Node read as an account without RBAC for it."""
 
     def __init__(self) -> None:
         self.slices: dict[str, dict[str, Any]] = {}
         self.claims: dict[tuple[str, str], dict[str, Any]] = {}
+        self.nodes = {NODE: {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": NODE_UID}}}
+        self.nodes_forbidden = False
         self.refused: list[str] = []
         self.version = itertools.count(1)
         self.lock = threading.Lock()
@@ -136,6 +145,12 @@ class ApiServer:
         return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code}
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: dict[str, Any] | None):  # type: ignore[no-untyped-def]
+        if method == "GET" and path.startswith("/api/v1/nodes/"):
+            name = path[len("/api/v1/nodes/"):]
+            if self.nodes_forbidden:
+                return self.status(403, f'nodes "{name}" is forbidden: cannot get resource "nodes"')
+            node = self.nodes.get(name)
+            return (200, node) if node else self.status(404, f"nodes {name!r} not found")
         if path.startswith(f"{GROUP}/namespaces/") and "/resourceclaims/" in path:
             _, rest = path.split("/namespaces/", 1)
             namespace, _, name = rest.split("/", 2)
@@ -365,6 +380,30 @@ def test_each_gpu_is_published_with_its_attributes(cluster: Cluster) -> None:
             f"gpu-{index}-mig-7g-80gb-0"}
     assert set(pool["counters"]) == {"gpu-0", "gpu-1"}
     assert cluster.api.refused == []
+    # Every slice is the node's, so the garbage collector deletes them with it.
+    owners = [s["metadata"].get("ownerReferences") for s in cluster.api.slices.values()]
+    assert owners and all(o == [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE_UID,
+                                 "controller": True}] for o in owners)
+
+
+def test_slices_are_published_without_an_owner_while_the_node_cannot_be_read(
+        api: ApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    from gpuos.dra.inventory import Kind
+    from gpuos.dra.slices import Publisher
+    from gpuos.v1 import devices_pb2
+
+    gpu = devices_pb2.Device(index=0, uuid="GPU-a", model="H100-80GB", memory_total=80 * 1024**3, healthy=True)
+    publisher = Publisher(resource_api(None, api.url), NODE, lambda: inventory([gpu], kinds={Kind.GPU}))
+    api.nodes_forbidden = True
+    with caplog.at_level("WARNING", logger="gpuos.dra"):
+        assert publisher.sync() and publisher.sync(force=True)
+    assert [s["metadata"].get("ownerReferences") for s in api.slices.values()] == [None]
+    # Said once, not at every publication.
+    assert len([r for r in caplog.records if "without an owner" in r.getMessage()]) == 1
+    api.nodes_forbidden = False
+    assert publisher.sync(force=True)
+    assert [s["metadata"]["ownerReferences"][0]["uid"] for s in api.slices.values()] == [NODE_UID]
+    assert api.refused == []
 
 
 def test_mps_and_time_slices_are_consumable_capacity(cluster: Cluster) -> None:
@@ -523,6 +562,21 @@ def test_a_mig_claim_creates_the_slice_where_it_was_offered(cluster: Cluster) ->
     assert "gpu-0-mig-3g-40gb-4" in names and "gpu-0-mig-1g-10gb-4" in names and "gpu-0-mig-1g-10gb-0" not in names
 
 
+def test_a_mig_claims_spec_gives_its_gpu_and_the_slices_capability_nodes(cluster: Cluster, tmp_path: Path) -> None:
+    # GPU 0 as a host with the driver would show it: /dev/nvidia3 and the MIG capability table.
+    host = MigHost(tmp_path, gpu_minors=(3, 4))
+    assert cluster.plugin is not None
+    driver = cluster.plugin.driver
+    with WithMinors(cluster.daemon.config.socket, 3) as client:
+        driver.client, driver.dev_root, driver.mig_minors = client, str(host.dev), str(host.mig_minors)
+        answer = cluster.prepare(claim("mig-caps", "uid-mc", [{"device": "gpu-0-mig-2g-20gb-2"}]))["uid-mc"]
+    assert answer.error == ""
+    (spec,) = cluster.spec_of(answer).values()
+    (made,) = cluster.daemon.backend.mig_instances(0)
+    assert list(spec.device_nodes) == ["/dev/nvidia3", "/dev/nvidiactl", "/dev/nvidia-uvm",
+                                       *host.caps(3, made.index, made.compute_instance)]
+
+
 def test_a_time_sliced_claim_takes_turns(cluster: Cluster) -> None:
     answer = cluster.prepare(claim("ts", "uid-ts", [{"device": "gpu-1-timeslice", "consumed": {SLOTS: "2"}}]))["uid-ts"]
     assert answer.error == ""
@@ -627,10 +681,15 @@ def test_the_v1beta1_service_prepares_as_v1_does(cluster: Cluster) -> None:
 def test_a_restart_releases_reservations_no_claim_holds(cluster: Cluster) -> None:
     # What a driver that died between reserving and checkpointing leaves behind.
     cluster.client.reserve("dra:default/lost", [cluster.uuid(0)], common_pb2.Resources(gpus=1), keys=["uid-lost/gpu/gpu-0"])
-    cdi.write_spec(str(cluster.cdi_dir), devices=[cdi.CdiDevice("uid-lost-0", {"A": "1"})], name="uid-lost")
+    cdi.write_spec(str(cluster.cdi_dir), devices=[cdi.CdiDevice("uid-lost-0", {"A": "1"})], name="uid-lost",
+                   annotations={cdi.OWNER: CDI_OWNER})
+    # The device plugin's spec and one of unknown origin, of the same class in the same directory.
+    others = [cdi.write_spec(str(cluster.cdi_dir), devices=[cdi.CdiDevice("GPU-x", {"A": "1"})], name="GPU-x",
+                             annotations={cdi.OWNER: "gpuos-device-plugin"}),
+              cdi.write_spec(str(cluster.cdi_dir), devices=[cdi.CdiDevice("legacy", {"A": "1"})], name="legacy")]
     cluster.stop()
     cluster.start()
-    assert cluster.reservations() == [] and not list(cluster.cdi_dir.glob("*.json"))
+    assert cluster.reservations() == [] and sorted(map(str, cluster.cdi_dir.glob("*.json"))) == sorted(others)
 
 
 def test_the_gpuos_dra_plugin_command_registers_and_publishes(daemon: Daemon, short_dir: Path, api: ApiServer) -> None:

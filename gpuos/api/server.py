@@ -30,6 +30,7 @@ from gpuos.api.fairness import StreamGate
 from gpuos.api.identity import Authenticator, Identity
 from gpuos.api.loop import ALL, EventFeed, LoopServer, follow_key
 from gpuos.api.service import DaemonService
+from gpuos.devices.backend import MigInstance
 from gpuos.errors import (
     BackendError,
     FailedPrecondition,
@@ -424,6 +425,11 @@ class JobServicer(_Base):
 MPS_SHM = "/dev/shm"
 
 
+def _mig_instance(m: MigInstance) -> devices_pb2.MigInstanceInfo:
+    return devices_pb2.MigInstanceInfo(profile=m.profile, start=m.start, uuid=m.uuid, gpu_instance_id=m.index,
+                                       compute_instance_id=m.compute_instance)
+
+
 class DeviceServicer(_Base):
     @_handled
     def List(self, request: devices_pb2.ListDevicesRequest, context: grpc.ServicerContext) -> devices_pb2.ListDevicesResponse:
@@ -477,6 +483,12 @@ class DeviceServicer(_Base):
         env = {**env, "GPUOS_JOB_ID": job.id}
         env.setdefault("NVIDIA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""))
         out = devices_pb2.Reservation(job_id=job.id, env=env)
+        placement = job.placement
+        if placement is not None and placement.mig_uuid:
+            instance = next((m for m in self.service.mig_instances(placement.devices[0])
+                             if m.uuid == placement.mig_uuid), None)
+            if instance is not None:
+                out.mig_instance.CopyFrom(_mig_instance(instance))
         pipe = env.get("CUDA_MPS_PIPE_DIRECTORY")
         if pipe:
             # A container reaches the MPS control daemon through its pipe directory; its clients
@@ -577,10 +589,7 @@ class DeviceServicer(_Base):
                 device.partitioning = PartitionKind.MIG.value
             else:
                 device.partitioning = min(k.value for k in kinds)
-            device.mig_instances.extend(
-                devices_pb2.MigInstanceInfo(profile=m.profile, start=m.start, uuid=m.uuid)
-                for m in service.mig_instances(info.index)
-            )
+            device.mig_instances.extend(_mig_instance(m) for m in service.mig_instances(info.index))
             device.mps_daemon_running = service.mps_running(info.index)
             suspend = service.suspend_support
             device.suspend_supported = suspend.supported

@@ -11,7 +11,8 @@ One poller refreshes the inventory from gpuosd every ``poll`` seconds (and at on
 allocation), and every ``ListAndWatch`` stream sends the kubelet its resource's devices whenever
 they change: a GPU that another resource (or gpuosd's own work) takes shows its other devices
 Unhealthy within one poll. A reconciler (:mod:`gpuos.deviceplugin.reconcile`) releases the
-reservations of containers the kubelet no longer has.
+reservations of containers the kubelet no longer has and sweeps the CDI spec files
+(:mod:`gpuos.deviceplugin.specs`) of reservations that ended.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from gpuos.client import ApiError, Client
 from gpuos.deviceplugin import resources
 from gpuos.deviceplugin.reconcile import RESERVATION_PREFIX, Reconciler
 from gpuos.deviceplugin.resources import Advertised
+from gpuos.deviceplugin.specs import SpecFiles
 from gpuos.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from gpuos.errors import GpuosError
 from gpuos.v1 import devices_pb2
@@ -58,12 +60,14 @@ class Options:
     """How the plugin's servers answer, beyond what gpuosd says.
 
     ``cdi_dir``: where CDI spec files for allocated devices go ("" for none). ``dev_root``: where
-    the host's /dev is visible to the plugin, to see which device nodes exist.
+    the host's /dev is visible to the plugin, to see which device nodes exist. ``mig_minors``: the
+    driver's table of MIG capability minors, to give a MIG slice its capability device nodes.
     """
 
     poll: float = 0.5
     cdi_dir: str = cdi.DEFAULT_DIR
     dev_root: str = "/dev"
+    mig_minors: str = cdi.MIG_MINORS
 
 
 class Inventory:
@@ -131,38 +135,14 @@ class Inventory:
             return self._version, list(self._last.get(resource, []))
 
 
-def write_cdi_spec(options: Options, ids: Sequence[str], reservation: devices_pb2.Reservation,
-                   nodes: Sequence[str]) -> str:
-    """One CDI spec file for one allocation's device IDs: a CDI device carrying the reservation's
-    environment, mounts and ``nodes``, file and device named after the first ID; the qualified
-    name to give the kubelet.
-
-    A spec named after another of the IDs is the previous holder's, which gpuosd released as this
-    reservation took the ID over: removed, so no file of a released reservation stays behind it.
-    """
-    name, *rest = sorted(ids)
-    mounts = [cdi.Mount(m.host_path, m.container_path, m.read_only) for m in reservation.mounts]
-    device = cdi.CdiDevice(name=name, env=dict(reservation.env), mounts=mounts, device_nodes=list(nodes))
-    cdi.write_spec(options.cdi_dir, cdi.DEFAULT_CLASS, [device], name=name)
-    remove_cdi_specs(options.cdi_dir, rest)
-    return cdi.qualified(name)
-
-
-def remove_cdi_specs(cdi_dir: str, ids: Iterable[str]) -> None:
-    for device_id in ids:
-        try:
-            cdi.remove_spec(cdi.spec_path(cdi_dir, device_id))
-        except cdi.CdiError:
-            continue  # a key that was never a CDI name never had a spec
-
-
 class ResourcePlugin:
-    """The DevicePlugin service for one resource."""
+    """The DevicePlugin service for one resource; ``specs``: where its CDI spec files go (None: no CDI)."""
 
-    def __init__(self, resource: str, inventory: Inventory, options: Options) -> None:
+    def __init__(self, resource: str, inventory: Inventory, options: Options, specs: SpecFiles | None) -> None:
         self.resource = resource
         self.inventory = inventory
         self.options = options
+        self.specs = specs
         self.stopped = threading.Event()
 
     def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> api_pb2.DevicePluginOptions:
@@ -238,12 +218,12 @@ class ResourcePlugin:
             response.mounts.append(api_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path,
                                                  read_only=mount.read_only))
         minors = [g.minor_number for g in map(self.inventory.gpu, gpus) if g is not None]
-        nodes = cdi.device_nodes(minors, self.options.dev_root)
+        nodes = cdi.reservation_nodes(reservation, minors, self.options.dev_root, self.options.mig_minors)
         for path in nodes:
             response.devices.append(api_pb2.DeviceSpec(container_path=path, host_path=path, permissions="rw"))
-        if self.options.cdi_dir:
+        if self.specs is not None:
             try:
-                name = write_cdi_spec(self.options, ids, reservation, nodes)
+                name = self.specs.write(ids, reservation, nodes)
             except (OSError, cdi.CdiError) as exc:
                 # Without its spec a CDI name would fail the container; envs and mounts still carry it.
                 log.warning("no CDI spec for %s (%s); answering without cdi_devices", ids, exc)
@@ -286,8 +266,12 @@ class Manager:
         self.options = options or Options()
         self.reconciler = reconciler
         self.reconcile_every = reconcile_every
-        if reconciler is not None and reconciler.released is None:
-            reconciler.released = self._released
+        self.specs = SpecFiles(self.options.cdi_dir) if self.options.cdi_dir else None
+        if reconciler is not None:
+            if reconciler.released is None:
+                reconciler.released = self.inventory.refresh
+            if reconciler.specs is None:
+                reconciler.specs = self.specs
         self._servers: dict[str, _Served] = {}
         self._kubelet_id: tuple[int, int] | None = None
         self._stop = threading.Event()
@@ -307,7 +291,7 @@ class Manager:
         path = os.path.join(self.plugin_dir, socket_name(resource))
         if os.path.exists(path):
             os.unlink(path)
-        plugin = ResourcePlugin(resource, self.inventory, self.options)
+        plugin = ResourcePlugin(resource, self.inventory, self.options, self.specs)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpuos-dp"))
         api_pb2_grpc.add_DevicePluginServicer_to_server(plugin, server)  # type: ignore[arg-type]
         server.add_insecure_port(f"unix:{path}")
@@ -381,11 +365,6 @@ class Manager:
         assert self.reconciler is not None
         while not self._stop.wait(self.reconcile_every):
             self.reconciler.once(time.time())
-
-    def _released(self, keys: Iterable[str]) -> None:
-        if self.options.cdi_dir:
-            remove_cdi_specs(self.options.cdi_dir, keys)
-        self.inventory.refresh()
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         self.inventory.refresh()

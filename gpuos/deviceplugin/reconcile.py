@@ -8,12 +8,16 @@ releases the gpuos reservations named ``k8s:*`` none of whose keys any container
 answer releases anything: when the call fails, nothing is released. A reservation must also be
 seen unclaimed twice, ``grace`` seconds apart, because the kubelet records a container's devices
 only after ``Allocate`` has answered: a List in between would not show them yet.
+
+Each pass then sweeps the plugin's CDI spec files whose reservation gpuosd no longer holds,
+however it ended (:mod:`gpuos.deviceplugin.specs`); that asks only gpuosd, so it is done when the
+kubelet does not answer too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +25,7 @@ import grpc
 from gpuos.client import ApiError, Client
 from gpuos.deviceplugin import resources
 from gpuos.deviceplugin.podresources import api_pb2, api_pb2_grpc
+from gpuos.deviceplugin.specs import SpecFiles
 
 log = logging.getLogger("gpuos.deviceplugin")
 
@@ -71,15 +76,17 @@ def stale(held: Sequence[Held], used: set[str], unclaimed_since: Mapping[str, fl
 
 
 class Reconciler:
-    """Releases the reservations of containers the kubelet no longer has."""
+    """Releases the reservations of containers the kubelet no longer has, and sweeps ``specs``
+    (the plugin's CDI spec files; None: none to sweep)."""
 
     def __init__(self, client: Client, socket_path: str = POD_RESOURCES_SOCKET, grace: float = 3.0,
-                 released: Callable[[Iterable[str]], None] | None = None) -> None:
+                 released: Callable[[], object] | None = None, specs: SpecFiles | None = None) -> None:
         self.client = client
         self.socket_path = socket_path
         self.grace = grace
-        # Told the keys of each released reservation (the plugin removes their CDI specs).
+        # Told after a pass released any reservation (the plugin refreshes what it advertises).
         self.released = released
+        self.specs = specs
         self._unclaimed: dict[str, float] = {}
 
     def list_in_use(self) -> set[str] | None:
@@ -95,7 +102,19 @@ class Reconciler:
         return in_use(response)
 
     def once(self, now: float) -> list[str]:
-        """One reconciliation at time ``now``; the job ids of the reservations it released."""
+        """One reconciliation at time ``now``, then a sweep of the spec files; the job ids of the
+        reservations it released."""
+        done = self._release(now)
+        if done and self.released is not None:
+            self.released()
+        if self.specs is not None:
+            try:
+                self.specs.sweep(lambda: {r.job_id for r in self.client.reservations(RESERVATION_PREFIX)})
+            except ApiError as exc:
+                log.warning("cannot list gpuosd's reservations (%s); sweeping no CDI specs this time", exc.details)
+        return done
+
+    def _release(self, now: float) -> list[str]:
         used = self.list_in_use()
         if used is None:
             return []
@@ -115,6 +134,4 @@ class Reconciler:
             log.info("released reservation %s: no container holds %s any more", reservation.job_id,
                      ", ".join(reservation.keys))
             done.append(reservation.job_id)
-            if self.released is not None:
-                self.released(reservation.keys)
         return done

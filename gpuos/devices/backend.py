@@ -38,12 +38,17 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class MigInstance:
-    """A MIG GPU instance (with one compute instance spanning it) that exists on a GPU."""
+    """A MIG GPU instance (with one compute instance spanning it) that exists on a GPU.
+
+    ``index`` is NVIDIA's GPU instance id and ``compute_instance`` the id of the compute instance
+    in it: with the GPU's minor number they name the slice's capability device nodes.
+    """
 
     index: int
     profile: str
     start: int
     uuid: str
+    compute_instance: int = 0
 
 
 @dataclass(frozen=True)

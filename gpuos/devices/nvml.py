@@ -230,13 +230,14 @@ class NvmlBackend(DeviceBackend):
             for gi in found[: count.value]:
                 gi_info = pynvml.nvmlGpuInstanceGetInfo(gi)
                 gi_id = int(gi_info.id)
-                by_id[gi_id] = MigInstance(
-                    gi_id, name, int(gi_info.placement.start), self._mig_device_uuid(handle, gi_id)
-                )
+                uuid, ci_id = self._mig_device(handle, gi_id)
+                by_id[gi_id] = MigInstance(gi_id, name, int(gi_info.placement.start), uuid, ci_id)
         return [by_id[k] for k in sorted(by_id)]
 
     @staticmethod
-    def _mig_device_uuid(handle: Any, gi_id: int) -> str:
+    def _mig_device(handle: Any, gi_id: int) -> tuple[str, int]:
+        """The UUID and compute instance id of GPU instance ``gi_id``'s MIG device (its first, for
+        one an administrator split into several); ("", 0) when it has none."""
         try:
             for i in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
                 try:
@@ -244,10 +245,10 @@ class NvmlBackend(DeviceBackend):
                 except pynvml.NVMLError:
                     continue
                 if pynvml.nvmlDeviceGetGpuInstanceId(mig) == gi_id:
-                    return _text(pynvml.nvmlDeviceGetUUID(mig))
+                    return _text(pynvml.nvmlDeviceGetUUID(mig)), int(pynvml.nvmlDeviceGetComputeInstanceId(mig))
         except pynvml.NVMLError:
             pass
-        return ""
+        return "", 0
 
     def create_mig_instance(self, index: int, profile: str, start: int) -> MigInstance:
         """Create a GPU instance of ``profile`` at ``start`` and one compute instance filling it.
@@ -289,7 +290,8 @@ class NvmlBackend(DeviceBackend):
                 f"could not create the compute instance of {profile} on GPU {index}: {exc}"
             ) from exc
         gi_id = int(pynvml.nvmlGpuInstanceGetInfo(gi).id)
-        return MigInstance(gi_id, profile, start, self._mig_device_uuid(handle, gi_id))
+        uuid, ci_id = self._mig_device(handle, gi_id)
+        return MigInstance(gi_id, profile, start, uuid, ci_id)
 
     def destroy_mig_instance(self, index: int, uuid: str) -> None:
         handle = self._handles[index]

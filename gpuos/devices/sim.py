@@ -334,11 +334,14 @@ class SimBackend(DeviceBackend):
                     f"{[(m.profile, m.start) for m in gpu.mig]}"
                 )
             digest = hashlib.sha256(f"{info.uuid}:{gpu.next_gi}:{profile}:{start}".encode()).hexdigest()
+            # Like the driver: each GPU instance gets an id of its own, and the one compute
+            # instance made in it is that instance's first, id 0.
             instance = MigInstance(
                 gpu.next_gi,
                 profile,
                 start,
                 f"MIG-sim-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}",
+                compute_instance=0,
             )
             gpu.next_gi += 1
             gpu.mig.append(instance)

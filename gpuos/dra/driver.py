@@ -30,6 +30,9 @@ log = logging.getLogger("gpuos.dra")
 
 RESERVATION_PREFIX = "dra:"
 CDI_CLASS = "gpuos.io/gpu"
+# The owner annotation of the driver's spec files: the device plugin writes the same class into
+# the same directory, and neither may take the other's files for orphans.
+CDI_OWNER = "gpuos-dra-plugin"
 
 
 class ClaimSource(Protocol):
@@ -80,10 +83,13 @@ class Driver:
     """Prepares claims on this node's pool; every change is checkpointed before it is answered."""
 
     def __init__(self, client: Client, claims: ClaimSource, checkpoint: Checkpoint, cdi_dir: str, node: str,
-                 on_change: Callable[[], None] = lambda: None, dev_root: str = "/dev") -> None:
-        """``dev_root``: where this process sees the host's ``/dev`` (to tell which nodes exist)."""
+                 on_change: Callable[[], None] = lambda: None, dev_root: str = "/dev",
+                 mig_minors: str = cdi.MIG_MINORS) -> None:
+        """``dev_root``: where this process sees the host's ``/dev`` (to tell which nodes exist);
+        ``mig_minors``: the driver's table of MIG capability minors (a slice's capability nodes)."""
         self.client = client
         self.dev_root = dev_root
+        self.mig_minors = mig_minors
         self.claims = claims
         self.checkpoint = checkpoint
         self.cdi_dir = cdi_dir
@@ -140,11 +146,12 @@ class Driver:
             devices = [
                 cdi.CdiDevice(f"{ref.uid}-{i}", dict(r.env),
                               [cdi.Mount(m.host_path, m.container_path, m.read_only) for m in r.mounts],
-                              cdi.device_nodes([minors.get(d.gpu, -1) for d in part.refs], self.dev_root))
+                              cdi.reservation_nodes(r, [minors.get(d.gpu, -1) for d in part.refs], self.dev_root,
+                                                    self.mig_minors))
                 for i, (r, part) in enumerate(zip(held, wanted, strict=True))
             ]
             if devices:
-                cdi.write_spec(self.cdi_dir, CDI_CLASS, devices, name=ref.uid)
+                cdi.write_spec(self.cdi_dir, CDI_CLASS, devices, name=ref.uid, annotations={cdi.OWNER: CDI_OWNER})
             answered = []
             for part, device in zip(wanted, devices, strict=True):
                 qualified = cdi.qualified(device.name, CDI_CLASS)
@@ -214,15 +221,15 @@ class Driver:
 
     def reconcile(self) -> int:
         """After a restart: release the gpuosd reservations of this driver that no checkpointed
-        claim holds (left by a driver that died between reserving and recording), and remove CDI
-        specs no claim owns. How many reservations it released."""
+        claim holds (left by a driver that died between reserving and recording), and remove the
+        driver's CDI specs no claim owns. How many reservations it released."""
         with self._lock:
             known = {r.uid for r in self.checkpoint.records()}
             orphans = [key for r in self.client.reservations(RESERVATION_PREFIX)
                        for key in r.keys if key.split("/", 1)[0] not in known]
             released = self._release(orphans) if orphans else 0
             for owner, path in cdi.specs(self.cdi_dir, CDI_CLASS).items():
-                if owner not in known:
+                if owner not in known and cdi.read_annotations(path).get(cdi.OWNER) == CDI_OWNER:
                     cdi.remove_spec(path)
         if released:
             log.info("released %d reservations no prepared claim holds", released)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Collection
 from typing import Any
 
-from gpuos import extras
+from gpuos import cdi, extras
 from gpuos.client import ApiError, Client
 from gpuos.dra.inventory import ALL_KINDS, Inventory, Kind, inventory
 
@@ -28,7 +28,7 @@ class Plugin:
 
     def __init__(self, client: Client, resource_api: Any, node: str, state_dir: str, cdi_dir: str,
                  registry_dir: str, plugin_dir: str, kinds: Collection[Kind] = ALL_KINDS, poll: float = 5.0,
-                 dev_root: str = "/dev") -> None:
+                 dev_root: str = "/dev", mig_minors: str = cdi.MIG_MINORS) -> None:
         from gpuos.dra.checkpoint import Checkpoint
         from gpuos.dra.driver import ApiClaims, Driver
         from gpuos.dra.kubelet import KubeletPlugin
@@ -40,7 +40,7 @@ class Plugin:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.driver = Driver(client, ApiClaims(resource_api), Checkpoint(state_dir), cdi_dir, node,
-                             on_change=self._wake.set, dev_root=dev_root)
+                             on_change=self._wake.set, dev_root=dev_root, mig_minors=mig_minors)
         self.kubelet = KubeletPlugin(self.driver, registry_dir, plugin_dir)
         self.publisher = Publisher(resource_api, node, self.inventory)
 

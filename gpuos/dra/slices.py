@@ -5,7 +5,9 @@ One pool per node (named after the node). The counter sets go in slices of their
 holds devices or shared counters, not both; at most 8 counter sets each), the devices in slices of
 at most 64 (the limit when devices consume counters). Each change of the inventory publishes
 the whole pool again under the next generation, and slices of this node that are no longer part
-of it are deleted. Needs the ``kubernetes`` extra.
+of it are deleted. Each slice is owned by the node's Node object (an ownerReference, as upstream's
+kubelet plugin helper sets it), so deleting the node deletes its slices. Needs the ``kubernetes``
+extra.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from gpuos.dra.inventory import DRIVER, Capacity, Inventory, Published
 
@@ -65,8 +68,15 @@ def slice_name(node: str, k: int) -> str:
     return f"{node}-gpuos-io-{k}"
 
 
-def resource_slices(inventory: Inventory, node: str, generation: int) -> list[Any]:
-    """The ``V1ResourceSlice`` objects that publish ``inventory`` as pool ``node``, generation ``generation``."""
+def node_owner(node: str, uid: str) -> Any:
+    """The ownerReference of a slice to Node ``node`` (``uid``): the garbage collector deletes the
+    slice with the node."""
+    return k8s.V1OwnerReference(api_version="v1", kind="Node", name=node, uid=uid, controller=True)
+
+
+def resource_slices(inventory: Inventory, node: str, generation: int, owner: Any = None) -> list[Any]:
+    """The ``V1ResourceSlice`` objects that publish ``inventory`` as pool ``node``, generation
+    ``generation``, owned by ``owner`` (a ``V1OwnerReference``) if given."""
     specs: list[dict[str, Any]] = []
     for sets in _chunks(inventory.counter_sets, MAX_COUNTER_SETS):
         specs.append({"shared_counters": [
@@ -78,7 +88,8 @@ def resource_slices(inventory: Inventory, node: str, generation: int) -> list[An
     return [
         k8s.V1ResourceSlice(
             api_version="resource.k8s.io/v1", kind="ResourceSlice",
-            metadata=k8s.V1ObjectMeta(name=slice_name(node, k), labels={"gpuos.io/node": node}),
+            metadata=k8s.V1ObjectMeta(name=slice_name(node, k), labels={"gpuos.io/node": node},
+                                      owner_references=[owner] if owner is not None else None),
             spec=k8s.V1ResourceSliceSpec(driver=DRIVER, node_name=node, pool=pool, **spec),
         )
         for k, spec in enumerate(specs)
@@ -88,16 +99,35 @@ def resource_slices(inventory: Inventory, node: str, generation: int) -> list[An
 class Publisher:
     """Publishes this node's inventory as ResourceSlices whenever it changes.
 
-    ``source`` gives the inventory now; ``api`` is a ``kubernetes.client.ResourceV1Api``.
+    ``source`` gives the inventory now; ``api`` is a ``kubernetes.client.ResourceV1Api``, whose
+    API client also reads the Node (for the slices' owner).
     """
 
     def __init__(self, api: Any, node: str, source: Callable[[], Inventory]) -> None:
         self.api = api
+        self.nodes: Any = k8s.CoreV1Api(api.api_client)
         self.node = node
         self.source = source
         self.generation: int | None = None
         self._published: Inventory | None = None
+        self._owner: Any = None
+        self._owner_warned = False
         self._lock = threading.Lock()
+
+    def _node_owner(self) -> Any:
+        """The ownerReference to this node's Node, read once; None (asked again next time) while it
+        cannot be read, and the slices are published without one."""
+        if self._owner is None:
+            try:
+                uid = self.nodes.read_node(self.node).metadata.uid
+            except ApiException as exc:
+                if not self._owner_warned:
+                    log.warning("cannot read Node %s (%s %s): publishing ResourceSlices without an owner, so they "
+                                "outlive the node; grant get on nodes", self.node, exc.status, exc.reason)
+                    self._owner_warned = True
+                return None
+            self._owner = node_owner(self.node, uid)
+        return self._owner
 
     def _existing(self) -> dict[str, Any]:
         listed = self.api.list_resource_slice(field_selector=f"spec.nodeName={self.node},spec.driver={DRIVER}")
@@ -115,7 +145,7 @@ class Publisher:
                 # the new slices for older ones.
                 self.generation = max((s.spec.pool.generation for s in existing.values()), default=0)
             self.generation += 1
-            wanted = resource_slices(inventory, self.node, self.generation)
+            wanted = resource_slices(inventory, self.node, self.generation, self._node_owner())
             for body in wanted:
                 old = existing.pop(body.metadata.name, None)
                 if old is None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gpuos.v1 import common_pb2 as gpuos_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpuos/v1/devices.proto\x12\x08gpuos.v1\x1a\x15gpuos/v1/common.proto\"g\n\x0eReserveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tgpu_uuids\x18\x02 \x03(\t\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12\x0c\n\x04keys\x18\x04 \x03(\t\"I\n\tHostMount\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"\x9b\x01\n\x0bReservation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.gpuos.v1.Reservation.EnvEntry\x12#\n\x06mounts\x18\x03 \x03(\x0b\x32\x13.gpuos.v1.HostMount\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0eReleaseRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\" \n\x0cReleaseReply\x12\x10\n\x08released\x18\x01 \x01(\r\".\n\x17ListReservationsRequest\x12\x13\n\x0bname_prefix\x18\x01 \x01(\t\"x\n\x0fReservationInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x11\n\tgpu_uuids\x18\x04 \x03(\t\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.gpuos.v1.Resources\"H\n\x15ListReservationsReply\x12/\n\x0creservations\x18\x01 \x03(\x0b\x32\x19.gpuos.v1.ReservationInfo\"H\n\x0bRankRequest\x12&\n\tresources\x18\x01 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12\x11\n\tgpu_uuids\x18\x02 \x03(\t\"!\n\x0cRankResponse\x12\x11\n\tgpu_uuids\x18\x01 \x03(\t\"\xab\x01\n\x12InjectFaultRequest\x12\r\n\x05index\x18\x01 \x01(\r\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.gpuos.v1.InjectFaultRequest.Kind\"U\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bGPU_FAILURE\x10\x01\x12\x10\n\x0cGPU_RECOVERY\x10\x02\x12\x14\n\x10MPS_DAEMON_CRASH\x10\x03\"?\n\x0c\x44rainRequest\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\x12\x0f\n\x07requeue\x18\x03 \x01(\x08\"u\n\nDrainReply\x12 \n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x10.gpuos.v1.Device\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tmigrating\x18\x03 \x03(\t\x12\x10\n\x08requeued\x18\x04 \x03(\t\x12\x0f\n\x07staying\x18\x05 \x03(\t\"\x14\n\x12ListDevicesRequest\"?\n\x0fMigInstanceInfo\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0c\n\x04uuid\x18\x03 \x01(\t\"\x82\x01\n\x0eMigProfileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06slices\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x11\n\tmax_count\x18\x04 \x01(\r\x12\x15\n\rmemory_slices\x18\x05 \x01(\r\x12\x12\n\nplacements\x18\x06 \x03(\r\"\x91\x01\n\nAllocation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\t\x12\x15\n\rcompute_milli\x18\x04 \x01(\r\x12\x14\n\x0cmemory_limit\x18\x05 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x06 \x01(\x04\x12\x0e\n\x06paused\x18\x07 \x01(\x08\"\xf4\x03\n\x06\x44\x65vice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_total\x18\x04 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x05 \x01(\x04\x12\x10\n\x08sm_count\x18\x06 \x01(\r\x12\x17\n\x0futilization_pct\x18\x07 \x01(\x01\x12\x0f\n\x07healthy\x18\x08 \x01(\x08\x12.\n\x0cmig_profiles\x18\t \x03(\x0b\x32\x18.gpuos.v1.MigProfileInfo\x12\x14\n\x0cpartitioning\x18\n \x01(\t\x12)\n\x0b\x61llocations\x18\x0b \x03(\x0b\x32\x14.gpuos.v1.Allocation\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x30\n\rmig_instances\x18\r \x03(\x0b\x32\x19.gpuos.v1.MigInstanceInfo\x12\x1a\n\x12mps_daemon_running\x18\x0e \x01(\x08\x12\x19\n\x11suspend_supported\x18\x0f \x01(\x08\x12\x16\n\x0esuspend_detail\x18\x10 \x01(\t\x12\x19\n\x11suspend_cross_gpu\x18\x11 \x01(\x08\x12\x10\n\x08\x64raining\x18\x14 \x01(\x08\x12\x11\n\tnuma_node\x18\x15 \x01(\x05\x12\x14\n\x0cminor_number\x18\x16 \x01(\x05\"I\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.gpuos.v1.Device\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t2\xd2\x03\n\rDeviceService\x12\x43\n\x04List\x12\x1c.gpuos.v1.ListDevicesRequest\x1a\x1d.gpuos.v1.ListDevicesResponse\x12=\n\x0bInjectFault\x12\x1c.gpuos.v1.InjectFaultRequest\x1a\x10.gpuos.v1.Device\x12:\n\x07Reserve\x12\x18.gpuos.v1.ReserveRequest\x1a\x15.gpuos.v1.Reservation\x12;\n\x07Release\x12\x18.gpuos.v1.ReleaseRequest\x1a\x16.gpuos.v1.ReleaseReply\x12V\n\x10ListReservations\x12!.gpuos.v1.ListReservationsRequest\x1a\x1f.gpuos.v1.ListReservationsReply\x12\x35\n\x04Rank\x12\x15.gpuos.v1.RankRequest\x1a\x16.gpuos.v1.RankResponse\x12\x35\n\x05\x44rain\x12\x16.gpuos.v1.DrainRequest\x1a\x14.gpuos.v1.DrainReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpuos/v1/devices.proto\x12\x08gpuos.v1\x1a\x15gpuos/v1/common.proto\"g\n\x0eReserveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tgpu_uuids\x18\x02 \x03(\t\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12\x0c\n\x04keys\x18\x04 \x03(\t\"I\n\tHostMount\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"\xcc\x01\n\x0bReservation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.gpuos.v1.Reservation.EnvEntry\x12#\n\x06mounts\x18\x03 \x03(\x0b\x32\x13.gpuos.v1.HostMount\x12/\n\x0cmig_instance\x18\x04 \x01(\x0b\x32\x19.gpuos.v1.MigInstanceInfo\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0eReleaseRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\" \n\x0cReleaseReply\x12\x10\n\x08released\x18\x01 \x01(\r\".\n\x17ListReservationsRequest\x12\x13\n\x0bname_prefix\x18\x01 \x01(\t\"x\n\x0fReservationInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x11\n\tgpu_uuids\x18\x04 \x03(\t\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.gpuos.v1.Resources\"H\n\x15ListReservationsReply\x12/\n\x0creservations\x18\x01 \x03(\x0b\x32\x19.gpuos.v1.ReservationInfo\"H\n\x0bRankRequest\x12&\n\tresources\x18\x01 \x01(\x0b\x32\x13.gpuos.v1.Resources\x12\x11\n\tgpu_uuids\x18\x02 \x03(\t\"!\n\x0cRankResponse\x12\x11\n\tgpu_uuids\x18\x01 \x03(\t\"\xab\x01\n\x12InjectFaultRequest\x12\r\n\x05index\x18\x01 \x01(\r\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.gpuos.v1.InjectFaultRequest.Kind\"U\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bGPU_FAILURE\x10\x01\x12\x10\n\x0cGPU_RECOVERY\x10\x02\x12\x14\n\x10MPS_DAEMON_CRASH\x10\x03\"?\n\x0c\x44rainRequest\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\x12\x0f\n\x07requeue\x18\x03 \x01(\x08\"u\n\nDrainReply\x12 \n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x10.gpuos.v1.Device\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tmigrating\x18\x03 \x03(\t\x12\x10\n\x08requeued\x18\x04 \x03(\t\x12\x0f\n\x07staying\x18\x05 \x03(\t\"\x14\n\x12ListDevicesRequest\"u\n\x0fMigInstanceInfo\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x17\n\x0fgpu_instance_id\x18\x04 \x01(\r\x12\x1b\n\x13\x63ompute_instance_id\x18\x05 \x01(\r\"\x82\x01\n\x0eMigProfileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06slices\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x11\n\tmax_count\x18\x04 \x01(\r\x12\x15\n\rmemory_slices\x18\x05 \x01(\r\x12\x12\n\nplacements\x18\x06 \x03(\r\"\x91\x01\n\nAllocation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\t\x12\x15\n\rcompute_milli\x18\x04 \x01(\r\x12\x14\n\x0cmemory_limit\x18\x05 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x06 \x01(\x04\x12\x0e\n\x06paused\x18\x07 \x01(\x08\"\xf4\x03\n\x06\x44\x65vice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_total\x18\x04 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x05 \x01(\x04\x12\x10\n\x08sm_count\x18\x06 \x01(\r\x12\x17\n\x0futilization_pct\x18\x07 \x01(\x01\x12\x0f\n\x07healthy\x18\x08 \x01(\x08\x12.\n\x0cmig_profiles\x18\t \x03(\x0b\x32\x18.gpuos.v1.MigProfileInfo\x12\x14\n\x0cpartitioning\x18\n \x01(\t\x12)\n\x0b\x61llocations\x18\x0b \x03(\x0b\x32\x14.gpuos.v1.Allocation\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x30\n\rmig_instances\x18\r \x03(\x0b\x32\x19.gpuos.v1.MigInstanceInfo\x12\x1a\n\x12mps_daemon_running\x18\x0e \x01(\x08\x12\x19\n\x11suspend_supported\x18\x0f \x01(\x08\x12\x16\n\x0esuspend_detail\x18\x10 \x01(\t\x12\x19\n\x11suspend_cross_gpu\x18\x11 \x01(\x08\x12\x10\n\x08\x64raining\x18\x14 \x01(\x08\x12\x11\n\tnuma_node\x18\x15 \x01(\x05\x12\x14\n\x0cminor_number\x18\x16 \x01(\x05\"I\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.gpuos.v1.Device\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t2\xd2\x03\n\rDeviceService\x12\x43\n\x04List\x12\x1c.gpuos.v1.ListDevicesRequest\x1a\x1d.gpuos.v1.ListDevicesResponse\x12=\n\x0bInjectFault\x12\x1c.gpuos.v1.InjectFaultRequest\x1a\x10.gpuos.v1.Device\x12:\n\x07Reserve\x12\x18.gpuos.v1.ReserveRequest\x1a\x15.gpuos.v1.Reservation\x12;\n\x07Release\x12\x18.gpuos.v1.ReleaseRequest\x1a\x16.gpuos.v1.ReleaseReply\x12V\n\x10ListReservations\x12!.gpuos.v1.ListReservationsRequest\x1a\x1f.gpuos.v1.ListReservationsReply\x12\x35\n\x04Rank\x12\x15.gpuos.v1.RankRequest\x1a\x16.gpuos.v1.RankResponse\x12\x35\n\x05\x44rain\x12\x16.gpuos.v1.DrainRequest\x1a\x14.gpuos.v1.DrainReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,43 +39,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTMOUNT']._serialized_start=164
   _globals['_HOSTMOUNT']._serialized_end=237
   _globals['_RESERVATION']._serialized_start=240
-  _globals['_RESERVATION']._serialized_end=395
-  _globals['_RESERVATION_ENVENTRY']._serialized_start=353
-  _globals['_RESERVATION_ENVENTRY']._serialized_end=395
-  _globals['_RELEASEREQUEST']._serialized_start=397
-  _globals['_RELEASEREQUEST']._serialized_end=427
-  _globals['_RELEASEREPLY']._serialized_start=429
-  _globals['_RELEASEREPLY']._serialized_end=461
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=463
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=509
-  _globals['_RESERVATIONINFO']._serialized_start=511
-  _globals['_RESERVATIONINFO']._serialized_end=631
-  _globals['_LISTRESERVATIONSREPLY']._serialized_start=633
-  _globals['_LISTRESERVATIONSREPLY']._serialized_end=705
-  _globals['_RANKREQUEST']._serialized_start=707
-  _globals['_RANKREQUEST']._serialized_end=779
-  _globals['_RANKRESPONSE']._serialized_start=781
-  _globals['_RANKRESPONSE']._serialized_end=814
-  _globals['_INJECTFAULTREQUEST']._serialized_start=817
-  _globals['_INJECTFAULTREQUEST']._serialized_end=988
-  _globals['_INJECTFAULTREQUEST_KIND']._serialized_start=903
-  _globals['_INJECTFAULTREQUEST_KIND']._serialized_end=988
-  _globals['_DRAINREQUEST']._serialized_start=990
-  _globals['_DRAINREQUEST']._serialized_end=1053
-  _globals['_DRAINREPLY']._serialized_start=1055
-  _globals['_DRAINREPLY']._serialized_end=1172
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1174
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1194
-  _globals['_MIGINSTANCEINFO']._serialized_start=1196
-  _globals['_MIGINSTANCEINFO']._serialized_end=1259
-  _globals['_MIGPROFILEINFO']._serialized_start=1262
-  _globals['_MIGPROFILEINFO']._serialized_end=1392
-  _globals['_ALLOCATION']._serialized_start=1395
-  _globals['_ALLOCATION']._serialized_end=1540
-  _globals['_DEVICE']._serialized_start=1543
-  _globals['_DEVICE']._serialized_end=2043
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=2045
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=2118
-  _globals['_DEVICESERVICE']._serialized_start=2121
-  _globals['_DEVICESERVICE']._serialized_end=2587
+  _globals['_RESERVATION']._serialized_end=444
+  _globals['_RESERVATION_ENVENTRY']._serialized_start=402
+  _globals['_RESERVATION_ENVENTRY']._serialized_end=444
+  _globals['_RELEASEREQUEST']._serialized_start=446
+  _globals['_RELEASEREQUEST']._serialized_end=476
+  _globals['_RELEASEREPLY']._serialized_start=478
+  _globals['_RELEASEREPLY']._serialized_end=510
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=512
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=558
+  _globals['_RESERVATIONINFO']._serialized_start=560
+  _globals['_RESERVATIONINFO']._serialized_end=680
+  _globals['_LISTRESERVATIONSREPLY']._serialized_start=682
+  _globals['_LISTRESERVATIONSREPLY']._serialized_end=754
+  _globals['_RANKREQUEST']._serialized_start=756
+  _globals['_RANKREQUEST']._serialized_end=828
+  _globals['_RANKRESPONSE']._serialized_start=830
+  _globals['_RANKRESPONSE']._serialized_end=863
+  _globals['_INJECTFAULTREQUEST']._serialized_start=866
+  _globals['_INJECTFAULTREQUEST']._serialized_end=1037
+  _globals['_INJECTFAULTREQUEST_KIND']._serialized_start=952
+  _globals['_INJECTFAULTREQUEST_KIND']._serialized_end=1037
+  _globals['_DRAINREQUEST']._serialized_start=1039
+  _globals['_DRAINREQUEST']._serialized_end=1102
+  _globals['_DRAINREPLY']._serialized_start=1104
+  _globals['_DRAINREPLY']._serialized_end=1221
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1223
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1243
+  _globals['_MIGINSTANCEINFO']._serialized_start=1245
+  _globals['_MIGINSTANCEINFO']._serialized_end=1362
+  _globals['_MIGPROFILEINFO']._serialized_start=1365
+  _globals['_MIGPROFILEINFO']._serialized_end=1495
+  _globals['_ALLOCATION']._serialized_start=1498
+  _globals['_ALLOCATION']._serialized_end=1643
+  _globals['_DEVICE']._serialized_start=1646
+  _globals['_DEVICE']._serialized_end=2146
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=2148
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=2221
+  _globals['_DEVICESERVICE']._serialized_start=2224
+  _globals['_DEVICESERVICE']._serialized_end=2690
 # @@protoc_insertion_point(module_scope)

@@ -31,7 +31,7 @@ class HostMount(_message.Message):
     def __init__(self, host_path: _Optional[str] = ..., container_path: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class Reservation(_message.Message):
-    __slots__ = ("job_id", "env", "mounts")
+    __slots__ = ("job_id", "env", "mounts", "mig_instance")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,10 +42,12 @@ class Reservation(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    MIG_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     env: _containers.ScalarMap[str, str]
     mounts: _containers.RepeatedCompositeFieldContainer[HostMount]
-    def __init__(self, job_id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[HostMount, _Mapping]]] = ...) -> None: ...
+    mig_instance: MigInstanceInfo
+    def __init__(self, job_id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[HostMount, _Mapping]]] = ..., mig_instance: _Optional[_Union[MigInstanceInfo, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("keys",)
@@ -146,14 +148,18 @@ class ListDevicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MigInstanceInfo(_message.Message):
-    __slots__ = ("profile", "start", "uuid")
+    __slots__ = ("profile", "start", "uuid", "gpu_instance_id", "compute_instance_id")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
+    GPU_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     profile: str
     start: int
     uuid: str
-    def __init__(self, profile: _Optional[str] = ..., start: _Optional[int] = ..., uuid: _Optional[str] = ...) -> None: ...
+    gpu_instance_id: int
+    compute_instance_id: int
+    def __init__(self, profile: _Optional[str] = ..., start: _Optional[int] = ..., uuid: _Optional[str] = ..., gpu_instance_id: _Optional[int] = ..., compute_instance_id: _Optional[int] = ...) -> None: ...
 
 class MigProfileInfo(_message.Message):
     __slots__ = ("name", "slices", "memory_bytes", "max_count", "memory_slices", "placements")
