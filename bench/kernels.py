@@ -316,29 +316,6 @@ def run_sla(report: BenchReport, timer: Timer, budget: Budget, smoke: bool, torc
     del cases
 
 
-def radial_smoke_cases(torch: Any) -> list[DitCase]:
-    """``radial.bench_cases``' recipe at CPU size (its shapes are Wan's): 1x and 4x length."""
-    from gpuos.kernels.radial import radial_attention
-    from gpuos.kernels.radial_spec import DEFAULT_MASK, radial_layout
-    from gpuos.kernels.reference.radial import dense_sdpa
-
-    heads, dim, tokens_per_frame, block = 1, 16, 16, 16
-    cases = []
-    for label, frames in (("radial smoke 1x", 2), ("radial smoke 4x length", 8)):
-        q, k, v = (torch.randn(1, heads, frames * tokens_per_frame, dim) for _ in range(3))
-        layout = radial_layout(frames, tokens_per_frame, block, True, DEFAULT_MASK)
-
-        def sparse(q: Any = q, k: Any = k, v: Any = v, frames: int = frames) -> Any:
-            return radial_attention(q, k, v, frames, tokens_per_frame, block, mask=DEFAULT_MASK)
-
-        def dense(q: Any = q, k: Any = k, v: Any = v) -> Any:
-            return dense_sdpa(q, k, v)
-
-        cases.append((f"{label}, block density {layout.density:.1%}", sparse, dense,
-                      4.0 * heads * dim * layout.active_blocks * block**2))
-    return cases
-
-
 def run_radial(report: BenchReport, timer: Timer, budget: Budget, smoke: bool, torch: Any,
                flash: Callable[[], AbstractContextManager[Any]]) -> None:
     from gpuos.kernels import radial
@@ -346,7 +323,11 @@ def run_radial(report: BenchReport, timer: Timer, budget: Budget, smoke: bool, t
     if not budget.allows(2 * CASE_RESERVE_S):
         report.skipped.append("radial: time budget")
         return
-    cases = radial_smoke_cases(torch) if smoke else radial.bench_cases("cuda")
+    if smoke:
+        cases = radial.bench_cases("cpu", heads=1, dim=16, tokens_per_frame=16, block=16, frames=(2, 8),
+                                   dtype=torch.float32)
+    else:
+        cases = radial.bench_cases("cuda")
     results = run_dit(report, "radial", iter(cases), timer, budget, smoke, torch, flash)
     # The target is at 4x length, the second case; the first is reported for reference.
     if len(results) == len(cases):

@@ -270,25 +270,26 @@ def run_job(params: Mapping[str, Any], ctx: KernelContext) -> dict[str, float]:
 BenchCase = tuple[str, Callable[[], torch.Tensor], Callable[[], torch.Tensor], float]
 
 
-def _bench_case(label: str, frames: int, device: str) -> BenchCase:
-    heads, dim, tokens_per_frame, block = 12, 128, 1560, 128
-    q, k, v = (torch.randn(1, heads, frames * tokens_per_frame, dim, device=device, dtype=torch.bfloat16)
-               for _ in range(3))
-    layout = radial_layout(frames, tokens_per_frame, block, True, DEFAULT_MASK)
+def bench_cases(
+    device: str = "cuda", *, heads: int = 12, dim: int = 128, tokens_per_frame: int = 1560, block: int = 128,
+    frames: tuple[int, int] = (21, 81), dtype: torch.dtype = torch.bfloat16,
+) -> list[BenchCase]:
+    """Radial vs dense SDPA at 1x and 4x video length, for ``bench/kernels.py``: by default
+    Wan2.1 480p's shapes (81 frames are 21 latent ones, 4x length 81), see the module docstring;
+    smaller shapes run it on the CPU."""
+    cases = []
+    for scale, latent in zip(("1x", "4x"), frames, strict=True):
+        q, k, v = (torch.randn(1, heads, latent * tokens_per_frame, dim, device=device, dtype=dtype)
+                   for _ in range(3))
+        layout = radial_layout(latent, tokens_per_frame, block, True, DEFAULT_MASK)
 
-    def sparse() -> torch.Tensor:
-        return radial_attention(q, k, v, frames, tokens_per_frame, block, mask=DEFAULT_MASK)
+        def sparse(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v, latent: int = latent) -> torch.Tensor:
+            return radial_attention(q, k, v, latent, tokens_per_frame, block, mask=DEFAULT_MASK)
 
-    def dense() -> torch.Tensor:
-        return dense_sdpa(q, k, v)
+        def dense(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v) -> torch.Tensor:
+            return dense_sdpa(q, k, v)
 
-    flops = 4.0 * heads * dim * layout.active_blocks * block**2
-    return f"{label}, {DEFAULT_MASK} mask, block density {layout.density:.1%}", sparse, dense, flops
-
-
-def bench_cases(device: str = "cuda") -> list[BenchCase]:
-    """Wan2.1 480p shapes at 1x and 4x video length, for ``bench/kernels.py``; see the module docstring."""
-    return [
-        _bench_case("radial wan480p 81 frames (21 latent)", 21, device),
-        _bench_case("radial wan480p 4x length (81 latent)", 81, device),
-    ]
+        flops = 4.0 * heads * dim * layout.active_blocks * block**2
+        cases.append((f"radial {scale} length ({latent} latent frames x {tokens_per_frame} tokens), {DEFAULT_MASK} "
+                      f"mask, block density {layout.density:.1%}", sparse, dense, flops))
+    return cases

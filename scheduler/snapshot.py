@@ -211,6 +211,12 @@ class Snapshot:
     pending_by_age: tuple[JobView, ...] | None = field(default=None, compare=False, repr=False)
     pending_shapes: Mapping[Shape, int] | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Read-only whoever built it: a policy that edits a group's view would change the rules
+        # of its own round (the views themselves are frozen).
+        if not isinstance(self.groups, MappingProxyType):
+            object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
+
     def group_of(self, job: JobView) -> GroupView | None:
         """The group ``job`` belongs to, as of this snapshot; None for a job without one (or
         whose group the model has no record of)."""

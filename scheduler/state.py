@@ -282,8 +282,7 @@ class ClusterState:
             self._pending_base, self._appended = self._pending_tuple, []
         if self._running_tuple is None:
             self._running_tuple = tuple(self._views.values())
-        # Read-only: a policy that edits a group's view would change the round's own rules.
-        groups = MappingProxyType(self._group_views(now)) if self.groups else NO_GROUPS
+        groups = self._group_views(now) if self.groups else NO_GROUPS
         return Snapshot(now, nodes, self._pending_tuple, self._running_tuple, self.index, groups,
                         self._order.by_age(), self._order.shapes())
 

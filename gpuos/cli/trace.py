@@ -26,7 +26,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuos.cli.args import fail
 from gpuos.errors import InvalidArgument
+from gpuos.files import write_atomic
 from gpuos.history import HISTORY_FORMAT, HISTORY_VERSION
 from gpuos.text import quote
 from gpuos.units import parse_duration
@@ -164,15 +164,9 @@ def _write(path: str, lines: list[str]) -> None:
     if path == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp, target)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    # Private, as a temporary file would be (the history names tenants); no fsync: a lost export
+    # is run again.
+    write_atomic(path, text, mode=0o600, durable=False)
 
 
 def run_trace(args: argparse.Namespace, client: Client) -> int:

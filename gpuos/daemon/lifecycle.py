@@ -241,8 +241,7 @@ class Lifecycle:
         if self.metrics is not None:
             self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
         try:
-            others = [j.placement for j in self.store.placed() if j.placement is not None and j.id != job.id]
-            partitioned = self.partitions.create(placement, others)
+            partitioned = self.partitions.create(placement, self._placements_besides(job.id))
             if partitioned.placement != job.placement:
                 job = self.store.update(job.id, placement=partitioned.placement)
             if job.spec.kind == JobKind.EXTERNAL:
@@ -393,14 +392,14 @@ class Lifecycle:
         if placement is None:
             return
         self.turns.forget(job.id)
+        self.partitions.release(placement, self._placements_besides(job.id), job.id)
 
-        def others() -> Iterator[Placement]:
-            # A generator, so the store is read only if the partition asks (an MPS daemon's last client).
-            for j in self.store.placed():
-                if j.id != job.id and j.placement:
-                    yield j.placement
-
-        self.partitions.release(placement, others(), job.id)
+    def _placements_besides(self, job_id: str) -> Iterator[Placement]:
+        # A generator, so the store is read only if the partition asks (an MPS share's ceiling,
+        # an MPS daemon's last client): starting or ending any other job never reads it.
+        for j in self.store.placed():
+            if j.id != job_id and j.placement is not None:
+                yield j.placement
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -690,8 +689,7 @@ class Lifecycle:
         self._attached[job.id] = pid
         try:
             # The others too, or an MPS daemon's ceiling would come down to this one share.
-            others = [j.placement for j in self.store.placed() if j.placement is not None and j.id != job.id]
-            partitioned = self.partitions.create(placement, others)
+            partitioned = self.partitions.create(placement, self._placements_besides(job.id))
         except BackendError as exc:
             self._restore_failed(job, str(exc))
             return None

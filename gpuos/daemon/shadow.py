@@ -27,7 +27,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from gpuos.devices.backend import DeviceInfo
@@ -217,10 +216,10 @@ class Shadow:
 
 def sealed(snap: Snapshot) -> Snapshot:
     """``snap`` for the candidate: without the model's capacity index (mutable, and changed even
-    by its reads, so neither a call nor a runaway thread may touch it; the framework decides alike
-    without it) and with its groups read-only and copied. Everything else in a snapshot is
-    already immutable (frozen views in tuples, read-only mappings)."""
-    return dataclasses.replace(snap, index=None, groups=MappingProxyType(dict(snap.groups)))
+    by its reads, so neither the framework on the candidate's thread nor a runaway thread may
+    touch it; the framework decides alike without it). The rest of a snapshot is immutable
+    (frozen views in tuples, read-only mappings: scheduler/state.py)."""
+    return dataclasses.replace(snap, index=None)
 
 
 def window_trace(jobs: Sequence[HistoryJob], since: float, node: NodeSpec) -> tuple[Trace, int]:

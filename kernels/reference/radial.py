@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gpuos.kernels.radial_spec import check_mask
+from gpuos.kernels.radial_spec import RadialLayout, check_mask
 
 
 def radial_mask(frames: int, tokens_per_frame: int, block: int = 128, sink: bool = True,
@@ -63,6 +63,17 @@ def block_cover(mask: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Ten
     anyp = F.pad(mask, (0, pad, 0, pad), value=False).view(nb, block, nb, block)
     allp = F.pad(mask, (0, pad, 0, pad), value=True).view(nb, block, nb, block)
     return anyp.any(dim=3).any(dim=1), allp.all(dim=3).all(dim=1)
+
+
+def layout_cover(layout: RadialLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block pair, what the kernel's ``layout`` claims: attended, and attended only in part
+    (to hold against :func:`block_cover` of the token mask: touched, and touched but not full)."""
+    active = torch.zeros(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
+    partial = torch.zeros_like(active)
+    for qb, (row, flags) in enumerate(zip(layout.key_blocks, layout.partial, strict=True)):
+        active[qb, list(row)] = True
+        partial[qb, list(row)] = torch.tensor(flags, dtype=torch.bool)
+    return active, partial
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,

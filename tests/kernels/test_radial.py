@@ -15,6 +15,7 @@ from gpuos.kernels.reference.radial import (
     attention_reference,
     block_cover,
     dense_sdpa,
+    layout_cover,
     masked_sdpa,
     radial_mask,
 )
@@ -37,16 +38,6 @@ def _poisoned_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int
     returned = radial_attention(q, k, v, frames, tokens_per_frame, block, sink, out=out)
     assert returned is out
     return out
-
-
-def _layout_as_blocks(frames: int, tokens_per_frame: int, block: int, sink: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    layout = radial_layout(frames, tokens_per_frame, block, sink)
-    active = torch.zeros(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
-    partial = torch.zeros_like(active)
-    for qb, (row, flags) in enumerate(zip(layout.key_blocks, layout.partial, strict=True)):
-        active[qb, list(row)] = True
-        partial[qb, list(row)] = torch.tensor(flags, dtype=torch.bool)
-    return active, partial
 
 
 # Shapes: frames x tokens_per_frame not a multiple of the block; frames narrower than a block.
@@ -94,7 +85,7 @@ def test_single_frame_is_dense_attention(device: str) -> None:
 def test_block_layout_is_exactly_the_blocks_the_token_mask_touches(frames: int, tokens_per_frame: int,
                                                                   block: int, sink: bool) -> None:
     touched, full = block_cover(radial_mask(frames, tokens_per_frame, block, sink), block)
-    active, partial = _layout_as_blocks(frames, tokens_per_frame, block, sink)
+    active, partial = layout_cover(radial_layout(frames, tokens_per_frame, block, sink))
     assert torch.equal(active, touched)
     assert torch.equal(partial, touched & ~full)
 

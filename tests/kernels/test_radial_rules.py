@@ -12,7 +12,7 @@ from gpuos.errors import InvalidArgument
 from gpuos.kernels.context import KernelContext
 from gpuos.kernels.radial import radial_attention, run_job
 from gpuos.kernels.radial_spec import MASKS, radial_layout, window_table
-from gpuos.kernels.reference.radial import block_cover, masked_sdpa, radial_mask
+from gpuos.kernels.reference.radial import block_cover, layout_cover, masked_sdpa, radial_mask
 from gpuos.kernels.reference.radial_compare import attended_pairs, compare, format_table, main, rule_density
 from gpuos.kernels.registry import get_kernel
 
@@ -23,17 +23,6 @@ def _attended_spatial(frames: int, tokens_per_frame: int, spatial: int, key_fram
     row = radial_mask(frames, tokens_per_frame, block, sink=False, rows=torch.tensor([spatial]), mask=mask)
     keys = row.view(frames, tokens_per_frame)[key_frame]
     return {int(i) for i in keys.nonzero().flatten()}
-
-
-def _layout_as_blocks(frames: int, tokens_per_frame: int, block: int, sink: bool,
-                      mask: str) -> tuple[torch.Tensor, torch.Tensor]:
-    layout = radial_layout(frames, tokens_per_frame, block, sink, mask)
-    active = torch.zeros(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
-    partial = torch.zeros_like(active)
-    for qb, (row, flags) in enumerate(zip(layout.key_blocks, layout.partial, strict=True)):
-        active[qb, list(row)] = True
-        partial[qb, list(row)] = torch.tensor(flags, dtype=torch.bool)
-    return active, partial
 
 
 # ----------------------------------------------------------------------------- the paper's rule by hand
@@ -111,7 +100,7 @@ def test_paper_token_count_stays_within_the_papers_bound() -> None:
 def test_block_layout_is_exactly_the_blocks_each_rule_touches(mask: str, frames: int, tokens_per_frame: int,
                                                              block: int, sink: bool) -> None:
     touched, full = block_cover(radial_mask(frames, tokens_per_frame, block, sink, mask=mask), block)
-    active, partial = _layout_as_blocks(frames, tokens_per_frame, block, sink, mask)
+    active, partial = layout_cover(radial_layout(frames, tokens_per_frame, block, sink, mask))
     assert torch.equal(active, touched)
     assert torch.equal(partial, touched & ~full)
 
