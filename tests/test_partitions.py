@@ -137,7 +137,13 @@ def test_a_failed_gpu_is_drained_and_its_job_requeued_elsewhere(client: Client) 
     failed_gpu = client.get(job.id).placement.devices[0]
     device = client.inject_fault(failed_gpu, "gpu-fail")
     assert not device.healthy
-    wait_for(lambda: running(client, job.id) and client.get(job.id).placement.devices[0] != failed_gpu)
+
+    def moved() -> bool:
+        # One read: between two, the job may have left RUNNING and lost its placement.
+        now = client.get(job.id)
+        return now.state == jobs_pb2.RUNNING and now.placement.devices[0] != failed_gpu
+
+    wait_for(moved)
     kinds = [(e.kind, e.reason) for e in client.events(job_id=job.id)]
     assert ("requeued", "device-lost") in kinds
     other = client.submit(SLEEP, gpus=1)
